@@ -1,0 +1,170 @@
+//! Turning the initramfs into the sandbox's filesystem.
+//!
+//! The initramfs holds only this binary. The real root is the read-only
+//! erofs image on the first virtio disk; `/root`, `/tmp`, `/run` and
+//! `/dev/shm` are fresh tmpfs mounts, so every boot starts empty and nothing
+//! a command writes outlives the VM.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::mount::{MsFlags, mount};
+
+/// The root filesystem device: the VM's only disk.
+const ROOT_DEVICE: &str = "/dev/vda";
+const NEW_ROOT: &str = "/newroot";
+/// How long to wait for the root disk to appear.
+const ROOT_WAIT: Duration = Duration::from_secs(5);
+const HOSTNAME: &str = "capsem";
+
+/// Mounts everything and switches into the real root.
+pub fn setup() -> Result<()> {
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_root()?;
+    for (dir, mode) in [("root", "0700"), ("tmp", "1777"), ("run", "0755")] {
+        let target = format!("{NEW_ROOT}/{dir}");
+        let opts = format!("mode={mode}");
+        mount_fs("tmpfs", &target, "tmpfs", nodev_nosuid(), Some(&opts))?;
+    }
+    move_mount("/dev", &format!("{NEW_ROOT}/dev"))?;
+    switch_root()?;
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        nodev_nosuid() | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    mount_fs(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        nodev_nosuid() | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+    make_dir("/dev/pts", 0o755)?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0620,ptmxmode=0666"),
+    )?;
+    make_dir("/dev/shm", 0o1777)?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        nodev_nosuid(),
+        Some("mode=1777"),
+    )?;
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, link).with_context(|| format!("linking {link}"))?;
+    }
+    nix::unistd::sethostname(HOSTNAME).context("setting the hostname")?;
+    loopback_up()
+}
+
+fn nodev_nosuid() -> MsFlags {
+    MsFlags::MS_NODEV | MsFlags::MS_NOSUID
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(Some(source), target, Some(fstype), flags, data)
+        .with_context(|| format!("mounting {fstype} on {target}"))
+}
+
+fn move_mount(from: &str, to: &str) -> Result<()> {
+    mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .with_context(|| format!("moving mount {from} to {to}"))
+}
+
+fn make_dir(path: &str, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {path}")),
+    }
+    // The umask may have narrowed the mode (and drops the sticky bit).
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {path}"))
+}
+
+fn mount_root() -> Result<()> {
+    let deadline = Instant::now() + ROOT_WAIT;
+    while !Path::new(ROOT_DEVICE).exists() {
+        if Instant::now() > deadline {
+            bail!("root disk {ROOT_DEVICE} did not appear within {ROOT_WAIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    make_dir(NEW_ROOT, 0o755)?;
+    mount(
+        Some(ROOT_DEVICE),
+        NEW_ROOT,
+        Some("erofs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting the root filesystem {ROOT_DEVICE} read-only"))
+}
+
+/// Makes `NEW_ROOT` the root. The initramfs cannot be unmounted; freeing
+/// its one file (this binary, already loaded) returns its memory.
+fn switch_root() -> Result<()> {
+    fs::remove_file("/init").context("removing /init from the initramfs")?;
+    std::env::set_current_dir(NEW_ROOT).context("entering the new root")?;
+    move_mount(".", "/")?;
+    nix::unistd::chroot(".").context("chroot into the new root")?;
+    std::env::set_current_dir("/").context("entering /")
+}
+
+/// Brings up the loopback interface: programs that listen on 127.0.0.1
+/// (test servers, language servers) need it. No other interface exists.
+fn loopback_up() -> Result<()> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    use std::os::fd::AsRawFd;
+
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .context("opening a socket to configure lo")?;
+    // SAFETY: ifreq is plain old data (a name array and a union of integers
+    // and addresses), for which all-zero bytes are a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
+    // SAFETY: SIOCSIFFLAGS reads a `struct ifreq` through the pointer, which
+    // points at a live, initialised ifreq for the duration of the call; the
+    // socket fd is open.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("bringing up lo");
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The host's end of the channel to the guest agent.
+//!
+//! [`Channel::handshake`] takes the connected socket, checks the guest's
+//! hello and answers it, then runs the multiplexer. Commands run on streams
+//! of their own ([`exec`]); signals and shutdown go over one control stream.
+//! Everything the guest sends is validated; the first bad frame ends the
+//! channel with a [`ChannelError`].
+
+pub mod exec;
+
+use std::time::{Duration, SystemTime};
+
+use capsem_proto::mux::{self, ConnectionError, Mode, Opener};
+use capsem_proto::{
+    FrameError, GuestHello, HostCodec, HostHello, HostToGuest, ProtocolError, frame,
+};
+use futures::SinkExt;
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Framed, FramedWrite};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+pub use exec::{ExecIo, run as exec};
+
+/// A multiplexed stream framed with the host's codec.
+pub type Stream = Framed<Compat<mux::Stream>, HostCodec>;
+
+/// The channel failed or the guest broke the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// A frame could not be read or was malformed.
+    #[error("bad frame from the guest: {0}")]
+    Frame(#[from] FrameError),
+    /// A well-formed message broke a rule.
+    #[error("the guest broke the protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The multiplexer failed.
+    #[error("the channel to the guest failed: {0}")]
+    Mux(#[from] ConnectionError),
+    /// The guest closed a stream before the command's exit status.
+    #[error("the guest agent closed the channel before the command finished")]
+    Closed,
+    /// The agent refused a request.
+    #[error("the guest agent refused the command: {0}")]
+    Refused(String),
+}
+
+/// An open channel.
+pub struct Channel {
+    hello: GuestHello,
+    opener: Opener,
+    driver: JoinHandle<Result<(), ConnectionError>>,
+    control: Option<FramedWrite<Compat<mux::Stream>, HostCodec>>,
+    next_exec: u32,
+}
+
+impl Channel {
+    /// Reads the guest's hello from `socket`, answers it, and starts the
+    /// multiplexer. The caller bounds the time this may take.
+    pub async fn handshake(mut socket: UnixStream) -> Result<Channel, ChannelError> {
+        let hello: GuestHello = frame::read_frame(&mut socket).await?;
+        hello.validate()?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        frame::write_frame(&mut socket, &HostHello::new(now.as_nanos() as u64)).await?;
+        let (opener, _inbound, driver) = mux::start(socket.compat(), Mode::Client);
+        // The guest opens no streams yet; `_inbound` is dropped, so any it
+        // tries are refused.
+        Ok(Channel {
+            hello,
+            opener,
+            driver: tokio::spawn(driver),
+            control: None,
+            next_exec: 1,
+        })
+    }
+
+    /// The guest's hello.
+    pub fn hello(&self) -> &GuestHello {
+        &self.hello
+    }
+
+    /// Opens a new framed stream.
+    async fn open(&mut self) -> Result<Stream, ChannelError> {
+        let stream = self.opener.open().await?;
+        Ok(Framed::new(stream.compat(), HostCodec::new()))
+    }
+
+    /// Allocates the id of a new command.
+    fn exec_id(&mut self) -> u32 {
+        let id = self.next_exec;
+        self.next_exec = self.next_exec.wrapping_add(1);
+        id
+    }
+
+    /// Sends a message on the control stream, opening it on first use.
+    async fn control(&mut self, msg: HostToGuest) -> Result<(), ChannelError> {
+        if self.control.is_none() {
+            let stream = self.opener.open().await?;
+            self.control = Some(FramedWrite::new(stream.compat(), HostCodec::new()));
+        }
+        let control = self.control.as_mut().expect("opened above");
+        control.send(msg).await?;
+        Ok(())
+    }
+
+    /// Asks the guest to power off. The VM's exit confirms it.
+    pub async fn shutdown(&mut self) -> Result<(), ChannelError> {
+        self.control(HostToGuest::Shutdown).await
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}

@@ -1,0 +1,26 @@
+//! capsem-core: the host side of Capsem.
+//!
+//! - [`assets`]: the pinned manifest and the check every boot starts with;
+//! - [`vm`]: the accelerator choice and the VM backend (QEMU `microvm`);
+//! - [`channel`]: handshake, multiplexing and command streams to the agent;
+//! - [`settings`]: defaults < user file < locked corporate file;
+//! - [`session`]: per-run directories and logs;
+//! - [`sandbox`]: one run from start to a destroyed VM.
+//!
+//! The guest is hostile: everything from it is bounded and validated (see
+//! `capsem-proto`), its console output is sanitised before it reaches a
+//! terminal, and the VM never outlives the process that started it.
+
+#![deny(missing_docs)]
+
+pub mod assets;
+pub mod channel;
+pub mod env;
+pub mod fsutil;
+pub mod paths;
+pub mod sandbox;
+pub mod session;
+pub mod settings;
+pub mod vm;
+
+pub use sandbox::{Outcome, Phases, RunError, RunReport, RunRequest, Sandbox};

@@ -1,0 +1,417 @@
+//! One sandboxed run, from verified assets to a destroyed VM.
+//!
+//! [`Sandbox::run`] verifies the assets, picks the accelerator, creates the
+//! session, boots the VM, waits for the agent's hello, runs the command,
+//! and always tears the VM down, whatever happened in between. Each phase is
+//! timed from the start of the capsem process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use capsem_proto::{Command, ExitStatus};
+use serde::Serialize;
+use tokio::net::UnixListener;
+
+use crate::assets::{self, AssetError, Manifest};
+use crate::channel::{self, Channel, ChannelError, ExecIo};
+use crate::session::{Session, SessionError, log_tail};
+use crate::settings::VmSettings;
+use crate::vm::{self, Backend, KvmUnavailable, VmConfig, VmError, VmExit, VmHandle};
+
+/// How long a powered-off guest may take to end its VM before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// Lines of the boot log shown when a boot fails.
+const BOOT_LOG_LINES: usize = 20;
+
+/// A run could not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// An asset is missing or does not match the build.
+    #[error(transparent)]
+    Assets(#[from] AssetError),
+    /// `vm.accel = "kvm"` where KVM is unusable.
+    #[error(transparent)]
+    Kvm(#[from] KvmUnavailable),
+    /// The VM monitor could not start.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The session directories could not be made.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The VM stopped before its agent was ready.
+    #[error("the VM stopped during boot ({exit}); boot log {boot_log}:\n{tail}")]
+    BootFailed {
+        /// How the monitor ended.
+        exit: String,
+        /// The full log.
+        boot_log: PathBuf,
+        /// Its last lines, and QEMU's own complaint if it had one.
+        tail: String,
+    },
+    /// The agent did not say hello in time.
+    #[error("the guest agent did not answer within {secs} s; boot log {boot_log}:\n{tail}")]
+    BootTimeout {
+        /// The limit (`vm.boot_timeout_secs`).
+        secs: u32,
+        /// The full log.
+        boot_log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+    /// The channel failed; the VM was stopped.
+    #[error("{source}; the VM was stopped (boot log {boot_log})")]
+    Channel {
+        /// What went wrong.
+        source: ChannelError,
+        /// The full log.
+        boot_log: PathBuf,
+    },
+    /// The VM died while the command ran.
+    #[error("the VM stopped before the command finished ({exit}); boot log {boot_log}:\n{tail}")]
+    VmDied {
+        /// How the monitor ended.
+        exit: String,
+        /// The full log.
+        boot_log: PathBuf,
+        /// Its last lines.
+        tail: String,
+    },
+    /// Host-side I/O around the VM failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl RunError {
+    /// One line saying what the user can do about it, if anything useful.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            RunError::Assets(AssetError::Missing { .. }) => {
+                Some("build the assets with `cargo xtask build-assets`")
+            }
+            RunError::Assets(AssetError::Mismatch { .. }) => Some(
+                "rebuild the assets with `cargo xtask build-assets` (and capsem with them), or point CAPSEM_ASSETS_DIR at the assets of this build",
+            ),
+            RunError::Kvm(_) => Some("set vm.accel = \"auto\" or \"tcg\" in ~/.capsem/user.toml"),
+            RunError::BootTimeout { .. } => {
+                Some("a loaded host boots slowly under TCG: raise vm.boot_timeout_secs")
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The command.
+    pub command: Command,
+    /// Extra environment for it.
+    pub env: Vec<(String, String)>,
+    /// Kill the VM if the command runs longer than this.
+    pub timeout: Option<Duration>,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Outcome {
+    /// It exited or was killed by a signal inside the guest.
+    Exited(ExitStatus),
+    /// It ran past its timeout and the VM was destroyed.
+    TimedOut,
+}
+
+/// When each phase was reached, since the capsem process started.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phases {
+    /// Assets verified.
+    pub assets_verified: Option<Duration>,
+    /// VM monitor process running.
+    pub vm_spawned: Option<Duration>,
+    /// Guest kernel started (from the guest's boot clock).
+    pub kernel_started: Option<Duration>,
+    /// Kernel handed over to `/init` (from the guest's boot clock).
+    pub init_started: Option<Duration>,
+    /// Agent hello received.
+    pub agent_ready: Option<Duration>,
+    /// Command's exit status received.
+    pub command_done: Option<Duration>,
+    /// VM monitor process gone.
+    pub vm_gone: Option<Duration>,
+}
+
+/// The result of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The session id.
+    pub session: String,
+    /// How the command ended.
+    pub outcome: Outcome,
+    /// Accelerator used.
+    pub accel: &'static str,
+    /// Phase timings.
+    pub phases: Phases,
+}
+
+/// Boots sandboxes with fixed settings and assets.
+pub struct Sandbox {
+    /// VM settings.
+    pub vm: VmSettings,
+    /// Hashes the assets must match.
+    pub manifest: Manifest,
+    /// Where the assets are.
+    pub asset_dir: PathBuf,
+    /// The VM monitor.
+    pub backend: Arc<dyn Backend>,
+    /// Capsem's state directory (`~/.capsem`).
+    pub home: PathBuf,
+    /// Where runtime directories go.
+    pub runtime_root: PathBuf,
+    /// The instant phases are measured from.
+    pub started: Instant,
+}
+
+/// What is written to the session's `session.json`.
+#[derive(Serialize)]
+struct Summary<'a> {
+    id: &'a str,
+    command: &'a Command,
+    started_unix_ms: u128,
+    report: Option<&'a RunReport>,
+    error: Option<String>,
+    cpus: u32,
+    memory_mib: u32,
+    capsem_version: &'static str,
+}
+
+impl Sandbox {
+    /// Runs `req` in a fresh VM. `notice` receives messages for the user
+    /// (the TCG fallback); phases are logged at `info` level.
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        io: ExecIo,
+        notice: &(dyn Fn(&str) + Sync),
+    ) -> Result<RunReport, RunError> {
+        let started_unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let mut phases = Phases::default();
+        let cache = self.home.join("asset-hashes.json");
+        let assets = assets::verify(&self.manifest, &self.asset_dir, Some(&cache))?;
+        phases.assets_verified = Some(self.mark("assets verified"));
+        let choice = vm::accel::choose(self.vm.accel)?;
+        if let Some(text) = &choice.notice {
+            notice(text);
+        }
+        let session = Session::create(&self.home, &self.runtime_root)?;
+        let result = self
+            .boot_and_exec(&session, assets, choice.accel, req.clone(), io, &mut phases)
+            .await;
+        let report = result.map(|outcome| RunReport {
+            session: session.id().to_owned(),
+            outcome,
+            accel: choice.accel.name(),
+            phases,
+        });
+        let summary = Summary {
+            id: session.id(),
+            command: &req.command,
+            started_unix_ms,
+            report: report.as_ref().ok(),
+            error: report.as_ref().err().map(|e| e.to_string()),
+            cpus: self.vm.cpus,
+            memory_mib: self.vm.memory_mib,
+            capsem_version: env!("CARGO_PKG_VERSION"),
+        };
+        if let Err(e) = session.record(&summary) {
+            tracing::warn!("could not record session {}: {e}", session.id());
+        }
+        report
+    }
+
+    fn mark(&self, phase: &str) -> Duration {
+        let at = self.started.elapsed();
+        tracing::info!("{phase} at {:.3} s", at.as_secs_f64());
+        at
+    }
+
+    async fn boot_and_exec(
+        &self,
+        session: &Session,
+        assets: assets::VerifiedAssets,
+        accel: vm::Accel,
+        req: RunRequest,
+        io: ExecIo,
+        phases: &mut Phases,
+    ) -> Result<Outcome, RunError> {
+        let socket = session.channel_socket();
+        let listener = UnixListener::bind(&socket).map_err(|source| RunError::Io {
+            what: format!("listening on {}", socket.display()),
+            source,
+        })?;
+        let config = VmConfig {
+            name: format!("capsem-{}", session.id()),
+            assets,
+            accel,
+            cpus: self.vm.cpus,
+            memory_mib: self.vm.memory_mib,
+            channel_socket: socket,
+            boot_log: session.boot_log(),
+            monitor_log: session.monitor_log(),
+        };
+        tracing::info!(
+            "starting the VM: {} vCPUs, {} MiB, {}",
+            config.cpus,
+            config.memory_mib,
+            accel.name()
+        );
+        let mut vm = self.backend.launch(&config)?;
+        phases.vm_spawned = Some(self.mark("VM monitor started"));
+
+        let mut channel = self.boot(session, &listener, &mut vm).await?;
+        let ready = self.mark("guest agent ready");
+        let hello = channel.hello();
+        let kernel = ready.saturating_sub(Duration::from_nanos(hello.ready_ns));
+        phases.kernel_started = Some(kernel);
+        phases.init_started = Some(kernel + Duration::from_nanos(hello.init_started_ns));
+        phases.agent_ready = Some(ready);
+        tracing::info!(
+            "guest kernel reached /init after {:.3} s, agent ready after {:.3} s (guest clock)",
+            Duration::from_nanos(hello.init_started_ns).as_secs_f64(),
+            Duration::from_nanos(hello.ready_ns).as_secs_f64()
+        );
+
+        let outcome = self.exec(session, &mut channel, &mut vm, req, io).await;
+        phases.command_done = Some(self.mark("command finished"));
+        if matches!(outcome, Ok(Outcome::Exited(_))) {
+            // The guest powers off at once; it is killed if it does not.
+            let _ = tokio::time::timeout(Duration::from_secs(1), channel.shutdown()).await;
+            stop(&mut vm).await;
+        } else {
+            kill(&mut vm).await;
+        }
+        phases.vm_gone = Some(self.mark("VM gone"));
+        outcome
+    }
+
+    /// Waits for the VM to connect and the agent to say hello.
+    async fn boot(
+        &self,
+        session: &Session,
+        listener: &UnixListener,
+        vm: &mut VmHandle,
+    ) -> Result<Channel, RunError> {
+        let secs = self.vm.boot_timeout_secs;
+        let connect = async {
+            let (socket, _) = listener.accept().await.map_err(|source| RunError::Io {
+                what: "accepting the VM's channel connection".into(),
+                source,
+            })?;
+            Channel::handshake(socket)
+                .await
+                .map_err(|source| RunError::Channel {
+                    source,
+                    boot_log: session.boot_log(),
+                })
+        };
+        let result = tokio::select! {
+            connected = tokio::time::timeout(Duration::from_secs(secs.into()), connect) => match connected {
+                Ok(result) => result,
+                Err(_) => Err(RunError::BootTimeout {
+                    secs,
+                    boot_log: session.boot_log(),
+                    tail: log_tail(&session.boot_log(), BOOT_LOG_LINES),
+                }),
+            },
+            exit = vm.wait() => Err(RunError::BootFailed {
+                exit: describe(exit),
+                boot_log: session.boot_log(),
+                tail: boot_failure_tail(session),
+            }),
+        };
+        if result.is_err() {
+            kill(vm).await;
+        }
+        result
+    }
+
+    /// Runs the command, racing it against the VM's death and the timeout.
+    async fn exec(
+        &self,
+        session: &Session,
+        channel: &mut Channel,
+        vm: &mut VmHandle,
+        req: RunRequest,
+        io: ExecIo,
+    ) -> Result<Outcome, RunError> {
+        let exec = channel::exec(channel, req.command, req.env, io);
+        let limit = async {
+            match req.timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        let vm_died = |exit: VmExit| RunError::VmDied {
+            exit: describe(exit),
+            boot_log: session.boot_log(),
+            tail: log_tail(&session.boot_log(), BOOT_LOG_LINES),
+        };
+        tokio::select! {
+            result = exec => match result {
+                Ok(status) => Ok(Outcome::Exited(status)),
+                Err(source) => {
+                    // A closed channel usually means the VM is going down:
+                    // report that, with the guest's last words.
+                    match tokio::time::timeout(Duration::from_millis(500), vm.wait()).await {
+                        Ok(exit) if matches!(source, ChannelError::Closed | ChannelError::Mux(_)) => Err(vm_died(exit)),
+                        _ => Err(RunError::Channel { source, boot_log: session.boot_log() }),
+                    }
+                }
+            },
+            exit = vm.wait() => Err(vm_died(exit)),
+            () = limit => Ok(Outcome::TimedOut),
+        }
+    }
+}
+
+/// Ends the VM: lets a powering-off guest finish, else kills it.
+async fn stop(vm: &mut VmHandle) {
+    if tokio::time::timeout(SHUTDOWN_GRACE, vm.wait())
+        .await
+        .is_err()
+    {
+        kill(vm).await;
+    }
+}
+
+/// Kills the VM and waits until its process is gone.
+async fn kill(vm: &mut VmHandle) {
+    vm.kill();
+    vm.wait().await;
+}
+
+fn describe(exit: VmExit) -> String {
+    match exit {
+        VmExit::Code(0) => "the guest powered off".into(),
+        VmExit::Code(code) => format!("QEMU exited with status {code}"),
+        VmExit::Signal(sig) => format!("QEMU was killed by signal {sig}"),
+    }
+}
+
+/// The boot log's tail, plus QEMU's own messages when it wrote any.
+fn boot_failure_tail(session: &Session) -> String {
+    let boot = log_tail(&session.boot_log(), BOOT_LOG_LINES);
+    let qemu = log_tail(&session.monitor_log(), 5);
+    match (boot.is_empty(), qemu.is_empty()) {
+        (_, true) => boot,
+        (true, false) => format!("QEMU said: {qemu}"),
+        (false, false) => format!("{boot}\nQEMU said: {qemu}"),
+    }
+}

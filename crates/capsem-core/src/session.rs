@@ -1,0 +1,165 @@
+//! Per-run directories.
+//!
+//! Every VM is a session with a short random id. Its record directory
+//! (`~/.capsem/sessions/ID/`) keeps the boot log, QEMU's log and a summary
+//! of the run; its runtime directory (`/run/user/UID/capsem/ID/` or
+//! `/tmp/capsem-UID/ID/`) holds the channel socket and disappears with the
+//! session. Both are private to the user (0700).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use rand::RngExt;
+use serde::Serialize;
+
+use crate::fsutil::{create_private_dir, write_atomic};
+
+/// Hex digits in a session id.
+const ID_LEN: usize = 8;
+
+/// The directories of one run.
+#[derive(Debug)]
+pub struct Session {
+    id: String,
+    dir: PathBuf,
+    runtime_dir: PathBuf,
+}
+
+/// A directory of a session could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("creating session directory {path}: {source}")]
+pub struct SessionError {
+    /// The directory.
+    pub path: PathBuf,
+    /// The cause.
+    pub source: io::Error,
+}
+
+impl Session {
+    /// Creates a session under `home/sessions` and `runtime_root`.
+    pub fn create(home: &Path, runtime_root: &Path) -> Result<Session, SessionError> {
+        let sessions = home.join("sessions");
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SessionError { path, source }
+        };
+        create_private_dir(&sessions).map_err(err(&sessions))?;
+        create_private_dir(runtime_root).map_err(err(runtime_root))?;
+        loop {
+            let id = new_id();
+            let dir = sessions.join(&id);
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(err(&dir)(e)),
+            }
+            create_private_dir(&dir).map_err(err(&dir))?;
+            let runtime_dir = runtime_root.join(&id);
+            create_private_dir(&runtime_dir).map_err(err(&runtime_dir))?;
+            return Ok(Session {
+                id,
+                dir,
+                runtime_dir,
+            });
+        }
+    }
+
+    /// The session id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The record directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The guest's serial console output.
+    pub fn boot_log(&self) -> PathBuf {
+        self.dir.join("boot.log")
+    }
+
+    /// The VM monitor's own output.
+    pub fn monitor_log(&self) -> PathBuf {
+        self.dir.join("qemu.log")
+    }
+
+    /// The channel socket.
+    pub fn channel_socket(&self) -> PathBuf {
+        self.runtime_dir.join("channel.sock")
+    }
+
+    /// Writes the run's summary as `session.json`.
+    pub fn record(&self, summary: &impl Serialize) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(summary).map_err(io::Error::other)?;
+        write_atomic(&self.dir.join("session.json"), &json)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.runtime_dir);
+    }
+}
+
+fn new_id() -> String {
+    let value: u64 = rand::rng().random();
+    format!("{value:016x}")[..ID_LEN].to_owned()
+}
+
+/// The last `lines` lines of a log the guest wrote, made safe to print:
+/// control characters (terminal escape sequences included) become `?`.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let bytes = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| {
+            line.chars()
+                .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn sessions_get_private_dirs_and_the_runtime_dir_goes_away() {
+        let home = tempfile::tempdir().unwrap();
+        let runtime = home.path().join("run");
+        let session = Session::create(home.path(), &runtime).unwrap();
+        assert_eq!(session.id().len(), ID_LEN);
+        let mode = fs::metadata(session.dir()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let socket_dir = session.channel_socket().parent().unwrap().to_owned();
+        assert!(socket_dir.is_dir());
+        let other = Session::create(home.path(), &runtime).unwrap();
+        assert_ne!(other.id(), session.id());
+        drop(session);
+        assert!(!socket_dir.exists());
+    }
+
+    #[test]
+    fn log_tail_is_short_and_escape_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("boot.log");
+        let mut text = String::new();
+        for i in 0..30 {
+            text.push_str(&format!("line {i}\n"));
+        }
+        text.push_str("evil \x1b]0;pwned\x07 end\r\n");
+        fs::write(&log, text).unwrap();
+        let tail = log_tail(&log, 20);
+        assert_eq!(tail.lines().count(), 20);
+        assert!(tail.starts_with("line 11"));
+        assert!(!tail.contains('\x1b') && !tail.contains('\x07'));
+        assert!(tail.ends_with("evil ?]0;pwned? end"));
+    }
+}

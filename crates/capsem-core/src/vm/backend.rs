@@ -1,0 +1,120 @@
+//! The small interface a virtual machine monitor implements.
+//!
+//! QEMU ([`super::qemu`]) is the one backend today; a native rust-vmm KVM
+//! backend for hosts with hardware virtualization would be a sibling. Tests
+//! use a fake guest behind the same trait.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::accel::Accel;
+use crate::assets::VerifiedAssets;
+
+/// Everything a backend needs to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// A name for process listings (`capsem-SESSION`).
+    pub name: String,
+    /// Verified kernel, initramfs and rootfs.
+    pub assets: VerifiedAssets,
+    /// KVM or TCG.
+    pub accel: Accel,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest RAM.
+    pub memory_mib: u32,
+    /// Unix socket the host listens on; the VM connects its channel port
+    /// to it.
+    pub channel_socket: PathBuf,
+    /// Where the serial console goes.
+    pub boot_log: PathBuf,
+    /// Where the monitor's own stderr goes.
+    pub monitor_log: PathBuf,
+}
+
+/// How the VM process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmExit {
+    /// The monitor exited with this code (0 after a guest power-off).
+    Code(i32),
+    /// The monitor was killed by this signal.
+    Signal(i32),
+}
+
+/// A backend could not start a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// QEMU is not installed or not where `CAPSEM_QEMU` says.
+    #[error("QEMU was not found ({binary}): install the Debian package qemu-system-x86")]
+    QemuNotFound {
+        /// What was looked for.
+        binary: String,
+    },
+    /// The monitor process could not be started.
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        /// The program.
+        binary: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Starts VMs.
+pub trait Backend: Send + Sync {
+    /// Starts a VM; returns once the monitor process runs.
+    fn launch(&self, config: &VmConfig) -> Result<VmHandle, VmError>;
+}
+
+/// A running VM. Dropping the handle kills the VM.
+pub struct VmHandle {
+    pid: Option<u32>,
+    exit: watch::Receiver<Option<VmExit>>,
+    kill: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl VmHandle {
+    /// Wraps a started VM. `exit` is set once when it ends; `kill` stops it
+    /// and must be safe to call at any time, including after it ended.
+    pub fn new(
+        pid: Option<u32>,
+        exit: watch::Receiver<Option<VmExit>>,
+        kill: Arc<dyn Fn() + Send + Sync>,
+    ) -> Self {
+        VmHandle { pid, exit, kill }
+    }
+
+    /// The monitor's process id, when it is a process.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// Waits until the VM has ended.
+    pub async fn wait(&mut self) -> VmExit {
+        match self.exit.wait_for(Option::is_some).await {
+            Ok(exit) => exit.expect("checked by wait_for"),
+            // The watcher vanished without a word: treat it as killed.
+            Err(_) => VmExit::Signal(9),
+        }
+    }
+
+    /// How it ended, if it has.
+    pub fn try_exit(&self) -> Option<VmExit> {
+        *self.exit.borrow()
+    }
+
+    /// Kills the VM now.
+    pub fn kill(&self) {
+        (self.kill)();
+    }
+}
+
+impl Drop for VmHandle {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            self.kill();
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The wire protocol between the Capsem host and its guest agent.
+//!
+//! One virtio-serial port carries everything. On it:
+//!
+//! 1. **Handshake.** The guest sends a [`GuestHello`] frame as soon as its
+//!    agent is ready; the host checks the version and answers with a
+//!    [`HostHello`] carrying the wall clock. Both are read with
+//!    [`frame::read_frame`], which never reads past its frame.
+//! 2. **Multiplexing.** The port then becomes a [`mux`] (yamux) connection.
+//!    The host opens one stream per command.
+//! 3. **Messages.** Each stream carries length-prefixed frames
+//!    ([`FrameCodec`]) of typed messages: [`HostToGuest`] one way,
+//!    [`GuestToHost`] the other.
+//!
+//! # Security invariants
+//!
+//! The guest is assumed hostile. Everything it sends is bounded before it is
+//! buffered ([`limits::MAX_FRAME_BYTES`], the yamux windows) and checked after
+//! it is decoded ([`GuestToHost::validate`]). A bad frame is an error value,
+//! never a panic, and the host stops the VM on the first one.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use capsem_proto::{frame, ExitStatus, GuestToHost};
+//!
+//! let mut buf = BytesMut::new();
+//! frame::encode_frame(&GuestToHost::Exited(ExitStatus::Code(0)), &mut buf).unwrap();
+//! let (msg, used) = frame::decode_frame::<GuestToHost>(&buf).unwrap().unwrap();
+//! assert_eq!(msg, GuestToHost::Exited(ExitStatus::Code(0)));
+//! assert_eq!(used, buf.len());
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod frame;
+pub mod limits;
+pub mod msg;
+pub mod mux;
+
+pub use frame::{FrameCodec, FrameError};
+pub use msg::{
+    Command, EnvError, ExecRequest, ExitStatus, GuestHello, GuestToHost, HostHello, HostToGuest,
+    ProtocolError, validate_env_name,
+};
+
+/// The codec the host uses: decodes guest messages, encodes host messages.
+pub type HostCodec = FrameCodec<GuestToHost, HostToGuest>;
+/// The codec the guest uses: decodes host messages, encodes guest messages.
+pub type GuestCodec = FrameCodec<HostToGuest, GuestToHost>;

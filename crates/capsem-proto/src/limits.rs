@@ -1,0 +1,28 @@
+//! Hard limits of the wire protocol. Both sides enforce them; the host treats
+//! a guest that exceeds one as hostile and stops the VM.
+
+/// Version of the protocol spoken on the channel. Bumped on any incompatible
+/// change to the handshake, framing or message types.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame payload either side accepts, in bytes. A length header above
+/// this is rejected before any buffer is allocated.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Largest stdin/stdout/stderr chunk a sender puts in one frame.
+pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Most arguments an exec request may carry.
+pub const MAX_ARGS: usize = 4096;
+
+/// Most environment variables an exec request may carry.
+pub const MAX_ENV_VARS: usize = 1024;
+
+/// Longest free-form text (error messages, version strings) a guest may send.
+pub const MAX_TEXT_BYTES: usize = 4096;
+
+/// Most streams the channel multiplexes at once.
+pub const MAX_STREAMS: usize = 64;
+
+/// Highest signal number on Linux (`SIGRTMAX`).
+pub const MAX_SIGNAL: u8 = 64;

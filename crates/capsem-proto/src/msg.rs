@@ -1,0 +1,418 @@
+//! Typed messages. The two directions are separate types so that the host
+//! only ever decodes [`GuestToHost`] and the guest only [`HostToGuest`].
+//!
+//! A channel starts with a handshake ([`GuestHello`] then [`HostHello`]).
+//! After it the host opens streams of two kinds, told apart by their first
+//! message:
+//!
+//! - an **exec stream** starts with [`HostToGuest::Exec`], then carries that
+//!   command's stdin; the guest answers with output chunks and ends with
+//!   [`GuestToHost::Exited`];
+//! - the **control stream** carries [`HostToGuest::Signal`] and
+//!   [`HostToGuest::Shutdown`], so they never queue behind stdin data that a
+//!   command is not reading.
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{
+    MAX_ARGS, MAX_CHUNK_BYTES, MAX_ENV_VARS, MAX_SIGNAL, MAX_TEXT_BYTES, PROTOCOL_VERSION,
+};
+
+/// First frame on a fresh channel, sent by the guest agent once it is ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestHello {
+    /// The guest's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The agent's crate version, for diagnostics.
+    pub agent_version: String,
+    /// Guest `CLOCK_BOOTTIME` when the agent started, in nanoseconds: how long
+    /// the kernel took to reach `/init`.
+    pub init_started_ns: u64,
+    /// Guest `CLOCK_BOOTTIME` when this hello was sent, in nanoseconds.
+    pub ready_ns: u64,
+}
+
+/// The host's answer to [`GuestHello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostHello {
+    /// The host's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Host wall clock, nanoseconds since the Unix epoch. The guest has no
+    /// reliable clock of its own under TCG, so it sets its clock from this.
+    pub unix_time_ns: u64,
+}
+
+impl HostHello {
+    /// A hello for this build of the protocol.
+    pub fn new(unix_time_ns: u64) -> Self {
+        HostHello {
+            protocol: PROTOCOL_VERSION,
+            unix_time_ns,
+        }
+    }
+}
+
+/// What the guest should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// One command line, run by `bash -c`.
+    Shell(String),
+    /// An exact argument vector; the first element is looked up in `PATH`.
+    Argv(Vec<String>),
+}
+
+/// Start a command on this stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The host's id for this command, used to address signals to it.
+    pub id: u32,
+    /// The command.
+    pub command: Command,
+    /// Variables added to (or replacing) the guest's default environment.
+    pub env: Vec<(String, String)>,
+}
+
+/// Host to guest, on an exec stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostToGuest {
+    /// Start a command. Must be the first message of a stream, and only there.
+    Exec(ExecRequest),
+    /// Bytes for the command's stdin.
+    Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The host's stdin ended: close the command's stdin.
+    StdinEof,
+    /// The host stopped reading stdout (for example a closed pipe): close the
+    /// command's stdout so it gets `SIGPIPE` like a local command would.
+    StdoutClosed,
+    /// Deliver a signal to the process group of the command `exec`. Sent on
+    /// the control stream, so that it never waits behind stdin data.
+    Signal {
+        /// The [`ExecRequest::id`] of the command.
+        exec: u32,
+        /// The signal number.
+        signal: u8,
+    },
+    /// Power the VM off now. Sent on the control stream.
+    Shutdown,
+}
+
+/// How a guest command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(u8),
+    /// It was killed by this signal.
+    Signal(u8),
+}
+
+impl ExitStatus {
+    /// The shell convention: the code itself, or 128 + N for signal N.
+    pub fn shell_code(self) -> u8 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(sig) => 128u8.saturating_add(sig),
+        }
+    }
+}
+
+/// Guest to host, on an exec stream. Untrusted: check with [`validate`](Self::validate).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuestToHost {
+    /// Bytes the command wrote to stdout.
+    Stdout(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Bytes the command wrote to stderr.
+    Stderr(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The command ended; no message follows on this stream.
+    Exited(ExitStatus),
+    /// The agent refused the request (a bad request, not a failed command).
+    Refused(String),
+}
+
+/// A message broke a rule of the protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The peer speaks another version.
+    #[error("protocol version mismatch: this side speaks {ours}, the other {theirs}")]
+    Version {
+        /// Our version.
+        ours: u32,
+        /// Theirs.
+        theirs: u32,
+    },
+    /// A data chunk is larger than [`MAX_CHUNK_BYTES`].
+    #[error("data chunk of {0} bytes exceeds the limit of {MAX_CHUNK_BYTES}")]
+    ChunkTooLarge(usize),
+    /// A text field is larger than [`MAX_TEXT_BYTES`].
+    #[error("text of {0} bytes exceeds the limit of {MAX_TEXT_BYTES}")]
+    TextTooLarge(usize),
+    /// A signal number outside 1..=64.
+    #[error("signal {0} is not a valid signal number")]
+    BadSignal(u8),
+    /// An exec request with no command.
+    #[error("empty command")]
+    EmptyCommand,
+    /// Too many arguments or environment variables.
+    #[error("too many {what}: {count} (limit {limit})")]
+    TooMany {
+        /// Which list.
+        what: &'static str,
+        /// How many were sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A string contains a NUL byte, which cannot reach `execve`.
+    #[error("{0} contains a NUL byte")]
+    NulByte(&'static str),
+    /// An environment variable that may not be set.
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    /// A message that does not belong at this point of the stream.
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+}
+
+/// Checks that a peer's protocol version matches ours.
+pub fn check_version(theirs: u32) -> Result<(), ProtocolError> {
+    if theirs == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(ProtocolError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        })
+    }
+}
+
+fn check_signal(sig: u8) -> Result<(), ProtocolError> {
+    if (1..=MAX_SIGNAL).contains(&sig) {
+        Ok(())
+    } else {
+        Err(ProtocolError::BadSignal(sig))
+    }
+}
+
+fn check_chunk(data: &[u8]) -> Result<(), ProtocolError> {
+    if data.len() > MAX_CHUNK_BYTES {
+        return Err(ProtocolError::ChunkTooLarge(data.len()));
+    }
+    Ok(())
+}
+
+fn check_text(text: &str) -> Result<(), ProtocolError> {
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(ProtocolError::TextTooLarge(text.len()));
+    }
+    Ok(())
+}
+
+fn check_count(what: &'static str, count: usize, limit: usize) -> Result<(), ProtocolError> {
+    if count > limit {
+        return Err(ProtocolError::TooMany { what, count, limit });
+    }
+    Ok(())
+}
+
+fn check_no_nul(what: &'static str, s: &str) -> Result<(), ProtocolError> {
+    if s.contains('\0') {
+        return Err(ProtocolError::NulByte(what));
+    }
+    Ok(())
+}
+
+impl GuestHello {
+    /// Checks the hello of an untrusted guest.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        check_version(self.protocol)?;
+        check_text(&self.agent_version)
+    }
+}
+
+impl GuestToHost {
+    /// Checks a message from an untrusted guest.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        match self {
+            GuestToHost::Stdout(data) | GuestToHost::Stderr(data) => check_chunk(data),
+            GuestToHost::Exited(ExitStatus::Signal(sig)) => check_signal(*sig),
+            GuestToHost::Exited(ExitStatus::Code(_)) => Ok(()),
+            GuestToHost::Refused(text) => check_text(text),
+        }
+    }
+}
+
+impl ExecRequest {
+    /// Checks a request before it is sent (host) and after it arrives (guest).
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        match &self.command {
+            Command::Shell(line) => check_no_nul("the command line", line)?,
+            Command::Argv(argv) => {
+                if argv.is_empty() {
+                    return Err(ProtocolError::EmptyCommand);
+                }
+                check_count("arguments", argv.len(), MAX_ARGS)?;
+                for arg in argv {
+                    check_no_nul("an argument", arg)?;
+                }
+            }
+        }
+        check_count("environment variables", self.env.len(), MAX_ENV_VARS)?;
+        for (name, value) in &self.env {
+            validate_env_name(name)?;
+            check_no_nul("an environment value", value)?;
+        }
+        Ok(())
+    }
+}
+
+impl HostToGuest {
+    /// Checks a message from the host (the guest's side of the contract).
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        match self {
+            HostToGuest::Exec(req) => req.validate(),
+            HostToGuest::Stdin(data) => check_chunk(data),
+            HostToGuest::Signal { signal, .. } => check_signal(*signal),
+            HostToGuest::StdinEof | HostToGuest::StdoutClosed | HostToGuest::Shutdown => Ok(()),
+        }
+    }
+}
+
+/// An environment variable name that cannot be passed to a guest command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    /// Not of the form `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error("'{0}' is not a valid environment variable name")]
+    Invalid(String),
+    /// A name that changes how the loader or the shell runs the command.
+    #[error(
+        "environment variable '{0}' is not allowed: it changes how the dynamic loader or the shell runs every command"
+    )]
+    Forbidden(String),
+}
+
+/// Prefixes and names refused because they hijack the loader or the shell
+/// rather than configure the program.
+const FORBIDDEN_ENV_PREFIXES: &[&str] = &["LD_", "BASH_FUNC_"];
+const FORBIDDEN_ENV_NAMES: &[&str] = &[
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "IFS",
+    "PROMPT_COMMAND",
+    "PS4",
+    "GLOBIGNORE",
+];
+
+/// Checks that `name` may be set in a guest command's environment.
+pub fn validate_env_name(name: &str) -> Result<(), EnvError> {
+    let mut chars = name.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(EnvError::Invalid(name.to_owned()));
+    }
+    let upper = name.to_ascii_uppercase();
+    if FORBIDDEN_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
+        || FORBIDDEN_ENV_NAMES.contains(&upper.as_str())
+    {
+        return Err(EnvError::Forbidden(name.to_owned()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_code_follows_the_shell_convention() {
+        assert_eq!(ExitStatus::Code(42).shell_code(), 42);
+        assert_eq!(ExitStatus::Signal(2).shell_code(), 130);
+        assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn env_names_that_hijack_execution_are_refused() {
+        for name in [
+            "LD_PRELOAD",
+            "LD_LIBRARY_PATH",
+            "ld_audit",
+            "BASH_ENV",
+            "BASH_FUNC_foo%%",
+            "IFS",
+            "PROMPT_COMMAND",
+            "PS4",
+        ] {
+            assert!(validate_env_name(name).is_err(), "{name} accepted");
+        }
+        for name in ["", "1X", "A=B", "A-B", "A B"] {
+            assert!(
+                matches!(validate_env_name(name), Err(EnvError::Invalid(_))),
+                "{name:?} accepted"
+            );
+        }
+        for name in ["FOO", "_x", "PATH", "LANG", "OLD_PWD"] {
+            assert_eq!(validate_env_name(name), Ok(()));
+        }
+    }
+
+    #[test]
+    fn exec_requests_are_bounded() {
+        let too_many = ExecRequest {
+            id: 0,
+            command: Command::Argv(vec!["x".into(); MAX_ARGS + 1]),
+            env: vec![],
+        };
+        assert!(matches!(
+            too_many.validate(),
+            Err(ProtocolError::TooMany { .. })
+        ));
+        let empty = ExecRequest {
+            id: 0,
+            command: Command::Argv(vec![]),
+            env: vec![],
+        };
+        assert_eq!(empty.validate(), Err(ProtocolError::EmptyCommand));
+        let nul = ExecRequest {
+            id: 0,
+            command: Command::Shell("a\0b".into()),
+            env: vec![],
+        };
+        assert!(matches!(nul.validate(), Err(ProtocolError::NulByte(_))));
+    }
+
+    #[test]
+    fn guest_messages_are_checked() {
+        let big = GuestToHost::Stdout(vec![0; MAX_CHUNK_BYTES + 1]);
+        assert!(matches!(
+            big.validate(),
+            Err(ProtocolError::ChunkTooLarge(_))
+        ));
+        assert!(
+            GuestToHost::Exited(ExitStatus::Signal(0))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            GuestToHost::Exited(ExitStatus::Signal(65))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            GuestToHost::Exited(ExitStatus::Signal(9))
+                .validate()
+                .is_ok()
+        );
+        let hello = GuestHello {
+            protocol: PROTOCOL_VERSION + 1,
+            agent_version: "x".into(),
+            init_started_ns: 0,
+            ready_ns: 0,
+        };
+        assert!(matches!(
+            hello.validate(),
+            Err(ProtocolError::Version { .. })
+        ));
+    }
+}

@@ -1,0 +1,203 @@
+//! The command line.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXIT_STATUS: &str = "\
+Exit status:
+  N      the guest command's own exit status
+  128+N  the guest command was killed by signal N
+  124    --timeout expired; the VM was destroyed
+  125    capsem itself failed (the message says why and what to do)
+  126    the command exists but could not be run
+  127    the command was not found in the guest";
+
+/// Run a command in a throw-away, hardened Linux microVM.
+///
+/// Every run boots a fresh VM from pinned, verified images, runs the command
+/// with its stdin, stdout and stderr connected to yours, and destroys the VM.
+/// Nothing persists between runs, and the VM has no network.
+///
+/// One argument is a shell command line, run by `bash -c`:
+///   capsem 'ls -la /proc/cpuinfo | head -3'
+///
+/// Several arguments are run as exactly that argument vector:
+///   capsem echo "a  b"
+///
+/// Anything that is not a subcommand is a command to run, so `capsem uname -a`
+/// is short for `capsem run -- uname -a`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "capsem",
+    version,
+    verbatim_doc_comment,
+    override_usage = "capsem [OPTIONS] COMMAND [ARGS]...\n       \
+                      capsem run [OPTIONS] -- COMMAND [ARGS]...\n       \
+                      capsem assets verify | version | help",
+    after_help = EXIT_STATUS,
+    subcommand_value_name = "COMMAND",
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub subcommand: Option<Subcmd>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Print nothing of capsem's own but errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Show boot phases with timings.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Subcmd {
+    /// Run a command in a fresh VM (the default).
+    Run(RunArgs),
+    /// Check the VM images against the hashes built into capsem.
+    Assets {
+        #[command(subcommand)]
+        action: AssetsAction,
+    },
+    /// Print capsem's version, protocol and pinned asset hashes.
+    Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssetsAction {
+    /// Hash every asset and compare it with the pinned manifest.
+    Verify,
+}
+
+/// What to run and how.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kill the VM and exit with 124 if the command runs longer than SECS.
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Set an environment variable for the command (repeatable).
+    ///
+    /// Variables that change how the loader or shell runs every command
+    /// (LD_*, BASH_ENV, BASH_FUNC_*, IFS, PROMPT_COMMAND, PS4, ...) are
+    /// refused.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// The command and its arguments.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// Options given before `run` (`capsem --timeout 5 run -- x`) count too.
+    pub fn with_outer(mut self, outer: RunArgs) -> RunArgs {
+        self.timeout = self.timeout.or(outer.timeout);
+        self.env.splice(0..0, outer.env);
+        self
+    }
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 1e9) {
+        return Err(format!("'{text}' is not a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
+    capsem_proto::validate_env_name(name).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), value.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("capsem").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn a_bare_command_keeps_its_own_flags() {
+        let cli = parse(&["uname", "-a"]).unwrap();
+        assert!(cli.subcommand.is_none());
+        assert_eq!(cli.run.command, ["uname", "-a"]);
+        let cli = parse(&["-q", "--timeout", "5", "ls", "-l", "--color", "-q"]).unwrap();
+        assert!(cli.global.quiet);
+        assert_eq!(cli.run.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(cli.run.command, ["ls", "-l", "--color", "-q"]);
+    }
+
+    #[test]
+    fn one_argument_stays_one_argument() {
+        let cli = parse(&["ls -la /proc/cpuinfo"]).unwrap();
+        assert_eq!(cli.run.command, ["ls -la /proc/cpuinfo"]);
+    }
+
+    #[test]
+    fn run_subcommand_takes_options_and_command() {
+        let cli = parse(&["-q", "run", "-e", "A=1", "--", "sh", "-c", "exit 42"]).unwrap();
+        let Some(Subcmd::Run(run)) = cli.subcommand else {
+            panic!("not run")
+        };
+        assert_eq!(run.env, [("A".to_owned(), "1".to_owned())]);
+        assert_eq!(run.command, ["sh", "-c", "exit 42"]);
+    }
+
+    #[test]
+    fn dangerous_environment_is_refused_at_parse_time() {
+        let err = parse(&["run", "-e", "LD_PRELOAD=/x.so", "--", "true"]).unwrap_err();
+        assert!(err.to_string().contains("LD_PRELOAD"), "{err}");
+        assert!(parse(&["-e", "NOEQUALS", "true"]).is_err());
+    }
+
+    #[test]
+    fn bad_timeouts_are_refused() {
+        for t in ["0", "-1", "abc", "NaN"] {
+            assert!(parse(&["--timeout", t, "true"]).is_err(), "{t}");
+        }
+        let cli = parse(&["--timeout", "0.5", "true"]).unwrap();
+        assert_eq!(cli.run.timeout, Some(Duration::from_millis(500)));
+    }
+
+    #[test]
+    fn options_before_run_are_kept() {
+        let cli = parse(&["--timeout", "3", "-e", "A=1", "run", "-e", "B=2", "--", "x"]).unwrap();
+        let Some(Subcmd::Run(run)) = cli.subcommand else {
+            panic!("not run")
+        };
+        let run = run.with_outer(cli.run);
+        assert_eq!(run.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(run.env.len(), 2);
+        assert_eq!(run.env[0].0, "A");
+    }
+
+    #[test]
+    fn subcommands_are_recognised() {
+        assert!(matches!(
+            parse(&["assets", "verify"]).unwrap().subcommand,
+            Some(Subcmd::Assets { .. })
+        ));
+        assert!(matches!(
+            parse(&["version"]).unwrap().subcommand,
+            Some(Subcmd::Version)
+        ));
+    }
+}

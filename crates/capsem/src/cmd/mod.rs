@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub mod assets;
+pub mod run;
+pub mod version;

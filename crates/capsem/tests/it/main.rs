@@ -1,0 +1,9 @@
+//! Integration tests: each boots real VMs from the built assets (under TCG
+//! on hosts without hardware virtualization). One test binary, so the
+//! assets are built once and the harness runs VMs in parallel.
+
+mod errors;
+mod exec;
+mod kernel;
+mod lifecycle;
+mod support;

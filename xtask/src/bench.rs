@@ -1,0 +1,347 @@
+//! `cargo xtask bench`: cold start and host memory of `capsem true`, next to
+//! the floor: bare QEMU booting the same kernel into a trivial `/init` that
+//! powers off at once. Runs are interleaved so drift hits both alike;
+//! medians are reported, with min and max for spread.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use capsem_core::assets::CurrentAssets;
+use capsem_core::settings::VmSettings;
+use capsem_core::vm::{self, AccelSetting, qemu};
+use clap::Args;
+use serde_json::{Value, json};
+
+use crate::{assets, cargo, deps, initramfs, proc, workspace};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Runs of each measurement; medians are reported.
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+    /// Where the JSON report goes.
+    #[arg(long, default_value = "target/bench/bench.json")]
+    out: PathBuf,
+}
+
+/// One timed process run.
+struct Sample {
+    wall: Duration,
+    /// Peak RSS of the VM monitor, in KiB.
+    qemu_kib: u64,
+    /// Peak RSS of capsem itself, in KiB (0 for the floor).
+    capsem_kib: u64,
+    /// Phase timings from the session record, in ms.
+    phases: BTreeMap<String, f64>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.runs < 3 {
+        bail!("--runs must be at least 3 for a meaningful median");
+    }
+    deps::ensure()?;
+    let current_json = assets::build()?;
+    proc::run(cargo(&current_json).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
+    let capsem = workspace().join("target/release/capsem");
+    let current = CurrentAssets::parse(&fs::read_to_string(&current_json)?)?;
+    let scratch = tempdir("capsem-bench")?;
+    let floor_initrd = build_floor(&scratch)?;
+    let home = scratch.join("home");
+    let vm = VmSettings::default();
+    let accel = vm::accel::choose(AccelSetting::Auto)?.accel;
+
+    eprintln!("xtask: warming up (first run hashes the assets)");
+    run_capsem(&capsem, &home, "true")?;
+    let (mut floor, mut cold) = (Vec::new(), Vec::new());
+    for i in 0..args.runs {
+        eprintln!("xtask: run {}/{}", i + 1, args.runs);
+        floor.push(run_floor(&current, &floor_initrd, &vm, accel, &scratch)?);
+        cold.push(run_capsem(&capsem, &home, "true")?);
+    }
+    let idle = (0..3)
+        .map(|_| run_capsem(&capsem, &home, "sleep 2"))
+        .collect::<Result<Vec<_>>>()?;
+
+    let report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
+    print_summary(&report);
+    let out = workspace().join(&args.out);
+    fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
+    fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("xtask: wrote {}", out.display());
+    let _ = fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+fn tempdir(prefix: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Compiles the floor's `/init` and packs it like the real initramfs.
+fn build_floor(scratch: &Path) -> Result<PathBuf> {
+    let binary = scratch.join("floor-init");
+    proc::run(
+        Command::new("gcc")
+            .args(["-static", "-Os", "-o"])
+            .arg(&binary)
+            .arg(workspace().join("images/bench/floor-init.c")),
+    )?;
+    let mut cpio = Vec::new();
+    initramfs::write_newc(&mut cpio, &fs::read(&binary)?)?;
+    let path = scratch.join("floor.cpio");
+    fs::write(&path, cpio)?;
+    Ok(path)
+}
+
+fn run_floor(
+    current: &CurrentAssets,
+    initrd: &Path,
+    vm: &VmSettings,
+    accel: vm::Accel,
+    scratch: &Path,
+) -> Result<Sample> {
+    let kernel = current.dir.join(&current.manifest.kernel.file);
+    let args = qemu::machine_args(
+        accel,
+        vm.cpus,
+        vm.memory_mib,
+        &kernel,
+        initrd,
+        &scratch.join("floor.log"),
+    );
+    let started = Instant::now();
+    let child = Command::new("qemu-system-x86_64")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting QEMU")?;
+    let (wall, qemu_kib, _) = watch(child, started)?;
+    Ok(Sample {
+        wall,
+        qemu_kib,
+        capsem_kib: 0,
+        phases: BTreeMap::new(),
+    })
+}
+
+fn run_capsem(capsem: &Path, home: &Path, command: &str) -> Result<Sample> {
+    let before = sessions(home);
+    let started = Instant::now();
+    let child = Command::new(capsem)
+        .args(["-q", command])
+        .env("CAPSEM_HOME", home)
+        .env("CAPSEM_CORP_CONFIG", home.join("no-corp.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting capsem")?;
+    let (wall, capsem_kib, qemu_kib) = watch(child, started)?;
+    let new: Vec<PathBuf> = sessions(home).difference(&before).cloned().collect();
+    let [session] = new.as_slice() else {
+        bail!("expected one new session, found {new:?}");
+    };
+    Ok(Sample {
+        wall,
+        qemu_kib,
+        capsem_kib,
+        phases: phases(session)?,
+    })
+}
+
+fn sessions(home: &Path) -> BTreeSet<PathBuf> {
+    fs::read_dir(home.join("sessions"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Phase timings (ms since capsem started) from a session record.
+fn phases(session: &Path) -> Result<BTreeMap<String, f64>> {
+    let record: Value = serde_json::from_str(&fs::read_to_string(session.join("session.json"))?)?;
+    let Some(phases) = record["report"]["phases"].as_object() else {
+        bail!("session {} has no phases: {record}", session.display());
+    };
+    Ok(phases
+        .iter()
+        .filter_map(|(name, d)| {
+            let ms = d["secs"].as_f64()? * 1e3 + d["nanos"].as_f64()? / 1e6;
+            Some((name.clone(), ms))
+        })
+        .collect())
+}
+
+/// Waits for `child`, sampling peak RSS of it and of its first child (the
+/// VM monitor, for capsem). Returns wall time and both peaks in KiB.
+fn watch(mut child: Child, started: Instant) -> Result<(Duration, u64, u64)> {
+    let done = Arc::new(AtomicBool::new(false));
+    let (own, sub) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let pid = child.id();
+    let sampler = {
+        let (done, own, sub) = (done.clone(), own.clone(), sub.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                own.fetch_max(peak_rss_kib(pid), Ordering::Relaxed);
+                if let Some(kid) = first_child(pid) {
+                    sub.fetch_max(peak_rss_kib(kid), Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let status = child.wait()?;
+    let wall = started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    if !status.success() {
+        bail!("benchmark run failed: {status}");
+    }
+    Ok((
+        wall,
+        own.load(Ordering::Relaxed),
+        sub.load(Ordering::Relaxed),
+    ))
+}
+
+/// `VmHWM` (peak resident set) of a process, in KiB; 0 once it is gone.
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn first_child(pid: u32) -> Option<u32> {
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children.split_whitespace().next()?.parse().ok()
+}
+
+/// Median, min and max.
+fn stats(values: impl IntoIterator<Item = f64>) -> Value {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    json!({ "median": round(median), "min": round(v[0]), "max": round(v[n - 1]) })
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median_of(value: &Value) -> f64 {
+    value["median"].as_f64().unwrap_or(f64::NAN)
+}
+
+fn report(
+    floor: &[Sample],
+    cold: &[Sample],
+    idle: &[Sample],
+    vm: &VmSettings,
+    accel: &str,
+    runs: usize,
+) -> Value {
+    let floor_wall = stats(floor.iter().map(|s| ms(s.wall)));
+    let cold_wall = stats(cold.iter().map(|s| ms(s.wall)));
+    let names: BTreeSet<&String> = cold.iter().flat_map(|s| s.phases.keys()).collect();
+    let phases: BTreeMap<&String, Value> = names
+        .into_iter()
+        .map(|name| {
+            (
+                name,
+                stats(cold.iter().filter_map(|s| s.phases.get(name).copied())),
+            )
+        })
+        .collect();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    let floor_rss = stats(floor.iter().map(|s| mib(s.qemu_kib)));
+    let idle_qemu = stats(idle.iter().map(|s| mib(s.qemu_kib)));
+    let idle_capsem = stats(idle.iter().map(|s| mib(s.capsem_kib)));
+    json!({
+        "conditions": {
+            "accel": accel,
+            "cpus": vm.cpus,
+            "memory_mib": vm.memory_mib,
+            "runs": runs,
+            "host_cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        },
+        "floor": {
+            "what": "bare QEMU, same kernel and machine, trivial /init that powers off",
+            "wall_ms": floor_wall,
+            "qemu_peak_rss_mib": floor_rss,
+        },
+        "cold_start": {
+            "what": "capsem -q true: process start to exit, VM destroyed",
+            "wall_ms": cold_wall,
+            "phases_ms": phases,
+            "ratio_to_floor": round(median_of(&cold_wall) / median_of(&floor_wall) * 100.0) / 100.0,
+        },
+        "idle_memory": {
+            "what": "capsem -q 'sleep 2': peak RSS while the VM sits idle",
+            "qemu_peak_rss_mib": idle_qemu,
+            "capsem_peak_rss_mib": idle_capsem,
+            "qemu_ratio_to_floor": round(median_of(&idle_qemu) / median_of(&floor_rss) * 100.0) / 100.0,
+        },
+    })
+}
+
+fn print_summary(report: &Value) {
+    let c = &report["conditions"];
+    println!(
+        "conditions: {} accel, {} vCPUs, {} MiB guest, {} runs each",
+        c["accel"].as_str().unwrap_or("?"),
+        c["cpus"],
+        c["memory_mib"],
+        c["runs"]
+    );
+    let line = |name: &str, v: &Value| {
+        println!(
+            "  {name:<28} median {:>8.1}  min {:>8.1}  max {:>8.1}",
+            median_of(v),
+            v["min"].as_f64().unwrap_or(f64::NAN),
+            v["max"].as_f64().unwrap_or(f64::NAN)
+        );
+    };
+    println!("wall time (ms):");
+    line("floor (bare QEMU)", &report["floor"]["wall_ms"]);
+    line("capsem true", &report["cold_start"]["wall_ms"]);
+    println!("  ratio {}", report["cold_start"]["ratio_to_floor"]);
+    println!("capsem phases (ms since process start):");
+    if let Some(phases) = report["cold_start"]["phases_ms"].as_object() {
+        let mut ordered: Vec<(&String, &Value)> = phases.iter().collect();
+        ordered.sort_by(|a, b| median_of(a.1).total_cmp(&median_of(b.1)));
+        for (name, v) in ordered {
+            line(name, v);
+        }
+    }
+    println!("peak RSS (MiB):");
+    line("floor QEMU", &report["floor"]["qemu_peak_rss_mib"]);
+    line("idle VM QEMU", &report["idle_memory"]["qemu_peak_rss_mib"]);
+    line(
+        "idle VM capsem",
+        &report["idle_memory"]["capsem_peak_rss_mib"],
+    );
+    println!(
+        "  QEMU ratio {}",
+        report["idle_memory"]["qemu_ratio_to_floor"]
+    );
+}

@@ -1,0 +1,142 @@
+//! The content-addressed asset cache, outside the clone.
+//!
+//! Each built artifact lives in `KIND/KEY/`, where KEY hashes every input
+//! that can change its bytes (sources, configuration, tool versions, the
+//! recipe). A directory exists only once complete: it is built under a
+//! temporary name and renamed into place, so an interrupted build is simply
+//! rebuilt.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The cache root: `$CAPSEM_CACHE_DIR`, else `$XDG_CACHE_HOME/capsem`, else
+/// `~/.cache/capsem`. `crates/capsem/build.rs` applies the same rule.
+pub fn root() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("CAPSEM_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("capsem")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache/capsem")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/capsem"))
+}
+
+/// The file `capsem` compiles in: the current asset set.
+pub fn current_json() -> PathBuf {
+    root().join("current.json")
+}
+
+/// Hashes labelled inputs into a cache key.
+pub struct KeyBuilder(blake3::Hasher);
+
+impl KeyBuilder {
+    /// A key for artifacts of `kind`, built by recipe `version`.
+    pub fn new(kind: &str, version: u32) -> Self {
+        let mut builder = KeyBuilder(blake3::Hasher::new());
+        builder.add(kind, &version.to_le_bytes());
+        builder
+    }
+
+    /// Adds one input. Labels and lengths are hashed too, so inputs cannot
+    /// run into each other.
+    pub fn add(&mut self, label: &str, bytes: &[u8]) -> &mut Self {
+        for part in [label.as_bytes(), bytes] {
+            self.0.update(&(part.len() as u64).to_le_bytes());
+            self.0.update(part);
+        }
+        self
+    }
+
+    /// Adds a file's content.
+    pub fn file(&mut self, path: &Path) -> Result<&mut Self> {
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(self.add(&path.display().to_string(), &bytes))
+    }
+
+    /// Adds every file under `dir`, in a stable order, by path relative to
+    /// `base`.
+    pub fn tree(&mut self, base: &Path, dir: &Path) -> Result<&mut Self> {
+        let mut files = Vec::new();
+        collect_files(dir, &mut files)?;
+        files.sort();
+        for file in files {
+            let bytes = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file
+                .strip_prefix(base)
+                .unwrap_or(&file)
+                .display()
+                .to_string();
+            self.add(&name, &bytes);
+        }
+        Ok(self)
+    }
+
+    /// The key: 16 hex digits are plenty to tell builds apart.
+    pub fn finish(&self) -> String {
+        self.0.finalize().to_hex()[..16].to_owned()
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_files(&path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Returns `KIND/KEY` under the cache, building it with `build` when absent.
+/// `build` fills the directory it is given.
+pub fn get_or_build(
+    kind: &str,
+    key: &str,
+    build: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let dir = root().join(kind).join(key);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = root().join(kind).join(format!("{key}.partial"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    build(&tmp)?;
+    fs::rename(&tmp, &dir).with_context(|| format!("moving {} into place", dir.display()))?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_depend_on_every_input_and_its_label() {
+        let key = |pairs: &[(&str, &[u8])]| {
+            let mut k = KeyBuilder::new("kind", 1);
+            for (label, bytes) in pairs {
+                k.add(label, bytes);
+            }
+            k.finish()
+        };
+        assert_eq!(key(&[("a", b"1")]), key(&[("a", b"1")]));
+        assert_ne!(key(&[("a", b"1")]), key(&[("a", b"2")]));
+        assert_ne!(key(&[("a", b"1")]), key(&[("b", b"1")]));
+        assert_ne!(
+            key(&[("a", b"1b"), ("", b"")]),
+            key(&[("a", b"1"), ("b", b"")])
+        );
+        assert_ne!(
+            KeyBuilder::new("kind", 1).finish(),
+            KeyBuilder::new("kind", 2).finish()
+        );
+    }
+}
