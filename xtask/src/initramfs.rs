@@ -69,7 +69,7 @@ fn field(out: &mut Vec<u8>, value: u64) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -56,7 +56,7 @@ fn compile(out: &Path, log: &Path) -> Result<()> {
     )?;
     let config = tree.join(".config");
     check_config(
-        &fs::read_to_string(&fragment())?,
+        &fs::read_to_string(fragment())?,
         &fs::read_to_string(&config)?,
     )?;
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());

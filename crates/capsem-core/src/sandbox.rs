@@ -310,36 +310,52 @@ impl Sandbox {
     ) -> Result<Channel, RunError> {
         let secs = self.vm.boot_timeout_secs;
         let connect = async {
-            let (socket, _) = listener.accept().await.map_err(|source| RunError::Io {
-                what: "accepting the VM's channel connection".into(),
-                source,
-            })?;
-            Channel::handshake(socket)
-                .await
-                .map_err(|source| RunError::Channel {
+            let (socket, _) = listener.accept().await.map_err(|source| {
+                BootError::Final(RunError::Io {
+                    what: "accepting the VM's channel connection".into(),
                     source,
-                    boot_log: session.boot_log(),
                 })
+            })?;
+            Channel::handshake(socket).await.map_err(BootError::Channel)
         };
-        let result = tokio::select! {
-            connected = tokio::time::timeout(Duration::from_secs(secs.into()), connect) => match connected {
-                Ok(result) => result,
-                Err(_) => Err(RunError::BootTimeout {
+        let connected = tokio::select! {
+            connected = tokio::time::timeout(Duration::from_secs(secs.into()), connect) => {
+                connected.unwrap_or_else(|_| Err(BootError::Final(RunError::BootTimeout {
                     secs,
                     boot_log: session.boot_log(),
                     tail: log_tail(&session.boot_log(), BOOT_LOG_LINES),
-                }),
-            },
-            exit = vm.wait() => Err(RunError::BootFailed {
-                exit: describe(exit),
-                boot_log: session.boot_log(),
-                tail: boot_failure_tail(session),
-            }),
+                })))
+            }
+            exit = vm.wait() => Err(BootError::Final(Stage::Boot.died(session, exit))),
         };
-        if result.is_err() {
-            kill(vm).await;
+        let err = match connected {
+            Ok(channel) => return Ok(channel),
+            Err(BootError::Channel(source)) => self.explain(session, vm, source, Stage::Boot).await,
+            Err(BootError::Final(err)) => err,
+        };
+        kill(vm).await;
+        Err(err)
+    }
+
+    /// Turns a channel failure into the error the user should see: when the
+    /// guest merely went away because the VM stopped, that is the story,
+    /// told with the guest's last words.
+    async fn explain(
+        &self,
+        session: &Session,
+        vm: &mut VmHandle,
+        source: ChannelError,
+        stage: Stage,
+    ) -> RunError {
+        if source.is_disconnect()
+            && let Ok(exit) = tokio::time::timeout(Duration::from_millis(500), vm.wait()).await
+        {
+            return stage.died(session, exit);
         }
-        result
+        RunError::Channel {
+            source,
+            boot_log: session.boot_log(),
+        }
     }
 
     /// Runs the command, racing it against the VM's death and the timeout.
@@ -358,25 +374,47 @@ impl Sandbox {
                 None => std::future::pending().await,
             }
         };
-        let vm_died = |exit: VmExit| RunError::VmDied {
-            exit: describe(exit),
-            boot_log: session.boot_log(),
-            tail: log_tail(&session.boot_log(), BOOT_LOG_LINES),
-        };
-        tokio::select! {
+        let failed = tokio::select! {
             result = exec => match result {
-                Ok(status) => Ok(Outcome::Exited(status)),
-                Err(source) => {
-                    // A closed channel usually means the VM is going down:
-                    // report that, with the guest's last words.
-                    match tokio::time::timeout(Duration::from_millis(500), vm.wait()).await {
-                        Ok(exit) if matches!(source, ChannelError::Closed | ChannelError::Mux(_)) => Err(vm_died(exit)),
-                        _ => Err(RunError::Channel { source, boot_log: session.boot_log() }),
-                    }
-                }
+                Ok(status) => return Ok(Outcome::Exited(status)),
+                Err(source) => source,
             },
-            exit = vm.wait() => Err(vm_died(exit)),
-            () = limit => Ok(Outcome::TimedOut),
+            exit = vm.wait() => return Err(Stage::Exec.died(session, exit)),
+            () = limit => return Ok(Outcome::TimedOut),
+        };
+        Err(self.explain(session, vm, failed, Stage::Exec).await)
+    }
+}
+
+/// A boot that failed on the channel (to be explained by the VM's fate) or
+/// for a reason already final.
+enum BootError {
+    Channel(ChannelError),
+    Final(RunError),
+}
+
+/// Where in a run the VM stopped.
+#[derive(Clone, Copy)]
+enum Stage {
+    Boot,
+    Exec,
+}
+
+impl Stage {
+    /// The error for a VM that ended at this stage.
+    fn died(self, session: &Session, exit: VmExit) -> RunError {
+        let (exit, boot_log) = (describe(exit), session.boot_log());
+        match self {
+            Stage::Boot => RunError::BootFailed {
+                exit,
+                boot_log,
+                tail: boot_failure_tail(session),
+            },
+            Stage::Exec => RunError::VmDied {
+                exit,
+                tail: log_tail(&boot_log, BOOT_LOG_LINES),
+                boot_log,
+            },
         }
     }
 }

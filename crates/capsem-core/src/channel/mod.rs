@@ -45,6 +45,19 @@ pub enum ChannelError {
     Refused(String),
 }
 
+impl ChannelError {
+    /// Whether the guest side went away (as when the VM stops), rather than
+    /// sending something wrong.
+    pub fn is_disconnect(&self) -> bool {
+        matches!(
+            self,
+            ChannelError::Closed
+                | ChannelError::Mux(_)
+                | ChannelError::Frame(FrameError::Truncated | FrameError::Io(_))
+        )
+    }
+}
+
 /// An open channel.
 pub struct Channel {
     hello: GuestHello,

@@ -4,6 +4,13 @@ use sha2::{Digest, Sha256};
 
 use crate::support::{Capsem, assert_code, stderr, stdout};
 
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 #[test]
 fn uname_reports_the_guest_kernel() {
     let out = Capsem::new().run(&["-q", "uname", "-a"]);
@@ -73,7 +80,7 @@ fn ten_mib_of_random_bytes_pass_through_stdin_and_stdout_unchanged() {
     let capsem = Capsem::new();
     let out = capsem.run_with_stdin(&["-q", "sha256sum"], &input);
     assert_code(&out, 0);
-    let expected = format!("{:x}", Sha256::digest(&input));
+    let expected = sha256_hex(&input);
     assert_eq!(stdout(&out), format!("{expected}  -\n"));
 
     let out = capsem.run_with_stdin(&["-q", "cat"], &input);
@@ -91,7 +98,7 @@ fn binary_stdout_matches_what_the_guest_wrote() {
     let out = Capsem::new().run(&["-q", script]);
     assert_code(&out, 0);
     assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
-    let host = format!("{:x}", Sha256::digest(&out.stdout));
+    let host = sha256_hex(&out.stdout);
     assert_eq!(stderr(&out), format!("{host}  /tmp/data\n"));
 }
 
