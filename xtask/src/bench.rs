@@ -222,9 +222,14 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The first child of any thread of `pid` (capsem forks QEMU from a thread
+/// of its own).
 fn first_child(pid: u32) -> Option<u32> {
-    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
-    children.split_whitespace().next()?.parse().ok()
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+        .filter_map(|task| fs::read_to_string(task.path().join("children")).ok())
+        .find_map(|children| children.split_whitespace().next()?.parse().ok())
 }
 
 /// Median, min and max.
@@ -242,6 +247,11 @@ fn stats(values: impl IntoIterator<Item = f64>) -> Value {
 
 fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// `a / b` to two decimals.
+fn ratio(a: f64, b: f64) -> f64 {
+    (a / b * 100.0).round() / 100.0
 }
 
 fn ms(d: Duration) -> f64 {
@@ -293,13 +303,13 @@ fn report(
             "what": "capsem -q true: process start to exit, VM destroyed",
             "wall_ms": cold_wall,
             "phases_ms": phases,
-            "ratio_to_floor": round(median_of(&cold_wall) / median_of(&floor_wall) * 100.0) / 100.0,
+            "ratio_to_floor": ratio(median_of(&cold_wall), median_of(&floor_wall)),
         },
         "idle_memory": {
             "what": "capsem -q 'sleep 2': peak RSS while the VM sits idle",
             "qemu_peak_rss_mib": idle_qemu,
             "capsem_peak_rss_mib": idle_capsem,
-            "qemu_ratio_to_floor": round(median_of(&idle_qemu) / median_of(&floor_rss) * 100.0) / 100.0,
+            "qemu_ratio_to_floor": ratio(median_of(&idle_qemu), median_of(&floor_rss)),
         },
     })
 }

@@ -33,6 +33,41 @@ const TCG_TB_SIZE_MIB: u32 = 64;
 /// end QEMU (there is no ACPI); `panic=-1` does the same on a guest panic.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 \
     rdinit=/init random.trust_cpu=on";
+/// The guest kernel's timer frequency (`CONFIG_HZ_100` in
+/// `images/kernel/capsem.config`).
+const GUEST_HZ: u64 = 100;
+
+/// The command line for `accel`. Under TCG the emulated CPU lacks a
+/// constant TSC, so the kernel would calibrate its delay loop on every
+/// secondary CPU (~150 ms each); `lpj=` from the host's clock rate skips
+/// that. Delays computed from it are at least as long as intended, as an
+/// emulated loop runs slower than the host.
+fn kernel_cmdline(accel: Accel) -> String {
+    let lpj = match accel {
+        Accel::Tcg => host_mhz().map(|mhz| (mhz * 1e6) as u64 / GUEST_HZ),
+        Accel::Kvm => None,
+    };
+    match lpj {
+        Some(lpj) => format!("{KERNEL_CMDLINE} lpj={lpj}"),
+        None => KERNEL_CMDLINE.to_owned(),
+    }
+}
+
+/// The host CPU's clock rate from `/proc/cpuinfo`.
+fn host_mhz() -> Option<f64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .filter(|mhz: &f64| *mhz > 0.0)
+}
 
 /// Runs VMs with QEMU.
 #[derive(Debug, Clone)]
@@ -75,6 +110,7 @@ pub fn machine_args(
     initramfs: &Path,
     boot_log: &Path,
 ) -> Vec<OsString> {
+    let cmdline = kernel_cmdline(accel);
     let (accel, cpu) = match accel {
         Accel::Kvm => ("kvm".to_owned(), "host"),
         Accel::Tcg => (format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "max"),
@@ -101,7 +137,7 @@ pub fn machine_args(
         "-initrd",
         &initramfs.display().to_string(),
         "-append",
-        KERNEL_CMDLINE,
+        &cmdline,
         "-chardev",
         &format!("file,id=console,path={}", boot_log.display()),
         "-serial",
@@ -272,6 +308,14 @@ mod tests {
     fn accelerator_selects_cpu_model_and_bounds_tcg_cache() {
         assert!(joined(Accel::Tcg).contains("-accel tcg,tb-size=64 -cpu max"));
         assert!(joined(Accel::Kvm).contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn tcg_skips_delay_calibration_and_kvm_needs_nothing_extra() {
+        assert_eq!(kernel_cmdline(Accel::Kvm), KERNEL_CMDLINE);
+        if host_mhz().is_some() {
+            assert!(kernel_cmdline(Accel::Tcg).contains(" lpj="));
+        }
     }
 
     #[test]
