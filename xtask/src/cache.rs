@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use crate::workspace;
+
 /// The cache root: `$CAPSEM_CACHE_DIR`, else `$XDG_CACHE_HOME/capsem`, else
 /// `~/.cache/capsem`. `crates/capsem/build.rs` applies the same rule.
 pub fn root() -> PathBuf {
@@ -51,26 +53,26 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds a file's content.
+    /// Adds a file of the workspace: its content, labelled by its path
+    /// relative to the workspace, so clones in other places share keys.
     pub fn file(&mut self, path: &Path) -> Result<&mut Self> {
         let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(self.add(&path.display().to_string(), &bytes))
+        let root = workspace();
+        let name = path
+            .strip_prefix(&root)
+            .unwrap_or(path)
+            .display()
+            .to_string();
+        Ok(self.add(&name, &bytes))
     }
 
-    /// Adds every file under `dir`, in a stable order, by path relative to
-    /// `base`.
-    pub fn tree(&mut self, base: &Path, dir: &Path) -> Result<&mut Self> {
+    /// Adds every file under `dir` (in the workspace), in a stable order.
+    pub fn tree(&mut self, dir: &Path) -> Result<&mut Self> {
         let mut files = Vec::new();
         collect_files(dir, &mut files)?;
         files.sort();
         for file in files {
-            let bytes = fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let name = file
-                .strip_prefix(base)
-                .unwrap_or(&file)
-                .display()
-                .to_string();
-            self.add(&name, &bytes);
+            self.file(&file)?;
         }
         Ok(self)
     }
@@ -117,6 +119,16 @@ pub fn get_or_build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_do_not_depend_on_where_the_workspace_is() {
+        let file = workspace().join("images/kernel/capsem.config");
+        let mut key = KeyBuilder::new("kind", 1);
+        key.file(&file).unwrap();
+        let mut by_hand = KeyBuilder::new("kind", 1);
+        by_hand.add("images/kernel/capsem.config", &fs::read(&file).unwrap());
+        assert_eq!(key.finish(), by_hand.finish());
+    }
 
     #[test]
     fn keys_depend_on_every_input_and_its_label() {

@@ -21,8 +21,8 @@ pub fn build(log_dir: &Path) -> Result<PathBuf> {
     let root = workspace();
     let rustc = proc::capture(Command::new("rustc").arg("-vV"))?;
     let key = KeyBuilder::new("initramfs", RECIPE)
-        .tree(&root, &root.join("crates/capsem-agent"))?
-        .tree(&root, &root.join("crates/capsem-proto"))?
+        .tree(&root.join("crates/capsem-agent"))?
+        .tree(&root.join("crates/capsem-proto"))?
         .file(&root.join("Cargo.lock"))?
         .file(&root.join("Cargo.toml"))?
         .add("rustc", rustc.as_bytes())

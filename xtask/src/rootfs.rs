@@ -69,7 +69,7 @@ fn list(path: &Path) -> Result<Vec<String>> {
 pub fn build(log_dir: &Path) -> Result<PathBuf> {
     let dir = images();
     let key = KeyBuilder::new("rootfs", RECIPE)
-        .tree(&workspace(), &dir)?
+        .tree(&dir)?
         .add("mmdebstrap", deps::version("mmdebstrap")?.as_bytes())
         .add("erofs-utils", deps::version("erofs-utils")?.as_bytes())
         .finish();
