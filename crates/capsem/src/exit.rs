@@ -40,6 +40,17 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    /// The lines [`Failure::report`] prints, without the prefix.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\nhint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
 impl From<capsem_core::RunError> for Failure {
     fn from(err: capsem_core::RunError) -> Self {
         let hint = err.hint();
