@@ -1,0 +1,424 @@
+//! Settings: built-in defaults, overridden by `~/.capsem/user.toml`, both
+//! overridden by `/etc/capsem/corp.toml`. Whatever the corporate file sets
+//! is locked: a user value for it is ignored with a warning.
+//!
+//! The files are plain TOML where a dotted key is a table path, so
+//! `vm.cpus = 2` is written `[vm]` / `cpus = 2`. Every key is declared in
+//! [`registry`] with its type and range; a value of the wrong type or out of
+//! range is an error naming the file and key, and capsem never rewrites a
+//! file it cannot read. Unknown keys are reported and otherwise ignored.
+
+pub mod registry;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use registry::{Def, Kind, REGISTRY};
+
+use crate::vm::AccelSetting;
+
+/// A settings file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// The file exists but cannot be read.
+    #[error("reading settings file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("settings file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and column.
+        message: String,
+    },
+    /// A value has the wrong type or is out of range.
+    #[error("settings file {path}: {key} = {value} is invalid: expected {expected}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key.
+        key: String,
+        /// The value found.
+        value: String,
+        /// What the key accepts.
+        expected: String,
+    },
+}
+
+/// A setting's value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// A boolean.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A string.
+    Str(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The built-in default.
+    Default,
+    /// `~/.capsem/user.toml`.
+    User,
+    /// `/etc/capsem/corp.toml`; the value is locked.
+    Corp,
+}
+
+/// A value in effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The value.
+    pub value: Value,
+    /// Its layer.
+    pub source: Source,
+}
+
+/// All settings in effect, with the warnings their loading produced.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    entries: BTreeMap<&'static str, Entry>,
+    /// Things the user should know (a locked key, an unknown key).
+    pub warnings: Vec<String>,
+}
+
+/// VM settings (`[vm]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSettings {
+    /// `vm.accel`.
+    pub accel: AccelSetting,
+    /// `vm.cpus`.
+    pub cpus: u32,
+    /// `vm.memory_mib`.
+    pub memory_mib: u32,
+    /// `vm.boot_timeout_secs`.
+    pub boot_timeout_secs: u32,
+}
+
+impl Default for VmSettings {
+    fn default() -> Self {
+        Settings::defaults().vm()
+    }
+}
+
+/// Session retention (`[sessions]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// `sessions.retention_days`; 0 keeps sessions forever.
+    pub retention_days: u32,
+    /// `sessions.max_count`; 0 for no limit.
+    pub max_count: u32,
+}
+
+impl Settings {
+    /// Only the built-in defaults.
+    pub fn defaults() -> Self {
+        let entries = REGISTRY
+            .iter()
+            .map(|def| {
+                let value = match def.default {
+                    registry::Default::Bool(b) => Value::Bool(b),
+                    registry::Default::Int(i) => Value::Int(i),
+                    registry::Default::Str(s) => Value::Str(s.to_owned()),
+                };
+                let source = Source::Default;
+                (def.key, Entry { value, source })
+            })
+            .collect();
+        Settings {
+            entries,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Loads the default files (see [`crate::paths`]).
+    pub fn load() -> Result<Self, SettingsError> {
+        Self::load_from(
+            &crate::paths::user_settings(),
+            &crate::paths::corp_settings(),
+        )
+    }
+
+    /// Loads from explicit files; a missing file is an empty layer.
+    pub fn load_from(user_path: &Path, corp_path: &Path) -> Result<Self, SettingsError> {
+        let mut settings = Settings::defaults();
+        let corp = read_layer(corp_path, &mut settings.warnings)?;
+        let user = read_layer(user_path, &mut settings.warnings)?;
+        for (key, value) in user {
+            if corp.contains_key(key) {
+                settings.warnings.push(format!(
+                    "{key} in {} is ignored: it is locked by {}",
+                    user_path.display(),
+                    corp_path.display()
+                ));
+            } else {
+                settings.set(key, value, Source::User);
+            }
+        }
+        for (key, value) in corp {
+            settings.set(key, value, Source::Corp);
+        }
+        Ok(settings)
+    }
+
+    fn set(&mut self, key: &'static str, value: Value, source: Source) {
+        self.entries.insert(key, Entry { value, source });
+    }
+
+    /// The entry of a registered key.
+    ///
+    /// # Panics
+    /// If `key` is not in the registry: keys are constants of this crate.
+    pub fn entry(&self, key: &str) -> &Entry {
+        self.entries
+            .get(key)
+            .unwrap_or_else(|| panic!("setting {key} is not registered"))
+    }
+
+    /// Every setting with its entry, in key order.
+    pub fn entries(&self) -> impl Iterator<Item = (&'static Def, &Entry)> {
+        REGISTRY.iter().map(|def| (def, self.entry(def.key)))
+    }
+
+    fn int(&self, key: &str) -> i64 {
+        match self.entry(key).value {
+            Value::Int(i) => i,
+            ref other => panic!("setting {key} is {other}, not an integer"),
+        }
+    }
+
+    fn u32(&self, key: &str) -> u32 {
+        // Registry ranges keep every integer setting within u32.
+        u32::try_from(self.int(key)).unwrap_or(u32::MAX)
+    }
+
+    fn str(&self, key: &str) -> &str {
+        match &self.entry(key).value {
+            Value::Str(s) => s,
+            other => panic!("setting {key} is {other}, not a string"),
+        }
+    }
+
+    /// The `[vm]` settings.
+    pub fn vm(&self) -> VmSettings {
+        VmSettings {
+            accel: match self.str("vm.accel") {
+                "kvm" => AccelSetting::Kvm,
+                "tcg" => AccelSetting::Tcg,
+                _ => AccelSetting::Auto,
+            },
+            cpus: self.u32("vm.cpus"),
+            memory_mib: self.u32("vm.memory_mib"),
+            boot_timeout_secs: self.u32("vm.boot_timeout_secs"),
+        }
+    }
+
+    /// The `[sessions]` settings.
+    pub fn sessions(&self) -> SessionSettings {
+        SessionSettings {
+            retention_days: self.u32("sessions.retention_days"),
+            max_count: self.u32("sessions.max_count"),
+        }
+    }
+}
+
+/// Reads one file into checked values; a missing file is empty.
+fn read_layer(
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<BTreeMap<&'static str, Value>, SettingsError> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(source) => {
+            return Err(SettingsError::Read {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| SettingsError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+    let mut flat = Vec::new();
+    flatten("", &toml::Value::Table(table), &mut flat);
+    let mut values = BTreeMap::new();
+    for (key, raw) in flat {
+        match registry::lookup(&key) {
+            Some(def) => {
+                values.insert(def.key, check(def, &raw, path)?);
+            }
+            None => warnings.push(format!(
+                "unknown setting {key} in {} is ignored",
+                path.display()
+            )),
+        }
+    }
+    Ok(values)
+}
+
+/// Turns nested tables into dotted keys.
+fn flatten(prefix: &str, value: &toml::Value, out: &mut Vec<(String, toml::Value)>) {
+    match value {
+        toml::Value::Table(table) => {
+            for (name, inner) in table {
+                let key = if prefix.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                flatten(&key, inner, out);
+            }
+        }
+        other => out.push((prefix.to_owned(), other.clone())),
+    }
+}
+
+/// Checks a raw value against its definition.
+fn check(def: &Def, raw: &toml::Value, path: &Path) -> Result<Value, SettingsError> {
+    let value = match (def.kind, raw) {
+        (Kind::Bool, toml::Value::Boolean(b)) => Some(Value::Bool(*b)),
+        (Kind::Int { min, max }, toml::Value::Integer(i)) if (min..=max).contains(i) => {
+            Some(Value::Int(*i))
+        }
+        (Kind::Choice(choices), toml::Value::String(s)) if choices.contains(&s.as_str()) => {
+            Some(Value::Str(s.clone()))
+        }
+        _ => None,
+    };
+    value.ok_or_else(|| SettingsError::Invalid {
+        path: path.to_owned(),
+        key: def.key.to_owned(),
+        value: raw.to_string(),
+        expected: expected(def.kind),
+    })
+}
+
+/// What a kind accepts, in words.
+pub fn expected(kind: Kind) -> String {
+    match kind {
+        Kind::Bool => "true or false".to_owned(),
+        Kind::Int { min, max } => format!("an integer from {min} to {max}"),
+        Kind::Choice(choices) => format!("one of {}", choices.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(user: Option<&str>, corp: Option<&str>) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let (u, c) = (dir.path().join("user.toml"), dir.path().join("corp.toml"));
+        if let Some(text) = user {
+            fs::write(&u, text).unwrap();
+        }
+        if let Some(text) = corp {
+            fs::write(&c, text).unwrap();
+        }
+        (dir, u, c)
+    }
+
+    #[test]
+    fn missing_files_give_defaults() {
+        let (_d, u, c) = files(None, None);
+        let s = Settings::load_from(&u, &c).unwrap();
+        assert_eq!(s.vm(), VmSettings::default());
+        assert_eq!(s.vm().cpus, 2);
+        assert_eq!(s.sessions().retention_days, 30);
+        assert!(s.warnings.is_empty());
+        assert!(s.entries().all(|(_, e)| e.source == Source::Default));
+    }
+
+    #[test]
+    fn user_overrides_defaults_and_corp_locks() {
+        let (_d, u, c) = files(
+            Some("[vm]\ncpus = 1\nmemory_mib = 512\n"),
+            Some("vm.cpus = 2\n[vm]\naccel = \"tcg\"\n"),
+        );
+        let err = Settings::load_from(&u, &c);
+        // `vm.cpus = 2` then `[vm]` redefines the table: invalid TOML.
+        assert!(matches!(err, Err(SettingsError::Parse { .. })));
+        let (_d, u, c) = files(
+            Some("[vm]\ncpus = 1\nmemory_mib = 512\n"),
+            Some("[vm]\ncpus = 2\naccel = \"tcg\"\n"),
+        );
+        let s = Settings::load_from(&u, &c).unwrap();
+        assert_eq!(s.vm().cpus, 2);
+        assert_eq!(s.entry("vm.cpus").source, Source::Corp);
+        assert_eq!(s.vm().memory_mib, 512);
+        assert_eq!(s.entry("vm.memory_mib").source, Source::User);
+        assert_eq!(s.vm().accel, AccelSetting::Tcg);
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].contains("vm.cpus"), "{:?}", s.warnings);
+    }
+
+    #[test]
+    fn dotted_keys_and_tables_are_the_same_setting() {
+        let (_d, u, c) = files(Some("vm.cpus = 1\n"), None);
+        assert_eq!(Settings::load_from(&u, &c).unwrap().vm().cpus, 1);
+    }
+
+    #[test]
+    fn broken_toml_names_file_and_line() {
+        let (_d, u, c) = files(Some("[vm]\ncpus = = 2\n"), None);
+        let err = Settings::load_from(&u, &c).unwrap_err().to_string();
+        assert!(err.contains("user.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_name_the_key_and_what_it_accepts() {
+        let (_d, u, c) = files(Some("[vm]\ncpus = \"two\"\n"), None);
+        let err = Settings::load_from(&u, &c).unwrap_err().to_string();
+        assert!(err.contains("vm.cpus = \"two\""), "{err}");
+        assert!(err.contains("an integer from 1 to 64"), "{err}");
+        let (_d, u, c) = files(Some("[vm]\nmemory_mib = 1\n"), None);
+        let err = Settings::load_from(&u, &c).unwrap_err().to_string();
+        assert!(err.contains("vm.memory_mib = 1"), "{err}");
+        let (_d, u, c) = files(Some("[vm]\naccel = \"warp\"\n"), None);
+        let err = Settings::load_from(&u, &c).unwrap_err().to_string();
+        assert!(err.contains("one of auto, kvm, tcg"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_reported_not_fatal() {
+        let (_d, u, c) = files(Some("[vm]\ncpu = 3\n[future]\nthing = true\n"), None);
+        let s = Settings::load_from(&u, &c).unwrap();
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("future.thing") || s.warnings[1].contains("future.thing"));
+    }
+
+    #[test]
+    fn every_default_satisfies_its_own_definition() {
+        for def in REGISTRY {
+            let raw = match def.default {
+                registry::Default::Bool(b) => toml::Value::Boolean(b),
+                registry::Default::Int(i) => toml::Value::Integer(i),
+                registry::Default::Str(s) => toml::Value::String(s.to_owned()),
+            };
+            check(def, &raw, Path::new("defaults")).unwrap();
+        }
+    }
+}
