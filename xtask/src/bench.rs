@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use capsem_core::assets::CurrentAssets;
+use capsem_core::session::store::Store;
+use capsem_core::session::{Event, events};
 use capsem_core::settings::VmSettings;
 use capsem_core::vm::{self, AccelSetting, qemu};
 use clap::Args;
@@ -68,7 +70,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .map(|_| run_capsem(&capsem, &home, "sleep 2"))
         .collect::<Result<Vec<_>>>()?;
 
-    let report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
+    let mut report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
+    report["session_recording"] = recording(&report, &scratch)?;
     print_summary(&report);
     let out = workspace().join(&args.out);
     fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
@@ -149,11 +152,12 @@ fn run_capsem(capsem: &Path, home: &Path, command: &str) -> Result<Sample> {
     let [session] = new.as_slice() else {
         bail!("expected one new session, found {new:?}");
     };
+    let id = session.file_name().unwrap_or_default().to_string_lossy();
     Ok(Sample {
         wall,
         qemu_kib,
         capsem_kib,
-        phases: phases(session)?,
+        phases: phases(home, &id)?,
     })
 }
 
@@ -163,11 +167,14 @@ fn sessions(home: &Path) -> BTreeSet<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Phase timings (ms since capsem started) from a session record.
-fn phases(session: &Path) -> Result<BTreeMap<String, f64>> {
-    let record: Value = serde_json::from_str(&fs::read_to_string(session.join("session.json"))?)?;
-    let Some(phases) = record["report"]["phases"].as_object() else {
-        bail!("session {} has no phases: {record}", session.display());
+/// Phase timings (ms since capsem started) from the session index.
+fn phases(home: &Path, id: &str) -> Result<BTreeMap<String, f64>> {
+    let row = Store::open(home)?.get(id)?;
+    let Some(phases) = row.and_then(|r| r.phases) else {
+        bail!("session {id} recorded no phases");
+    };
+    let Some(phases) = phases.as_object().cloned() else {
+        bail!("session {id} has malformed phases: {phases}");
     };
     Ok(phases
         .iter()
@@ -314,6 +321,38 @@ fn report(
     })
 }
 
+/// Events offered to the writer in the throughput measurement.
+const EVENTS: u32 = 200_000;
+
+/// What recording a session costs: its time on the critical path of a
+/// cold start (measured inside each run, so the host's noise between runs
+/// does not swamp a few milliseconds), and the event writer's throughput.
+fn recording(report: &Value, scratch: &Path) -> Result<Value> {
+    let cold = median_of(&report["cold_start"]["wall_ms"]);
+    let on_path = median_of(&report["cold_start"]["phases_ms"]["recording"]);
+    let path = scratch.join("throughput.db");
+    let (log, writer) = events::start(&path)?;
+    let started = Instant::now();
+    for i in 0..EVENTS {
+        log.record(Event::Stdout {
+            exec: 1,
+            bytes: (i % 65536) as usize,
+        });
+    }
+    drop(log);
+    let counts = writer.finish();
+    let secs = started.elapsed().as_secs_f64();
+    Ok(json!({
+        "what": "time spent recording on the critical path of `capsem true`; writer fed as fast as one thread can",
+        "critical_path_ms": on_path,
+        "cold_start_ratio_with_to_without": ratio(cold, cold - on_path),
+        "events_offered": EVENTS,
+        "events_written": counts.written,
+        "events_dropped": counts.lost,
+        "events_written_per_s": (counts.written as f64 / secs).round(),
+    }))
+}
+
 fn print_summary(report: &Value) {
     let c = &report["conditions"];
     println!(
@@ -353,5 +392,14 @@ fn print_summary(report: &Value) {
     println!(
         "  QEMU ratio {}",
         report["idle_memory"]["qemu_ratio_to_floor"]
+    );
+    let r = &report["session_recording"];
+    println!(
+        "session recording: {} ms on the critical path (cold start ratio {}); writer {} events/s ({} of {} dropped)",
+        r["critical_path_ms"],
+        r["cold_start_ratio_with_to_without"],
+        r["events_written_per_s"],
+        r["events_dropped"],
+        r["events_offered"]
     );
 }

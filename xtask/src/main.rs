@@ -9,6 +9,7 @@ mod assets;
 mod bench;
 mod cache;
 mod deps;
+mod fixture;
 mod initramfs;
 mod kernel;
 mod proc;
@@ -41,6 +42,8 @@ enum Task {
     Test,
     /// Measure cold start and memory against bare QEMU; writes JSON.
     Bench(bench::BenchArgs),
+    /// Copy a real session index, scrubbed, to the test fixtures.
+    UpdateFixture(fixture::FixtureArgs),
 }
 
 /// The workspace root.
@@ -67,6 +70,7 @@ fn main() {
         Task::Run { args } => run(&args),
         Task::Test => test().map(|()| 0),
         Task::Bench(args) => bench::run(&args).map(|()| 0),
+        Task::UpdateFixture(args) => fixture::run(&args).map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

@@ -61,6 +61,33 @@ pub enum Command {
     Argv(Vec<String>),
 }
 
+impl std::fmt::Display for Command {
+    /// The command as a user would type it: a shell line as is, an argv
+    /// with the words that need it single-quoted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Shell(line) => f.write_str(line),
+            Command::Argv(argv) => {
+                for (i, word) in argv.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" ")?;
+                    }
+                    let plain = !word.is_empty()
+                        && word
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+                    if plain {
+                        f.write_str(word)?;
+                    } else {
+                        write!(f, "'{}'", word.replace('\'', "'\\''"))?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Start a command on this stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
@@ -330,6 +357,16 @@ mod tests {
         assert_eq!(ExitStatus::Code(42).shell_code(), 42);
         assert_eq!(ExitStatus::Signal(2).shell_code(), 130);
         assert_eq!(ExitStatus::Signal(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn commands_display_as_typed() {
+        assert_eq!(
+            Command::Shell("ls -la | wc".into()).to_string(),
+            "ls -la | wc"
+        );
+        let argv = Command::Argv(vec!["echo".into(), "a  b".into(), "it's".into(), "".into()]);
+        assert_eq!(argv.to_string(), "echo 'a  b' 'it'\\''s' ''");
     }
 
     #[test]

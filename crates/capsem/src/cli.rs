@@ -69,6 +69,49 @@ pub enum Subcmd {
     },
     /// Print capsem's version, protocol and pinned asset hashes.
     Version,
+    /// List recorded sessions, newest first; show, inspect or prune them.
+    ///
+    /// Every run is a session: a row in ~/.capsem/sessions.db and a
+    /// directory ~/.capsem/sessions/ID/ with the boot log, QEMU's log and
+    /// the session's events. An id prefix is accepted when unambiguous.
+    Sessions {
+        /// JSON Lines: one {"type":"session","data":{...}} object per line.
+        #[arg(long)]
+        json: bool,
+        /// How many sessions to list.
+        #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
+        limit: usize,
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsAction {
+    /// One session: command, outcome, timings, VM, assets, events, files.
+    Show {
+        /// Session id or unambiguous prefix.
+        id: String,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the database (and a session's events) for damage; exit 1 if
+    /// anything is wrong.
+    Inspect {
+        /// Also check this session's event database.
+        id: Option<String>,
+    },
+    /// Delete finished sessions; without options, apply the retention
+    /// settings (sessions.retention_days, sessions.max_count).
+    Prune {
+        /// Delete sessions started longer ago than this (30d, 12h, 90m, 2w).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<Duration>,
+        /// Keep only the newest N sessions.
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -116,6 +159,29 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' is not a positive number of seconds"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{text}' needs a unit: s, m, h, d or w"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number followed by s, m, h, d or w"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' in '{text}': use s, m, h, d or w"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(secs)))
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -187,6 +253,15 @@ mod tests {
         assert_eq!(run.timeout, Some(Duration::from_secs(3)));
         assert_eq!(run.env.len(), 2);
         assert_eq!(run.env[0].0, "A");
+    }
+
+    #[test]
+    fn ages_have_units() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("90m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_age("30").is_err());
+        assert!(parse_age("d").is_err());
+        assert!(parse_age("3y").is_err());
     }
 
     #[test]

@@ -41,6 +41,9 @@ mod tests {
         assert!(failure.contains("built without VM assets"), "{failure}");
         assert!(failure.contains("cargo xtask build-assets"), "{failure}");
         let failure = assets_from(Some("{}")).unwrap_err().to_string();
-        assert!(failure.contains("manifest built into capsem is invalid"), "{failure}");
+        assert!(
+            failure.contains("manifest built into capsem is invalid"),
+            "{failure}"
+        );
     }
 }

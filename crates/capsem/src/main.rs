@@ -34,6 +34,11 @@ fn main() {
             action: AssetsAction::Verify,
         }) => cmd::assets::verify().unwrap_or_else(|f| f.report()),
         Some(Subcmd::Version) => cmd::version::print().unwrap_or_else(|f| f.report()),
+        Some(Subcmd::Sessions {
+            json,
+            limit,
+            action,
+        }) => cmd::sessions::run(action, json, limit).unwrap_or_else(|f| f.report()),
     };
     // Exit at once: a thread reading a terminal stdin may still be blocked,
     // and waiting for it would hang until the user pressed a key.

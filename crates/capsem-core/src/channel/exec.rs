@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{Channel, ChannelError};
+use crate::session::{Event, EventLog};
 
 /// The host side of a command's stdio.
 pub struct ExecIo {
@@ -29,16 +30,22 @@ pub struct ExecIo {
     pub signals: mpsc::Receiver<u8>,
 }
 
-/// Runs `command` with `env` added to the guest's default environment.
+/// Runs `command` with `env` added to the guest's default environment,
+/// recording what happens in `events`.
 pub async fn run(
     channel: &mut Channel,
     command: Command,
     env: Vec<(String, String)>,
     io: ExecIo,
+    events: &EventLog,
 ) -> Result<ExitStatus, ChannelError> {
     let id = channel.exec_id();
     let req = ExecRequest { id, command, env };
     req.validate()?;
+    events.record(Event::Started {
+        exec: id,
+        command: req.command.to_string(),
+    });
     let (mut sink, source) = channel.open().await?.split();
     sink.send(HostToGuest::Exec(req)).await?;
 
@@ -50,23 +57,33 @@ pub async fn run(
             }
         }
     };
-    let feed = feed_stdin(io.stdin, out_tx.clone());
+    let feed = feed_stdin(io.stdin, out_tx.clone(), id, events);
     let background = async {
         futures::future::join(forward, feed).await;
         std::future::pending::<Infallible>().await
     };
-    let receive = receive(
-        channel, id, source, io.stdout, io.stderr, io.signals, out_tx,
-    );
-    tokio::select! {
-        result = receive => result,
+    let outputs = Outputs {
+        stdout: io.stdout,
+        stderr: io.stderr,
+        events,
+    };
+    let receive = receive(channel, id, source, outputs, io.signals, out_tx);
+    let status = tokio::select! {
+        result = receive => result?,
         never = background => match never {},
-    }
+    };
+    events.record(Event::Exited {
+        exec: id,
+        code: status.shell_code(),
+    });
+    Ok(status)
 }
 
 async fn feed_stdin(
     stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
     tx: mpsc::Sender<HostToGuest>,
+    exec: u32,
+    events: &EventLog,
 ) {
     if let Some(mut stdin) = stdin {
         let mut buf = vec![0u8; MAX_CHUNK_BYTES];
@@ -74,6 +91,7 @@ async fn feed_stdin(
             match stdin.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    events.record(Event::Stdin { exec, bytes: n });
                     if tx
                         .send(HostToGuest::Stdin(buf[..n].to_vec()))
                         .await
@@ -88,12 +106,18 @@ async fn feed_stdin(
     let _ = tx.send(HostToGuest::StdinEof).await;
 }
 
+/// Where a command's output goes.
+struct Outputs<'a> {
+    stdout: Box<dyn AsyncWrite + Send + Unpin>,
+    stderr: Box<dyn AsyncWrite + Send + Unpin>,
+    events: &'a EventLog,
+}
+
 async fn receive(
     channel: &mut Channel,
     id: u32,
     mut source: futures::stream::SplitStream<super::Stream>,
-    mut stdout: Box<dyn AsyncWrite + Send + Unpin>,
-    mut stderr: Box<dyn AsyncWrite + Send + Unpin>,
+    mut out: Outputs<'_>,
     mut signals: mpsc::Receiver<u8>,
     out_tx: mpsc::Sender<HostToGuest>,
 ) -> Result<ExitStatus, ChannelError> {
@@ -105,20 +129,23 @@ async fn receive(
                 msg.validate()?;
                 match msg {
                     GuestToHost::Stdout(data) => {
-                        if stdout_open && write_chunk(&mut stdout, &data).await.is_err() {
+                        out.events.record(Event::Stdout { exec: id, bytes: data.len() });
+                        if stdout_open && write_chunk(&mut out.stdout, &data).await.is_err() {
                             stdout_open = false;
                             let _ = out_tx.send(HostToGuest::StdoutClosed).await;
                         }
                     }
                     GuestToHost::Stderr(data) => {
+                        out.events.record(Event::Stderr { exec: id, bytes: data.len() });
                         // A closed stderr is no reason to disturb the command.
-                        let _ = write_chunk(&mut stderr, &data).await;
+                        let _ = write_chunk(&mut out.stderr, &data).await;
                     }
                     GuestToHost::Exited(status) => return Ok(status),
                     GuestToHost::Refused(reason) => return Err(ChannelError::Refused(reason)),
                 }
             }
             Some(signal) = signals.recv() => {
+                out.events.record(Event::Signal { exec: id, signal });
                 channel.control(HostToGuest::Signal { exec: id, signal }).await?;
             }
         }

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use capsem_proto::{Command, ExitStatus};
 use serde::Serialize;
@@ -15,9 +15,15 @@ use tokio::net::UnixListener;
 
 use crate::assets::{self, AssetError, Manifest};
 use crate::channel::{self, Channel, ChannelError, ExecIo};
+use crate::session::EventLog;
+use crate::session::store::{self, NewSession, Status};
 use crate::session::{Session, SessionError, log_tail};
-use crate::settings::VmSettings;
+use crate::settings::{SessionSettings, VmSettings};
 use crate::vm::{self, Backend, KvmUnavailable, VmConfig, VmError, VmExit, VmHandle};
+
+mod record;
+
+use record::{FinalState, RecordSpec, Recorder};
 
 /// How long a powered-off guest may take to end its VM before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -143,6 +149,9 @@ pub struct Phases {
     pub command_done: Option<Duration>,
     /// VM monitor process gone.
     pub vm_gone: Option<Duration>,
+    /// Time spent recording the session (index and events) on the run's
+    /// critical path; a duration, not a point in time.
+    pub recording: Option<Duration>,
 }
 
 /// The result of a run.
@@ -162,6 +171,8 @@ pub struct RunReport {
 pub struct Sandbox {
     /// VM settings.
     pub vm: VmSettings,
+    /// Session retention, applied at the start of each run.
+    pub sessions: SessionSettings,
     /// Hashes the assets must match.
     pub manifest: Manifest,
     /// Where the assets are.
@@ -176,32 +187,16 @@ pub struct Sandbox {
     pub started: Instant,
 }
 
-/// What is written to the session's `session.json`.
-#[derive(Serialize)]
-struct Summary<'a> {
-    id: &'a str,
-    command: &'a Command,
-    started_unix_ms: u128,
-    report: Option<&'a RunReport>,
-    error: Option<String>,
-    cpus: u32,
-    memory_mib: u32,
-    capsem_version: &'static str,
-}
-
 impl Sandbox {
     /// Runs `req` in a fresh VM. `notice` receives messages for the user
-    /// (the TCG fallback); phases are logged at `info` level.
+    /// (the TCG fallback, a recording problem); phases are logged at `info`
+    /// level. The session is recorded in the index and its event database.
     pub async fn run(
         &self,
         req: RunRequest,
         io: ExecIo,
         notice: &(dyn Fn(&str) + Sync),
     ) -> Result<RunReport, RunError> {
-        let started_unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
         let mut phases = Phases::default();
         let cache = self.home.join("asset-hashes.json");
         let assets = assets::verify(&self.manifest, &self.asset_dir, Some(&cache))?;
@@ -211,29 +206,58 @@ impl Sandbox {
             notice(text);
         }
         let session = Session::create(&self.home, &self.runtime_root)?;
+        let (recorder, notices) = Recorder::start(RecordSpec {
+            home: self.home.clone(),
+            retention: self.sessions.clone(),
+            row: NewSession {
+                id: session.id().to_owned(),
+                started_at_ms: store::now_ms(),
+                command: req.command.to_string(),
+                cpus: self.vm.cpus,
+                memory_mib: self.vm.memory_mib,
+                assets: [
+                    self.manifest.kernel.blake3.clone(),
+                    self.manifest.initramfs.blake3.clone(),
+                    self.manifest.rootfs.blake3.clone(),
+                ],
+            },
+            events_db: session.events_db(),
+        });
+        notices.iter().for_each(|n| notice(n));
         let result = self
-            .boot_and_exec(&session, assets, choice.accel, req.clone(), io, &mut phases)
+            .boot_and_exec(
+                &session,
+                assets,
+                choice.accel,
+                Job {
+                    req,
+                    io,
+                    events: recorder.events(),
+                },
+                &mut phases,
+            )
             .await;
-        let report = result.map(|outcome| RunReport {
+        let (status, exit_code) = match &result {
+            Ok(Outcome::Exited(status)) => (Status::Exited, Some(i32::from(status.shell_code()))),
+            Ok(Outcome::TimedOut) => (Status::TimedOut, None),
+            Err(_) => (Status::Failed, None),
+        };
+        let (notices, phases) = recorder
+            .finish(FinalState {
+                status,
+                exit_code,
+                error: result.as_ref().err().map(ToString::to_string),
+                accel: choice.accel.name(),
+                phases,
+            })
+            .await;
+        notices.iter().for_each(|n| notice(n));
+        result.map(|outcome| RunReport {
             session: session.id().to_owned(),
             outcome,
             accel: choice.accel.name(),
             phases,
-        });
-        let summary = Summary {
-            id: session.id(),
-            command: &req.command,
-            started_unix_ms,
-            report: report.as_ref().ok(),
-            error: report.as_ref().err().map(|e| e.to_string()),
-            cpus: self.vm.cpus,
-            memory_mib: self.vm.memory_mib,
-            capsem_version: env!("CARGO_PKG_VERSION"),
-        };
-        if let Err(e) = session.record(&summary) {
-            tracing::warn!("could not record session {}: {e}", session.id());
-        }
-        report
+        })
     }
 
     fn mark(&self, phase: &str) -> Duration {
@@ -247,8 +271,7 @@ impl Sandbox {
         session: &Session,
         assets: assets::VerifiedAssets,
         accel: vm::Accel,
-        req: RunRequest,
-        io: ExecIo,
+        job: Job<'_>,
         phases: &mut Phases,
     ) -> Result<Outcome, RunError> {
         let socket = session.channel_socket();
@@ -288,7 +311,7 @@ impl Sandbox {
             Duration::from_nanos(hello.ready_ns).as_secs_f64()
         );
 
-        let outcome = self.exec(session, &mut channel, &mut vm, req, io).await;
+        let outcome = self.exec(session, &mut channel, &mut vm, job).await;
         phases.command_done = Some(self.mark("command finished"));
         if matches!(outcome, Ok(Outcome::Exited(_))) {
             // The guest powers off at once; it is killed if it does not.
@@ -364,10 +387,10 @@ impl Sandbox {
         session: &Session,
         channel: &mut Channel,
         vm: &mut VmHandle,
-        req: RunRequest,
-        io: ExecIo,
+        job: Job<'_>,
     ) -> Result<Outcome, RunError> {
-        let exec = channel::exec(channel, req.command, req.env, io);
+        let Job { req, io, events } = job;
+        let exec = channel::exec(channel, req.command, req.env, io, events);
         let limit = async {
             match req.timeout {
                 Some(limit) => tokio::time::sleep(limit).await,
@@ -391,6 +414,13 @@ impl Sandbox {
 enum BootError {
     Channel(ChannelError),
     Final(RunError),
+}
+
+/// The command of a run, its stdio and where its events go.
+struct Job<'a> {
+    req: RunRequest,
+    io: ExecIo,
+    events: &'a EventLog,
 }
 
 /// Where in a run the VM stopped.

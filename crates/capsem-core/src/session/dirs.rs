@@ -1,8 +1,8 @@
 //! Per-run directories.
 //!
 //! Every VM is a session with a short random id. Its record directory
-//! (`~/.capsem/sessions/ID/`) keeps the boot log, QEMU's log and a summary
-//! of the run; its runtime directory (`/run/user/UID/capsem/ID/` or
+//! (`~/.capsem/sessions/ID/`) keeps the boot log, QEMU's log and the event
+//! database; its runtime directory (`/run/user/UID/capsem/ID/` or
 //! `/tmp/capsem-UID/ID/`) holds the channel socket and disappears with the
 //! session. Both are private to the user (0700).
 
@@ -11,9 +11,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use rand::RngExt;
-use serde::Serialize;
 
-use crate::fsutil::{create_private_dir, write_atomic};
+use crate::fsutil::create_private_dir;
 
 /// Hex digits in a session id.
 const ID_LEN: usize = 8;
@@ -90,10 +89,9 @@ impl Session {
         self.runtime_dir.join("channel.sock")
     }
 
-    /// Writes the run's summary as `session.json`.
-    pub fn record(&self, summary: &impl Serialize) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(summary).map_err(io::Error::other)?;
-        write_atomic(&self.dir.join("session.json"), &json)
+    /// The session's event database.
+    pub fn events_db(&self) -> PathBuf {
+        self.dir.join(super::events::EVENTS_FILE)
     }
 }
 

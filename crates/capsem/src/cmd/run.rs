@@ -69,7 +69,8 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
         Failure::new(e).hint("sudo apt-get install qemu-system-x86 (or set CAPSEM_QEMU)")
     })?;
     let sandbox = Sandbox {
-        vm: settings.vm,
+        vm: settings.vm(),
+        sessions: settings.sessions(),
         manifest,
         asset_dir,
         backend: Arc::new(backend),

@@ -6,4 +6,5 @@ mod errors;
 mod exec;
 mod kernel;
 mod lifecycle;
+mod sessions;
 mod support;

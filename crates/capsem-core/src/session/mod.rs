@@ -1,0 +1,16 @@
+//! Sessions: every VM run is one, recorded on disk.
+//!
+//! - [`dirs`]: the session's directories (boot log, QEMU log, event
+//!   database) and its runtime directory (the channel socket);
+//! - [`store`]: the index `~/.capsem/sessions.db`, one row per session;
+//! - [`events`]: the session's own event database and its writer thread;
+//! - [`migrate`]: schema versions for both.
+
+pub mod dirs;
+pub mod events;
+pub mod migrate;
+pub mod store;
+
+pub use dirs::{Session, SessionError, log_tail};
+pub use events::{Event, EventCounts, EventLog, EventWriter};
+pub use store::{Ending, NewSession, SessionRow, Status, Store, StoreError};
