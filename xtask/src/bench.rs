@@ -111,17 +111,13 @@ fn run_floor(
     scratch: &Path,
 ) -> Result<Sample> {
     let kernel = current.dir.join(&current.manifest.kernel.file);
-    let args = qemu::machine_args(
-        accel,
-        vm.cpus,
-        vm.memory_mib,
-        &kernel,
-        initrd,
-        &scratch.join("floor.log"),
-    );
+    let path = |p: &Path| p.display().to_string();
+    let console = format!("file,id=console,path={}", path(&scratch.join("floor.log")));
     let started = Instant::now();
     let child = Command::new("qemu-system-x86_64")
-        .args(args)
+        .args(qemu::machine_args(accel, vm.cpus, vm.memory_mib))
+        .args(qemu::boot_args(accel, &path(&kernel), &path(initrd)))
+        .args(["-chardev", &console, "-serial", "chardev:console"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -13,9 +13,6 @@ pub const CAPSEM_ASSETS_DIR: &str = "CAPSEM_ASSETS_DIR";
 pub const CAPSEM_QEMU: &str = "CAPSEM_QEMU";
 /// Log filter for Capsem's own diagnostics (`tracing` syntax, e.g. `debug`).
 pub const CAPSEM_LOG: &str = "CAPSEM_LOG";
-/// Where sockets of running VMs live. Default `$XDG_RUNTIME_DIR/capsem`,
-/// else `/tmp/capsem-UID`.
-pub const XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// The user's home, for the default of [`CAPSEM_HOME`].
 pub const HOME: &str = "HOME";
 

@@ -22,12 +22,3 @@ pub fn user_settings() -> PathBuf {
 pub fn corp_settings() -> PathBuf {
     path_var(env::CAPSEM_CORP_CONFIG).unwrap_or_else(|| PathBuf::from("/etc/capsem/corp.toml"))
 }
-
-/// Parent of the per-VM runtime directories that hold sockets: short, so
-/// socket paths stay under the 108-byte limit.
-pub fn runtime_root() -> PathBuf {
-    match path_var(env::XDG_RUNTIME_DIR) {
-        Some(dir) => dir.join("capsem"),
-        None => PathBuf::from(format!("/tmp/capsem-{}", nix::unistd::getuid())),
-    }
-}

@@ -8,7 +8,8 @@
 //! caught.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -58,15 +59,26 @@ pub enum AssetError {
     },
 }
 
-/// Paths of assets that matched the manifest.
-#[derive(Debug, Clone)]
+/// An asset that matched the manifest, still open: the VM is given this
+/// very file description, so what was checked is what boots, whatever
+/// happens to the path afterwards.
+#[derive(Debug)]
+pub struct VerifiedFile {
+    /// Where it was found (for messages).
+    pub path: PathBuf,
+    /// The open file that was hashed.
+    pub file: File,
+}
+
+/// Assets that matched the manifest.
+#[derive(Debug)]
 pub struct VerifiedAssets {
     /// The kernel.
-    pub kernel: PathBuf,
+    pub kernel: VerifiedFile,
     /// The initramfs.
-    pub initramfs: PathBuf,
+    pub initramfs: VerifiedFile,
     /// The root filesystem image.
-    pub rootfs: PathBuf,
+    pub rootfs: VerifiedFile,
 }
 
 /// What identified a file when it was last hashed.
@@ -118,11 +130,12 @@ pub fn verify(
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or_default();
     let mut changed = false;
-    let mut paths = Vec::with_capacity(3);
+    let mut files = Vec::with_capacity(3);
     for (role, entry) in manifest.entries() {
         let path = dir.join(&entry.file);
-        changed |= verify_one(role, entry, &path, &mut cache)?;
-        paths.push(path);
+        let (file, updated) = verify_one(role, entry, &path, &mut cache)?;
+        changed |= updated;
+        files.push(VerifiedFile { path, file });
     }
     if let Some(cache_path) = cache_path.filter(|_| changed) {
         let saved = serde_json::to_vec(&cache)
@@ -135,7 +148,7 @@ pub fn verify(
             );
         }
     }
-    let [kernel, initramfs, rootfs]: [PathBuf; 3] = paths.try_into().expect("three assets");
+    let [kernel, initramfs, rootfs]: [VerifiedFile; 3] = files.try_into().expect("three assets");
     Ok(VerifiedAssets {
         kernel,
         initramfs,
@@ -143,20 +156,20 @@ pub fn verify(
     })
 }
 
-/// Checks one file; returns whether the cache was updated.
+/// Opens and checks one file; returns it and whether the cache changed.
 fn verify_one(
     role: &'static str,
     entry: &AssetEntry,
     path: &Path,
     cache: &mut HashCache,
-) -> Result<bool, AssetError> {
+) -> Result<(File, bool), AssetError> {
     let io_err = |source: std::io::Error| AssetError::Io {
         role,
         path: path.to_owned(),
         source,
     };
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
+    let mut file = match File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(AssetError::Missing {
                 role,
@@ -165,13 +178,14 @@ fn verify_one(
         }
         Err(e) => return Err(io_err(e)),
     };
+    let meta = file.metadata().map_err(io_err)?;
     let mismatch = |expected: String, actual: String| AssetError::Mismatch {
         role,
         path: path.to_owned(),
         expected,
         actual,
     };
-    if meta.size() != entry.size {
+    if !meta.is_file() || meta.size() != entry.size {
         return Err(mismatch(
             format!("{} ({} bytes)", entry.blake3, entry.size),
             format!("unknown ({} bytes)", meta.size()),
@@ -182,13 +196,14 @@ fn verify_one(
         && known.identity == identity
         && known.blake3 == entry.blake3
     {
-        return Ok(false);
+        return Ok((file, false));
     }
-    let actual = hash_file(path).map_err(io_err)?;
+    let actual = hash_reader(&mut file).map_err(io_err)?;
     if actual != entry.blake3 {
         cache.files.remove(path);
         return Err(mismatch(entry.blake3.clone(), actual));
     }
+    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
     // A file changed within the timestamp granularity of the hash could be
     // changed again without its ctime moving (the "racy git" problem): hash
     // it again next time rather than trust its identity.
@@ -196,7 +211,7 @@ fn verify_one(
         .duration_since(ctime_of(&meta))
         .unwrap_or_default();
     if age < RACY_WINDOW {
-        return Ok(false);
+        return Ok((file, false));
     }
     cache.files.insert(
         path.to_owned(),
@@ -205,7 +220,7 @@ fn verify_one(
             blake3: actual,
         },
     );
-    Ok(true)
+    Ok((file, true))
 }
 
 fn ctime_of(meta: &fs::Metadata) -> SystemTime {
@@ -215,8 +230,13 @@ fn ctime_of(meta: &fs::Metadata) -> SystemTime {
 
 /// BLAKE3 of a file, as lower-case hex.
 pub fn hash_file(path: &Path) -> std::io::Result<String> {
+    hash_reader(&mut File::open(path)?)
+}
+
+/// BLAKE3 of everything `reader` yields, as lower-case hex.
+fn hash_reader(reader: &mut impl std::io::Read) -> std::io::Result<String> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path)?;
+    hasher.update_reader(reader)?;
     Ok(hasher.finalize().to_hex().to_string())
 }
 

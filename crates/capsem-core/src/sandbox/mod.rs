@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use capsem_proto::{Command, ExitStatus};
 use serde::Serialize;
-use tokio::net::UnixListener;
+use std::os::unix::net::UnixStream as StdUnixStream;
+
+use tokio::net::UnixStream;
 
 use crate::assets::{self, AssetError, Manifest};
 use crate::channel::{self, Channel, ChannelError, ExecIo};
@@ -19,11 +21,13 @@ use crate::session::EventLog;
 use crate::session::store::{self, NewSession, Status};
 use crate::session::{Session, SessionError, log_tail};
 use crate::settings::{SessionSettings, VmSettings};
-use crate::vm::{self, Backend, KvmUnavailable, VmConfig, VmError, VmExit, VmHandle};
+use crate::vm::{Accel, Backend, KvmUnavailable, VmConfig, VmError, VmExit};
 
 mod record;
+mod vm;
 
 use record::{FinalState, RecordSpec, Recorder};
+use vm::RunningVm;
 
 /// How long a powered-off guest may take to end its VM before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -181,8 +185,6 @@ pub struct Sandbox {
     pub backend: Arc<dyn Backend>,
     /// Capsem's state directory (`~/.capsem`).
     pub home: PathBuf,
-    /// Where runtime directories go.
-    pub runtime_root: PathBuf,
     /// The instant phases are measured from.
     pub started: Instant,
 }
@@ -201,11 +203,11 @@ impl Sandbox {
         let cache = self.home.join("asset-hashes.json");
         let assets = assets::verify(&self.manifest, &self.asset_dir, Some(&cache))?;
         phases.assets_verified = Some(self.mark("assets verified"));
-        let choice = vm::accel::choose(self.vm.accel)?;
+        let choice = crate::vm::accel::choose(self.vm.accel)?;
         if let Some(text) = &choice.notice {
             notice(text);
         }
-        let session = Session::create(&self.home, &self.runtime_root)?;
+        let session = Session::create(&self.home)?;
         let (recorder, notices) = Recorder::start(RecordSpec {
             home: self.home.clone(),
             retention: self.sessions.clone(),
@@ -270,24 +272,30 @@ impl Sandbox {
         &self,
         session: &Session,
         assets: assets::VerifiedAssets,
-        accel: vm::Accel,
+        accel: Accel,
         job: Job<'_>,
         phases: &mut Phases,
     ) -> Result<Outcome, RunError> {
-        let socket = session.channel_socket();
-        let listener = UnixListener::bind(&socket).map_err(|source| RunError::Io {
-            what: format!("listening on {}", socket.display()),
-            source,
-        })?;
+        let io_err = |what: &str| {
+            let what = what.to_owned();
+            move |source| RunError::Io { what, source }
+        };
+        let (channel_host, channel_vm) =
+            StdUnixStream::pair().map_err(io_err("creating the channel socket pair"))?;
+        let (console_host, console_vm) =
+            StdUnixStream::pair().map_err(io_err("creating the console socket pair"))?;
+        let boot_log =
+            vm::create_log(&session.boot_log()).map_err(io_err("creating the boot log"))?;
         let config = VmConfig {
             name: format!("capsem-{}", session.id()),
             assets,
             accel,
             cpus: self.vm.cpus,
             memory_mib: self.vm.memory_mib,
-            channel_socket: socket,
-            boot_log: session.boot_log(),
-            monitor_log: session.monitor_log(),
+            channel: channel_vm.into(),
+            console: console_vm.into(),
+            monitor_log: vm::create_log(&session.monitor_log())
+                .map_err(io_err("creating the QEMU log"))?,
         };
         tracing::info!(
             "starting the VM: {} vCPUs, {} MiB, {}",
@@ -295,10 +303,13 @@ impl Sandbox {
             config.memory_mib,
             accel.name()
         );
-        let mut vm = self.backend.launch(&config)?;
+        let handle = self.backend.launch(config)?;
+        let mut vm = RunningVm::new(handle, console_host, boot_log)
+            .map_err(io_err("reading the VM console"))?;
         phases.vm_spawned = Some(self.mark("VM monitor started"));
 
-        let mut channel = self.boot(session, &listener, &mut vm).await?;
+        let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
+        let mut channel = self.boot(session, socket, &mut vm).await?;
         let ready = self.mark("guest agent ready");
         let hello = channel.hello();
         let kernel = ready.saturating_sub(Duration::from_nanos(hello.ready_ns));
@@ -324,37 +335,31 @@ impl Sandbox {
         outcome
     }
 
-    /// Waits for the VM to connect and the agent to say hello.
+    /// Waits for the agent's hello on the channel.
     async fn boot(
         &self,
         session: &Session,
-        listener: &UnixListener,
-        vm: &mut VmHandle,
+        socket: UnixStream,
+        vm: &mut RunningVm,
     ) -> Result<Channel, RunError> {
         let secs = self.vm.boot_timeout_secs;
-        let connect = async {
-            let (socket, _) = listener.accept().await.map_err(|source| {
-                BootError::Final(RunError::Io {
-                    what: "accepting the VM's channel connection".into(),
-                    source,
-                })
-            })?;
-            Channel::handshake(socket).await.map_err(BootError::Channel)
+        let limit = Duration::from_secs(secs.into());
+        let booted = tokio::select! {
+            hello = tokio::time::timeout(limit, Channel::handshake(socket)) => match hello {
+                Ok(Ok(channel)) => return Ok(channel),
+                Ok(Err(source)) => Booted::Failed(source),
+                Err(_) => Booted::TimedOut,
+            },
+            exit = vm.wait() => Booted::Exited(exit),
         };
-        let connected = tokio::select! {
-            connected = tokio::time::timeout(Duration::from_secs(secs.into()), connect) => {
-                connected.unwrap_or_else(|_| Err(BootError::Final(RunError::BootTimeout {
-                    secs,
-                    boot_log: session.boot_log(),
-                    tail: log_tail(&session.boot_log(), BOOT_LOG_LINES),
-                })))
-            }
-            exit = vm.wait() => Err(BootError::Final(Stage::Boot.died(session, exit))),
-        };
-        let err = match connected {
-            Ok(channel) => return Ok(channel),
-            Err(BootError::Channel(source)) => self.explain(session, vm, source, Stage::Boot).await,
-            Err(BootError::Final(err)) => err,
+        let err = match booted {
+            Booted::Failed(source) => self.explain(session, vm, source, Stage::Boot).await,
+            Booted::TimedOut => RunError::BootTimeout {
+                secs,
+                boot_log: session.boot_log(),
+                tail: log_tail(&session.boot_log(), BOOT_LOG_LINES),
+            },
+            Booted::Exited(exit) => Stage::Boot.died(session, exit),
         };
         kill(vm).await;
         Err(err)
@@ -366,7 +371,7 @@ impl Sandbox {
     async fn explain(
         &self,
         session: &Session,
-        vm: &mut VmHandle,
+        vm: &mut RunningVm,
         source: ChannelError,
         stage: Stage,
     ) -> RunError {
@@ -386,7 +391,7 @@ impl Sandbox {
         &self,
         session: &Session,
         channel: &mut Channel,
-        vm: &mut VmHandle,
+        vm: &mut RunningVm,
         job: Job<'_>,
     ) -> Result<Outcome, RunError> {
         let Job { req, io, events } = job;
@@ -409,11 +414,20 @@ impl Sandbox {
     }
 }
 
-/// A boot that failed on the channel (to be explained by the VM's fate) or
-/// for a reason already final.
-enum BootError {
-    Channel(ChannelError),
-    Final(RunError),
+/// How a boot that produced no channel ended.
+enum Booted {
+    /// The handshake failed (to be explained by the VM's fate).
+    Failed(ChannelError),
+    /// The agent did not answer in time.
+    TimedOut,
+    /// The VM ended first.
+    Exited(VmExit),
+}
+
+/// A standard socket, ready for tokio.
+fn to_tokio(socket: StdUnixStream) -> std::io::Result<UnixStream> {
+    socket.set_nonblocking(true)?;
+    UnixStream::from_std(socket)
 }
 
 /// The command of a run, its stdio and where its events go.
@@ -450,7 +464,7 @@ impl Stage {
 }
 
 /// Ends the VM: lets a powering-off guest finish, else kills it.
-async fn stop(vm: &mut VmHandle) {
+async fn stop(vm: &mut RunningVm) {
     if tokio::time::timeout(SHUTDOWN_GRACE, vm.wait())
         .await
         .is_err()
@@ -460,7 +474,7 @@ async fn stop(vm: &mut VmHandle) {
 }
 
 /// Kills the VM and waits until its process is gone.
-async fn kill(vm: &mut VmHandle) {
+async fn kill(vm: &mut RunningVm) {
     vm.kill();
     vm.wait().await;
 }

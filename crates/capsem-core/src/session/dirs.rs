@@ -1,10 +1,9 @@
-//! Per-run directories.
+//! A session's directory.
 //!
-//! Every VM is a session with a short random id. Its record directory
-//! (`~/.capsem/sessions/ID/`) keeps the boot log, QEMU's log and the event
-//! database; its runtime directory (`/run/user/UID/capsem/ID/` or
-//! `/tmp/capsem-UID/ID/`) holds the channel socket and disappears with the
-//! session. Both are private to the user (0700).
+//! Every VM is a session with a short random id. Its directory
+//! (`~/.capsem/sessions/ID/`, private to the user) keeps the boot log,
+//! QEMU's log and the event database. Nothing of a session needs a path at
+//! runtime: the VM's channel and console are socket pairs.
 
 use std::fs;
 use std::io;
@@ -17,12 +16,11 @@ use crate::fsutil::create_private_dir;
 /// Hex digits in a session id.
 const ID_LEN: usize = 8;
 
-/// The directories of one run.
+/// The directory of one run.
 #[derive(Debug)]
 pub struct Session {
     id: String,
     dir: PathBuf,
-    runtime_dir: PathBuf,
 }
 
 /// A directory of a session could not be made.
@@ -36,15 +34,14 @@ pub struct SessionError {
 }
 
 impl Session {
-    /// Creates a session under `home/sessions` and `runtime_root`.
-    pub fn create(home: &Path, runtime_root: &Path) -> Result<Session, SessionError> {
+    /// Creates a session under `home/sessions`.
+    pub fn create(home: &Path) -> Result<Session, SessionError> {
         let sessions = home.join("sessions");
         let err = |path: &Path| {
             let path = path.to_owned();
             move |source| SessionError { path, source }
         };
         create_private_dir(&sessions).map_err(err(&sessions))?;
-        create_private_dir(runtime_root).map_err(err(runtime_root))?;
         loop {
             let id = new_id();
             let dir = sessions.join(&id);
@@ -54,13 +51,7 @@ impl Session {
                 Err(e) => return Err(err(&dir)(e)),
             }
             create_private_dir(&dir).map_err(err(&dir))?;
-            let runtime_dir = runtime_root.join(&id);
-            create_private_dir(&runtime_dir).map_err(err(&runtime_dir))?;
-            return Ok(Session {
-                id,
-                dir,
-                runtime_dir,
-            });
+            return Ok(Session { id, dir });
         }
     }
 
@@ -84,20 +75,9 @@ impl Session {
         self.dir.join("qemu.log")
     }
 
-    /// The channel socket.
-    pub fn channel_socket(&self) -> PathBuf {
-        self.runtime_dir.join("channel.sock")
-    }
-
     /// The session's event database.
     pub fn events_db(&self) -> PathBuf {
         self.dir.join(super::events::EVENTS_FILE)
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.runtime_dir);
     }
 }
 
@@ -129,19 +109,14 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
-    fn sessions_get_private_dirs_and_the_runtime_dir_goes_away() {
+    fn sessions_get_private_dirs_and_unique_ids() {
         let home = tempfile::tempdir().unwrap();
-        let runtime = home.path().join("run");
-        let session = Session::create(home.path(), &runtime).unwrap();
+        let session = Session::create(home.path()).unwrap();
         assert_eq!(session.id().len(), ID_LEN);
         let mode = fs::metadata(session.dir()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        let socket_dir = session.channel_socket().parent().unwrap().to_owned();
-        assert!(socket_dir.is_dir());
-        let other = Session::create(home.path(), &runtime).unwrap();
+        let other = Session::create(home.path()).unwrap();
         assert_ne!(other.id(), session.id());
-        drop(session);
-        assert!(!socket_dir.exists());
     }
 
     #[test]

@@ -10,7 +10,10 @@ use rusqlite::Connection;
 /// from a newer capsem, which this one must not touch.
 pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<u32> {
     let latest = migrations.len() as u32;
-    let tx = conn.transaction()?;
+    // IMMEDIATE takes the write lock up front, so concurrent capsem
+    // processes wait on the busy timeout instead of failing to upgrade a
+    // read transaction.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let current: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > latest {
         return Err(rusqlite::Error::SqliteFailure(
@@ -19,6 +22,9 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<u
                 "schema version {current} is newer than this capsem understands ({latest})"
             )),
         ));
+    }
+    if current == latest {
+        return Ok(latest);
     }
     for sql in &migrations[current as usize..] {
         tx.execute_batch(sql)?;
@@ -31,13 +37,31 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<u
 /// Opens with the settings every Capsem database uses: WAL (readers never
 /// block the writer, a crash never corrupts), a busy timeout for concurrent
 /// capsem processes, and `synchronous=NORMAL`, durable at each checkpoint.
+/// The file is created private (0600); SQLite gives its WAL and shared-memory
+/// files the same mode.
 pub fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// An I/O failure around a database, as SQLite's "cannot open".
+pub fn io_error(e: std::io::Error) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+        Some(e.to_string()),
+    )
 }
 
 #[cfg(test)]

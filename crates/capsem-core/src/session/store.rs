@@ -245,7 +245,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        crate::fsutil::create_private_dir(home).map_err(|e| sql(io_error(e)))?;
+        crate::fsutil::create_private_dir(home).map_err(|e| sql(migrate::io_error(e)))?;
         let mut conn = migrate::open(&path).map_err(sql)?;
         migrate::migrate(&mut conn, MIGRATIONS).map_err(sql)?;
         Ok(Store {
@@ -481,10 +481,6 @@ fn last_change(dir: &Path) -> Option<i64> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_millis() as i64)
-}
-
-fn io_error(e: std::io::Error) -> rusqlite::Error {
-    rusqlite::Error::ToSqlConversionFailure(Box::new(e))
 }
 
 /// Now, in ms since the Unix epoch.

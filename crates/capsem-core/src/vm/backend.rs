@@ -4,7 +4,8 @@
 //! backend for hosts with hardware virtualization would be a sibling. Tests
 //! use a fake guest behind the same trait.
 
-use std::path::PathBuf;
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -12,12 +13,13 @@ use tokio::sync::watch;
 use super::accel::Accel;
 use crate::assets::VerifiedAssets;
 
-/// Everything a backend needs to start one VM.
-#[derive(Debug, Clone)]
+/// Everything a backend needs to start one VM. The VM gets host resources
+/// only as these open descriptors, never as paths to open.
+#[derive(Debug)]
 pub struct VmConfig {
     /// A name for process listings (`capsem-SESSION`).
     pub name: String,
-    /// Verified kernel, initramfs and rootfs.
+    /// Verified kernel, initramfs and rootfs, open.
     pub assets: VerifiedAssets,
     /// KVM or TCG.
     pub accel: Accel,
@@ -25,13 +27,12 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Guest RAM.
     pub memory_mib: u32,
-    /// Unix socket the host listens on; the VM connects its channel port
-    /// to it.
-    pub channel_socket: PathBuf,
-    /// Where the serial console goes.
-    pub boot_log: PathBuf,
-    /// Where the monitor's own stderr goes.
-    pub monitor_log: PathBuf,
+    /// The VM's end of the channel socket pair.
+    pub channel: OwnedFd,
+    /// The VM's end of the console socket pair; the host reads the other.
+    pub console: OwnedFd,
+    /// Where the monitor's own stdout and stderr go.
+    pub monitor_log: File,
 }
 
 /// How the VM process ended.
@@ -65,7 +66,7 @@ pub enum VmError {
 /// Starts VMs.
 pub trait Backend: Send + Sync {
     /// Starts a VM; returns once the monitor process runs.
-    fn launch(&self, config: &VmConfig) -> Result<VmHandle, VmError>;
+    fn launch(&self, config: VmConfig) -> Result<VmHandle, VmError>;
 }
 
 /// A running VM. Dropping the handle kills the VM.

@@ -16,7 +16,7 @@ pub fn verify() -> Result<i32, Failure> {
             "ok  {role:<9} {} {:>10} bytes  {}",
             entry.blake3,
             entry.size,
-            path.display()
+            path.path.display()
         );
     }
     Ok(0)

@@ -75,7 +75,6 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
         asset_dir,
         backend: Arc::new(backend),
         home: paths::capsem_home(),
-        runtime_root: paths::runtime_root(),
         started,
     };
     let io = ExecIo {

@@ -1,0 +1,206 @@
+//! The QEMU command line.
+//!
+//! Every host resource reaches QEMU as an inherited file descriptor at a
+//! fixed number ([`Fd`]); the command line names only `/proc/self/fd/N`,
+//! `/dev/fdset/N` and `fd=N`, never a host path.
+
+use std::ffi::OsString;
+
+use super::super::accel::Accel;
+
+/// Name of the channel port, matched by the agent.
+pub const CHANNEL_PORT: &str = "capsem.0";
+/// TCG translation cache, in MiB. QEMU's default is sized from host RAM (up
+/// to 1 GiB); a sandbox running short commands needs far less.
+const TCG_TB_SIZE_MIB: u32 = 64;
+/// Kernel command line. `reboot=t` + `-no-reboot` make a guest power-off
+/// end QEMU (there is no ACPI); `panic=-1` does the same on a guest panic.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 \
+    rdinit=/init random.trust_cpu=on";
+/// The guest kernel's timer frequency (`CONFIG_HZ_100` in
+/// `images/kernel/capsem.config`).
+const GUEST_HZ: u64 = 100;
+
+/// The descriptor numbers QEMU finds its resources at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Fd {
+    /// The verified kernel.
+    Kernel = 3,
+    /// The verified initramfs.
+    Initramfs = 4,
+    /// The verified root filesystem image.
+    Rootfs = 5,
+    /// The VM's end of the channel socket pair.
+    Channel = 6,
+    /// The VM's end of the console socket pair.
+    Console = 7,
+}
+
+/// The machine: accelerator, CPUs, RAM, and the lockdown flags; no devices.
+pub fn machine_args(accel: Accel, cpus: u32, memory_mib: u32) -> Vec<OsString> {
+    let (accel, cpu) = match accel {
+        Accel::Kvm => ("kvm".to_owned(), "host"),
+        Accel::Tcg => (format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "max"),
+    };
+    to_args(&[
+        "-M",
+        "microvm,acpi=off,x-option-roms=off,isa-serial=on",
+        "-accel",
+        &accel,
+        "-cpu",
+        cpu,
+        "-smp",
+        &cpus.to_string(),
+        "-m",
+        &format!("{memory_mib}M"),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-no-reboot",
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ])
+}
+
+/// Direct kernel boot of `kernel` with `initramfs`.
+pub fn boot_args(accel: Accel, kernel: &str, initramfs: &str) -> Vec<OsString> {
+    to_args(&[
+        "-kernel",
+        kernel,
+        "-initrd",
+        initramfs,
+        "-append",
+        &kernel_cmdline(accel),
+    ])
+}
+
+/// The full command line of a capsem VM with its resources at [`Fd`].
+pub fn vm_args(accel: Accel, cpus: u32, memory_mib: u32, name: &str) -> Vec<OsString> {
+    let fd = |fd: Fd| fd as i32;
+    let mut args = machine_args(accel, cpus, memory_mib);
+    args.extend(boot_args(
+        accel,
+        &format!("/proc/self/fd/{}", fd(Fd::Kernel)),
+        &format!("/proc/self/fd/{}", fd(Fd::Initramfs)),
+    ));
+    args.extend(to_args(&[
+        "-name",
+        name,
+        "-chardev",
+        &format!("socket,id=console,fd={},server=off", fd(Fd::Console)),
+        "-serial",
+        "chardev:console",
+        "-add-fd",
+        &format!("fd={},set=1,opaque=rootfs", fd(Fd::Rootfs)),
+        "-drive",
+        "if=none,id=rootfs,file=/dev/fdset/1,format=raw,readonly=on",
+        "-device",
+        "virtio-blk-device,drive=rootfs",
+        "-device",
+        "virtio-serial-device,max_ports=2",
+        "-chardev",
+        &format!("socket,id=channel,fd={},server=off", fd(Fd::Channel)),
+        "-device",
+        &format!("virtserialport,chardev=channel,name={CHANNEL_PORT}"),
+        "-object",
+        "rng-random,id=rng,filename=/dev/urandom",
+        "-device",
+        "virtio-rng-device,rng=rng",
+    ]));
+    args
+}
+
+fn to_args(parts: &[&str]) -> Vec<OsString> {
+    parts.iter().map(OsString::from).collect()
+}
+
+/// The command line for `accel`. Under TCG the emulated CPU lacks a
+/// constant TSC, so the kernel would calibrate its delay loop on every
+/// secondary CPU (~150 ms each); `lpj=` from the host's clock rate skips
+/// that. Delays computed from it are at least as long as intended, as an
+/// emulated loop runs slower than the host.
+fn kernel_cmdline(accel: Accel) -> String {
+    let lpj = match accel {
+        Accel::Tcg => host_mhz().map(|mhz| (mhz * 1e6) as u64 / GUEST_HZ),
+        Accel::Kvm => None,
+    };
+    match lpj {
+        Some(lpj) => format!("{KERNEL_CMDLINE} lpj={lpj}"),
+        None => KERNEL_CMDLINE.to_owned(),
+    }
+}
+
+/// The host CPU's clock rate from `/proc/cpuinfo`.
+fn host_mhz() -> Option<f64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("cpu MHz")?
+                .split(':')
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .filter(|mhz: &f64| *mhz > 0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn joined(accel: Accel) -> String {
+        vm_args(accel, 2, 1024, "capsem-test")
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn the_vm_has_no_network_and_a_read_only_root() {
+        let line = joined(Accel::Tcg);
+        assert!(line.contains("-nodefaults"));
+        assert!(!line.contains("-netdev") && !line.contains("-nic") && !line.contains("-net "));
+        assert!(line.contains("file=/dev/fdset/1,format=raw,readonly=on"));
+        assert!(line.contains("-no-reboot"));
+        assert!(line.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
+    }
+
+    #[test]
+    fn qemu_is_given_no_host_path_but_dev_urandom() {
+        let args: Vec<String> = vm_args(Accel::Tcg, 2, 1024, "capsem-test")
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        // The kernel command line is the guest's, not a host path.
+        let append = args.iter().position(|a| a == "-append").unwrap();
+        let paths: Vec<&str> = args
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != append + 1)
+            .flat_map(|(_, a)| a.split([',', '=']))
+            .filter(|word| word.starts_with('/'))
+            .filter(|word| !word.starts_with("/proc/self/fd/") && !word.starts_with("/dev/fdset/"))
+            .collect();
+        assert_eq!(paths, ["/dev/urandom"]);
+    }
+
+    #[test]
+    fn accelerator_selects_cpu_model_and_bounds_tcg_cache() {
+        assert!(joined(Accel::Tcg).contains("-accel tcg,tb-size=64 -cpu max"));
+        assert!(joined(Accel::Kvm).contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn tcg_skips_delay_calibration_and_kvm_needs_nothing_extra() {
+        assert_eq!(kernel_cmdline(Accel::Kvm), KERNEL_CMDLINE);
+        if host_mhz().is_some() {
+            assert!(kernel_cmdline(Accel::Tcg).contains(" lpj="));
+        }
+    }
+}
