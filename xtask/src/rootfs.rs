@@ -68,8 +68,10 @@ fn list(path: &Path) -> Result<Vec<String>> {
 /// `rootfs.erofs`.
 pub fn build(log_dir: &Path) -> Result<PathBuf> {
     let dir = images();
+    let diagnostics = workspace().join("images/diagnostics");
     let key = KeyBuilder::new("rootfs", RECIPE)
         .tree(&dir)?
+        .tree(&diagnostics)?
         .add("mmdebstrap", deps::version("mmdebstrap")?.as_bytes())
         .add("erofs-utils", deps::version("erofs-utils")?.as_bytes())
         .finish();
@@ -80,6 +82,7 @@ pub fn build(log_dir: &Path) -> Result<PathBuf> {
         install_runtimes(&tree, out, &log)?;
         install_npm_packages(&tree, &list(&dir.join("npm-packages.txt"))?, out, &log)?;
         copy_tree(&dir.join("files"), &tree)?;
+        install_diagnostics(&diagnostics, &tree)?;
         clean(&tree)?;
         pack(&tree, &out.join("rootfs.erofs"), &log)?;
         fs::remove_dir_all(&tree).context("removing the rootfs tree")
@@ -205,6 +208,18 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Installs `capsem-doctor` (alias `capsem-test`) and its pytest suite.
+fn install_diagnostics(from: &Path, tree: &Path) -> Result<()> {
+    let lib = tree.join("usr/local/lib/capsem-doctor/tests");
+    fs::create_dir_all(&lib)?;
+    copy_tree(&from.join("tests"), &lib)?;
+    let bin = tree.join("usr/local/bin");
+    fs::copy(from.join("capsem-doctor"), bin.join("capsem-doctor"))
+        .context("installing capsem-doctor")?;
+    std::os::unix::fs::symlink("capsem-doctor", bin.join("capsem-test"))
+        .context("linking capsem-test")
 }
 
 /// Drops caches and per-machine state the build left behind.

@@ -62,6 +62,21 @@ pub struct GlobalArgs {
 pub enum Subcmd {
     /// Run a command in a fresh VM (the default).
     Run(RunArgs),
+    /// Run the in-VM diagnostics: is the sandbox really sealed, and does
+    /// everything in it work?
+    ///
+    /// Boots a VM and runs its pytest suite (capsem-doctor): sandbox claims
+    /// (no network, read-only system, no kernel extension, no services),
+    /// utilities, runtimes, workflows and environment. Exits non-zero when
+    /// a check fails. With -v, every check is listed.
+    Doctor {
+        /// Only run checks matching this pytest expression (e.g. sandbox).
+        #[arg(short = 'k', value_name = "EXPR")]
+        filter: Option<String>,
+        /// Stop at the first failing check.
+        #[arg(short = 'x', long = "exitfirst")]
+        exit_first: bool,
+    },
     /// Check the VM images against the hashes built into capsem.
     Assets {
         #[command(subcommand)]

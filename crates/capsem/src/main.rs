@@ -34,6 +34,10 @@ fn main() {
             action: AssetsAction::Verify,
         }) => cmd::assets::verify().unwrap_or_else(|f| f.report()),
         Some(Subcmd::Version) => cmd::version::print().unwrap_or_else(|f| f.report()),
+        Some(Subcmd::Doctor { filter, exit_first }) => {
+            let args = cmd::doctor::run_args(filter, exit_first, cli.global.verbose);
+            cmd::run::run(args, &cli.global, started)
+        }
         Some(Subcmd::Sessions {
             json,
             limit,

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod assets;
+pub mod doctor;
 pub mod run;
 pub mod sessions;
 pub mod version;

@@ -219,9 +219,9 @@ fn fake_guest(dir: &Path, payload: &[u8]) -> PathBuf {
         &format!(
             "#!/usr/bin/python3\n\
              import socket, sys, time\n\
-             path = next(a.split('path=', 1)[1] for a in sys.argv if a.startswith('socket,id=channel,'))\n\
-             s = socket.socket(socket.AF_UNIX)\n\
-             s.connect(path)\n\
+             arg = next(a for a in sys.argv if a.startswith('socket,id=channel,'))\n\
+             fd = int(arg.split('fd=', 1)[1].split(',')[0])\n\
+             s = socket.socket(fileno=fd)\n\
              s.sendall(bytes.fromhex('{hex}'))\n\
              time.sleep(60)\n"
         ),

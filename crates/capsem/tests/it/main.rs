@@ -2,9 +2,11 @@
 //! on hosts without hardware virtualization). One test binary, so the
 //! assets are built once and the harness runs VMs in parallel.
 
+mod doctor;
 mod errors;
 mod exec;
 mod kernel;
 mod lifecycle;
+mod security;
 mod sessions;
 mod support;

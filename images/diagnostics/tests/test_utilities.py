@@ -1,0 +1,78 @@
+"""The Unix tools the root filesystem promises, each doing real work."""
+import pytest
+
+from conftest import run
+
+# (tool, a command exercising it, expected stdout)
+TOOLS = [
+    ("bash", "bash -c 'echo $((6 * 7))'", "42"),
+    ("sh", "sh -c 'echo ok'", "ok"),
+    ("ls", "ls -d /usr", "/usr"),
+    ("cat", "echo ok | cat", "ok"),
+    ("cp", "echo ok > a && cp a b && cat b", "ok"),
+    ("mv", "echo ok > a && mv a b && cat b", "ok"),
+    ("rm", "touch a && rm a && ls | wc -l", "0"),
+    ("mkdir", "mkdir -p x/y/z && ls x/y", "z"),
+    ("ln", "echo ok > a && ln -s a b && cat b", "ok"),
+    ("chmod", "touch a && chmod 600 a && stat -c %a a", "600"),
+    ("touch", "touch a && ls", "a"),
+    ("stat", "stat -c %F /", "directory"),
+    ("grep", "printf 'a\\nb\\n' | grep b", "b"),
+    ("sed", "echo hello | sed s/l/L/g", "heLLo"),
+    ("awk", "echo '1 2 3' | awk '{print $1 + $3}'", "4"),
+    ("gawk", "echo x | gawk '{print toupper($0)}'", "X"),
+    ("find", "mkdir -p d && touch d/f && find d -type f", "d/f"),
+    ("xargs", "echo a b | xargs -n1 echo | wc -l", "2"),
+    ("sort", "printf 'b\\na\\n' | sort | head -1", "a"),
+    ("uniq", "printf 'a\\na\\n' | uniq", "a"),
+    ("wc", "printf 'a b c' | wc -w", "3"),
+    ("head", "seq 10 | head -n 1", "1"),
+    ("tail", "seq 10 | tail -n 1", "10"),
+    ("cut", "echo a:b:c | cut -d: -f2", "b"),
+    ("tr", "echo abc | tr a-z A-Z", "ABC"),
+    ("tee", "echo ok | tee f > /dev/null && cat f", "ok"),
+    ("diff", "echo a > x && echo a > y && diff x y && echo same", "same"),
+    ("patch", "printf 'a\\n' > f && printf -- '--- f\\n+++ f\\n@@ -1 +1 @@\\n-a\\n+b\\n' | patch -s f && cat f", "b"),
+    ("seq", "seq 3 | tail -1", "3"),
+    ("env", "env FOO=bar env | grep ^FOO=", "FOO=bar"),
+    ("date", "date -u -d @0 +%Y", "1970"),
+    ("sha256sum", "printf abc | sha256sum | cut -c1-8", "ba7816bf"),
+    ("md5sum", "printf abc | md5sum | cut -c1-8", "90015098"),
+    ("base64", "printf ok | base64", "b2s="),
+    ("tar", "echo ok > f && tar cf t.tar f && rm f && tar xf t.tar && cat f", "ok"),
+    ("gzip", "echo ok | gzip | gunzip", "ok"),
+    ("bzip2", "echo ok | bzip2 | bunzip2", "ok"),
+    ("xz", "echo ok | xz | unxz", "ok"),
+    ("zstd", "echo ok | zstd -q | zstd -dq", "ok"),
+    ("zip", "echo ok > f && zip -q z.zip f && unzip -p z.zip f", "ok"),
+    ("file", "file -b /bin/bash | cut -d' ' -f1", "ELF"),
+    ("jq", "echo '{\"a\": [1, 2]}' | jq '.a[1]'", "2"),
+    ("bc", "echo '2^10' | bc", "1024"),
+    ("tree", "mkdir -p t/u && tree -d --noreport t | tail -1", "└── u"),
+    ("less", "echo ok | less -FX", "ok"),
+    ("vi", "printf 'hello\\n' > f && vi -es -c 's/hello/bye/' -c wq f && cat f", "bye"),
+    ("ps", "ps -o comm= -p 1", "init"),
+    ("pgrep", "pgrep -x init", "1"),
+    ("kill", "sleep 30 & kill $! && wait $!; echo $?", "143"),
+    ("free", "free -m | head -1 | awk '{print $1}'", "total"),
+    ("df", "df -P / | tail -1 | awk '{print $6}'", "/"),
+    ("du", "mkdir d && du -s d | cut -f2", "d"),
+    ("uname", "uname -s", "Linux"),
+    ("id", "id -u", "0"),
+    ("whoami", "whoami", "root"),
+    ("hostname", "hostname", "capsem"),
+    ("which", "which bash", "/usr/bin/bash"),
+    ("make", "printf 'all:\\n\\t@echo built\\n' > Makefile && make", "built"),
+    ("git", "git --version | cut -d' ' -f1-2", "git version"),
+    ("curl", "curl --version | head -1 | cut -d' ' -f1", "curl"),
+    ("wget", "wget --version | head -1 | cut -d' ' -f1-2", "GNU Wget"),
+    ("openssl", "printf abc | openssl dgst -sha256 -r | cut -c1-8", "ba7816bf"),
+    ("python3", "python3 -c 'print(2 ** 10)'", "1024"),
+    ("node", "node -e 'console.log(2 ** 10)'", "1024"),
+]
+
+
+@pytest.mark.parametrize("tool,command,expected", TOOLS, ids=[t[0] for t in TOOLS])
+def test_tool_works(tool, command, expected, workdir):
+    out = run(command, cwd=workdir).stdout
+    assert out.strip().splitlines()[-1] == expected
