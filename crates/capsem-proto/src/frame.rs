@@ -213,18 +213,26 @@ mod tests {
                 id: 1,
                 command: Command::Shell(s),
                 env: vec![("A".into(), "b".into())],
+                tty: None,
             })),
             proptest::collection::vec(".{0,16}", 1..8).prop_map(|argv| HostToGuest::Exec(
                 ExecRequest {
                     id: 2,
                     command: Command::Argv(argv),
                     env: vec![],
+                    tty: None,
                 }
             )),
             proptest::collection::vec(any::<u8>(), 0..2048).prop_map(HostToGuest::Stdin),
             Just(HostToGuest::StdinEof),
             (any::<u32>(), 1u8..=64)
                 .prop_map(|(exec, signal)| HostToGuest::Signal { exec, signal }),
+            (any::<u32>(), any::<u16>(), any::<u16>()).prop_map(|(exec, rows, cols)| {
+                HostToGuest::Resize {
+                    exec,
+                    size: crate::msg::TtySize { rows, cols },
+                }
+            }),
             Just(HostToGuest::Shutdown),
         ]
     }

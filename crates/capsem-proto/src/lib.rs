@@ -41,7 +41,7 @@ pub mod mux;
 pub use frame::{FrameCodec, FrameError};
 pub use msg::{
     Command, EnvError, ExecRequest, ExitStatus, GuestHello, GuestToHost, HostHello, HostToGuest,
-    ProtocolError, validate_env_name,
+    ProtocolError, TtySize, validate_env_name,
 };
 
 /// The codec the host uses: decodes guest messages, encodes host messages.

@@ -24,5 +24,8 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 /// Most streams the channel multiplexes at once.
 pub const MAX_STREAMS: usize = 64;
 
+/// Most rows or columns of a terminal.
+pub const MAX_TTY_CELLS: u16 = 4096;
+
 /// Highest signal number on Linux (`SIGRTMAX`).
 pub const MAX_SIGNAL: u8 = 64;

@@ -15,7 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{
-    MAX_ARGS, MAX_CHUNK_BYTES, MAX_ENV_VARS, MAX_SIGNAL, MAX_TEXT_BYTES, PROTOCOL_VERSION,
+    MAX_ARGS, MAX_CHUNK_BYTES, MAX_ENV_VARS, MAX_SIGNAL, MAX_TEXT_BYTES, MAX_TTY_CELLS,
+    PROTOCOL_VERSION,
 };
 
 /// First frame on a fresh channel, sent by the guest agent once it is ready.
@@ -88,6 +89,15 @@ impl std::fmt::Display for Command {
     }
 }
 
+/// A terminal for a command: its size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
 /// Start a command on this stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecRequest {
@@ -97,6 +107,10 @@ pub struct ExecRequest {
     pub command: Command,
     /// Variables added to (or replacing) the guest's default environment.
     pub env: Vec<(String, String)>,
+    /// Run it on a new pseudo-terminal of this size, as the controlling
+    /// terminal of a new session: stdout and stderr merge into its output,
+    /// and stdin is what is typed into it.
+    pub tty: Option<TtySize>,
 }
 
 /// Host to guest, on an exec stream.
@@ -118,6 +132,14 @@ pub enum HostToGuest {
         exec: u32,
         /// The signal number.
         signal: u8,
+    },
+    /// The terminal of command `exec` changed size. Sent on the control
+    /// stream.
+    Resize {
+        /// The [`ExecRequest::id`] of the command.
+        exec: u32,
+        /// The new size.
+        size: TtySize,
     },
     /// Power the VM off now. Sent on the control stream.
     Shutdown,
@@ -172,6 +194,9 @@ pub enum ProtocolError {
     /// A text field is larger than [`MAX_TEXT_BYTES`].
     #[error("text of {0} bytes exceeds the limit of {MAX_TEXT_BYTES}")]
     TextTooLarge(usize),
+    /// A terminal size beyond [`MAX_TTY_CELLS`].
+    #[error("terminal size {0}x{1} is out of range")]
+    BadSize(u16, u16),
     /// A signal number outside 1..=64.
     #[error("signal {0} is not a valid signal number")]
     BadSignal(u8),
@@ -217,6 +242,13 @@ fn check_signal(sig: u8) -> Result<(), ProtocolError> {
     } else {
         Err(ProtocolError::BadSignal(sig))
     }
+}
+
+fn check_size(size: TtySize) -> Result<(), ProtocolError> {
+    if size.rows > MAX_TTY_CELLS || size.cols > MAX_TTY_CELLS {
+        return Err(ProtocolError::BadSize(size.rows, size.cols));
+    }
+    Ok(())
 }
 
 fn check_chunk(data: &[u8]) -> Result<(), ProtocolError> {
@@ -282,6 +314,9 @@ impl ExecRequest {
                 }
             }
         }
+        if let Some(size) = self.tty {
+            check_size(size)?;
+        }
         check_count("environment variables", self.env.len(), MAX_ENV_VARS)?;
         for (name, value) in &self.env {
             validate_env_name(name)?;
@@ -298,6 +333,7 @@ impl HostToGuest {
             HostToGuest::Exec(req) => req.validate(),
             HostToGuest::Stdin(data) => check_chunk(data),
             HostToGuest::Signal { signal, .. } => check_signal(*signal),
+            HostToGuest::Resize { size, .. } => check_size(*size),
             HostToGuest::StdinEof | HostToGuest::StdoutClosed | HostToGuest::Shutdown => Ok(()),
         }
     }
@@ -400,6 +436,7 @@ mod tests {
             id: 0,
             command: Command::Argv(vec!["x".into(); MAX_ARGS + 1]),
             env: vec![],
+            tty: None,
         };
         assert!(matches!(
             too_many.validate(),
@@ -409,14 +446,36 @@ mod tests {
             id: 0,
             command: Command::Argv(vec![]),
             env: vec![],
+            tty: None,
         };
         assert_eq!(empty.validate(), Err(ProtocolError::EmptyCommand));
         let nul = ExecRequest {
             id: 0,
             command: Command::Shell("a\0b".into()),
             env: vec![],
+            tty: None,
         };
         assert!(matches!(nul.validate(), Err(ProtocolError::NulByte(_))));
+    }
+
+    #[test]
+    fn terminal_sizes_are_bounded() {
+        let resize = |rows, cols| HostToGuest::Resize {
+            exec: 1,
+            size: TtySize { rows, cols },
+        };
+        assert!(resize(50, 200).validate().is_ok());
+        assert!(resize(5000, 80).validate().is_err());
+        let req = ExecRequest {
+            id: 1,
+            command: Command::Shell("vim".into()),
+            env: vec![],
+            tty: Some(TtySize {
+                rows: 24,
+                cols: 9999,
+            }),
+        };
+        assert_eq!(req.validate(), Err(ProtocolError::BadSize(24, 9999)));
     }
 
     #[test]
