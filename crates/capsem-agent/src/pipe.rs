@@ -50,6 +50,21 @@ impl PipeReader {
         }
     }
 
+    /// Fills `buf` with what is buffered right now, in as many reads as
+    /// that takes; returns how much. A terminal hands out a few KiB per
+    /// read, so this gathers a whole chunk before it crosses the channel.
+    /// An error ends the gathering; the next read reports it.
+    pub fn read_available(&self, buf: &mut [u8]) -> usize {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_now(&mut buf[filled..]) {
+                Ok(Some(n)) if n > 0 => filled += n,
+                _ => break,
+            }
+        }
+        filled
+    }
+
     /// Reads what is buffered right now. `None` when the pipe is empty but
     /// still open.
     pub fn read_now(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {

@@ -98,7 +98,7 @@ async fn handle(mut channel: Channel, reaper: &Reaper, running: &Running, shutdo
     };
     match first {
         HostToGuest::Exec(req) => exec::run(channel, req, reaper, running).await,
-        HostToGuest::Signal { .. } | HostToGuest::Shutdown => {
+        HostToGuest::Signal { .. } | HostToGuest::Resize { .. } | HostToGuest::Shutdown => {
             if let Err(e) = control(first, channel, running, shutdown).await {
                 tracing::warn!("control stream: {e:#}");
             }
@@ -110,7 +110,7 @@ async fn handle(mut channel: Channel, reaper: &Reaper, running: &Running, shutdo
     }
 }
 
-/// Serves the control stream: signals and shutdown.
+/// Serves the control stream: signals, resizes and shutdown.
 async fn control(
     first: HostToGuest,
     mut channel: Channel,
@@ -129,6 +129,7 @@ async fn control(
         msg.validate()?;
         match msg {
             HostToGuest::Signal { exec, signal } => running.signal(exec, signal),
+            HostToGuest::Resize { exec, size } => running.resize(exec, size),
             HostToGuest::Shutdown => {
                 shutdown.notify_one();
                 return Ok(());
