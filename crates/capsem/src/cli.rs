@@ -32,9 +32,10 @@ Exit status:
     name = "capsem",
     version,
     verbatim_doc_comment,
-    override_usage = "capsem [OPTIONS] COMMAND [ARGS]...\n       \
+    override_usage = "capsem                       (an interactive shell)\n       \
+                      capsem [OPTIONS] COMMAND [ARGS]...\n       \
                       capsem run [OPTIONS] -- COMMAND [ARGS]...\n       \
-                      capsem assets verify | version | help",
+                      capsem shell | doctor | sessions | assets verify | version | help",
     after_help = EXIT_STATUS,
     subcommand_value_name = "COMMAND",
 )]
@@ -62,6 +63,11 @@ pub struct GlobalArgs {
 pub enum Subcmd {
     /// Run a command in a fresh VM (the default).
     Run(RunArgs),
+    /// Open an interactive shell (bash, as a login shell) in a fresh VM.
+    ///
+    /// The same as `capsem` with no arguments on a terminal. The VM is
+    /// destroyed when the shell exits, and capsem exits with its status.
+    Shell,
     /// Run the in-VM diagnostics: is the sandbox really sealed, and does
     /// everything in it work?
     ///
@@ -117,6 +123,14 @@ pub enum SessionsAction {
         /// Also check this session's event database.
         id: Option<String>,
     },
+    /// Write what a terminal session showed, from its transcript.
+    Replay {
+        /// Session id or unambiguous prefix.
+        id: String,
+        /// Keep the original timing between outputs.
+        #[arg(long)]
+        timing: bool,
+    },
     /// Delete finished sessions; without options, apply the retention
     /// settings (sessions.retention_days, sessions.max_count).
     Prune {
@@ -148,6 +162,11 @@ pub struct RunArgs {
     /// refused.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Run the command on a terminal in the guest (like `docker run -t`):
+    /// full-screen programs work, stdout and stderr merge, and when stdin
+    /// is a terminal it is put in raw mode so every key reaches the guest.
+    #[arg(short = 't', long)]
+    pub tty: bool,
     /// The command and its arguments.
     #[arg(
         trailing_var_arg = true,

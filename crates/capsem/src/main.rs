@@ -9,6 +9,7 @@ mod cli;
 mod cmd;
 mod embedded;
 mod exit;
+mod terminal;
 
 use std::time::Instant;
 
@@ -28,7 +29,11 @@ fn main() {
     };
     init_logging(&cli.global);
     let code = match cli.subcommand {
+        None if cli.run.command.is_empty() && terminal::stdin_is_terminal() => {
+            cmd::shell::run(cli.run, &cli.global, started)
+        }
         None => cmd::run::run(cli.run, &cli.global, started),
+        Some(Subcmd::Shell) => cmd::shell::run(cli.run, &cli.global, started),
         Some(Subcmd::Run(args)) => cmd::run::run(args.with_outer(cli.run), &cli.global, started),
         Some(Subcmd::Assets {
             action: AssetsAction::Verify,

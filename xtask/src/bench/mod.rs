@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 
 use crate::{assets, cargo, deps, initramfs, proc, workspace};
 
+mod terminal;
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Runs of each measurement; medians are reported.
@@ -72,6 +74,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let mut report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
     report["session_recording"] = recording(&report, &scratch)?;
+    eprintln!("xtask: terminal latency and throughput");
+    report["terminal"] = json!({
+        "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
+        "output": terminal::throughput(&capsem, &home)?,
+    });
     print_summary(&report);
     let out = workspace().join(&args.out);
     fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
@@ -388,6 +395,19 @@ fn print_summary(report: &Value) {
     println!(
         "  QEMU ratio {}",
         report["idle_memory"]["qemu_ratio_to_floor"]
+    );
+    let t = &report["terminal"];
+    println!("terminal:");
+    line("keystroke round trip (ms)", &t["keystroke_round_trip_ms"]);
+    let o = &t["output"];
+    println!(
+        "  output {} MiB/s on a terminal, {} MiB/s piped (ratio {}); inside the guest alone {} vs {} (ratio {})",
+        o["tty_mib_per_s"],
+        o["pipe_mib_per_s"],
+        o["tty_to_pipe_ratio"],
+        o["in_guest_tty_mib_per_s"],
+        o["in_guest_pipe_mib_per_s"],
+        o["in_guest_tty_to_pipe_ratio"]
     );
     let r = &report["session_recording"];
     println!(

@@ -5,18 +5,40 @@
 //! stream blocks, the guest's stream window fills and the guest command
 //! blocks too, so a flood of output never piles up in memory. When the host
 //! stops taking stdout (a closed pipe), the guest closes the command's
-//! stdout and the command sees `SIGPIPE`, as it would locally.
+//! stdout and the command sees `SIGPIPE`, as it would locally. On a
+//! terminal, everything the command shows arrives as stdout.
 
 use std::convert::Infallible;
 
 use capsem_proto::limits::MAX_CHUNK_BYTES;
-use capsem_proto::{Command, ExecRequest, ExitStatus, GuestToHost, HostToGuest};
+use capsem_proto::{Command, ExecRequest, ExitStatus, GuestToHost, HostToGuest, TtySize};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::{Channel, ChannelError};
+use crate::session::transcript::{Record, Transcript};
 use crate::session::{Event, EventLog};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// The command.
+    pub command: Command,
+    /// Variables added to the guest's default environment.
+    pub env: Vec<(String, String)>,
+    /// Run it on a terminal of this size.
+    pub tty: Option<TtySize>,
+}
+
+/// Something to tell a running command out of band.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Deliver this signal to its process group.
+    Signal(u8),
+    /// Its terminal changed size.
+    Resize(TtySize),
+}
 
 /// The host side of a command's stdio.
 pub struct ExecIo {
@@ -26,26 +48,52 @@ pub struct ExecIo {
     pub stdout: Box<dyn AsyncWrite + Send + Unpin>,
     /// Receives the command's stderr.
     pub stderr: Box<dyn AsyncWrite + Send + Unpin>,
-    /// Signal numbers to deliver to the command's process group.
-    pub signals: mpsc::Receiver<u8>,
+    /// Signals and resizes for the command.
+    pub controls: mpsc::Receiver<Control>,
 }
 
-/// Runs `command` with `env` added to the guest's default environment,
-/// recording what happens in `events`.
+/// Where a command's activity is recorded.
+#[derive(Clone, Copy)]
+pub struct Recording<'a> {
+    /// Counted events.
+    pub events: &'a EventLog,
+    /// The bytes of a terminal session.
+    pub transcript: Option<&'a Transcript>,
+}
+
+impl Recording<'_> {
+    fn transcribe(&self, record: impl FnOnce() -> Record) {
+        if let Some(transcript) = self.transcript {
+            transcript.record(&record());
+        }
+    }
+}
+
+/// Runs `spec`, recording what happens.
 pub async fn run(
     channel: &mut Channel,
-    command: Command,
-    env: Vec<(String, String)>,
+    spec: ExecSpec,
     io: ExecIo,
-    events: &EventLog,
+    recording: Recording<'_>,
 ) -> Result<ExitStatus, ChannelError> {
     let id = channel.exec_id();
-    let req = ExecRequest { id, command, env };
+    let req = ExecRequest {
+        id,
+        command: spec.command,
+        env: spec.env,
+        tty: spec.tty,
+    };
     req.validate()?;
-    events.record(Event::Started {
+    recording.events.record(Event::Started {
         exec: id,
         command: req.command.to_string(),
     });
+    if let Some(size) = spec.tty {
+        recording.transcribe(|| Record::Resize {
+            rows: size.rows,
+            cols: size.cols,
+        });
+    }
     let (mut sink, source) = channel.open().await?.split();
     sink.send(HostToGuest::Exec(req)).await?;
 
@@ -57,7 +105,7 @@ pub async fn run(
             }
         }
     };
-    let feed = feed_stdin(io.stdin, out_tx.clone(), id, events);
+    let feed = feed_stdin(io.stdin, out_tx.clone(), id, recording);
     let background = async {
         futures::future::join(forward, feed).await;
         std::future::pending::<Infallible>().await
@@ -65,14 +113,14 @@ pub async fn run(
     let outputs = Outputs {
         stdout: io.stdout,
         stderr: io.stderr,
-        events,
+        recording,
     };
-    let receive = receive(channel, id, source, outputs, io.signals, out_tx);
+    let receive = receive(channel, id, source, outputs, io.controls, out_tx);
     let status = tokio::select! {
         result = receive => result?,
         never = background => match never {},
     };
-    events.record(Event::Exited {
+    recording.events.record(Event::Exited {
         exec: id,
         code: status.shell_code(),
     });
@@ -83,7 +131,7 @@ async fn feed_stdin(
     stdin: Option<Box<dyn AsyncRead + Send + Unpin>>,
     tx: mpsc::Sender<HostToGuest>,
     exec: u32,
-    events: &EventLog,
+    recording: Recording<'_>,
 ) {
     if let Some(mut stdin) = stdin {
         let mut buf = vec![0u8; MAX_CHUNK_BYTES];
@@ -91,7 +139,8 @@ async fn feed_stdin(
             match stdin.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    events.record(Event::Stdin { exec, bytes: n });
+                    recording.events.record(Event::Stdin { exec, bytes: n });
+                    recording.transcribe(|| Record::Input(buf[..n].to_vec()));
                     if tx
                         .send(HostToGuest::Stdin(buf[..n].to_vec()))
                         .await
@@ -110,7 +159,7 @@ async fn feed_stdin(
 struct Outputs<'a> {
     stdout: Box<dyn AsyncWrite + Send + Unpin>,
     stderr: Box<dyn AsyncWrite + Send + Unpin>,
-    events: &'a EventLog,
+    recording: Recording<'a>,
 }
 
 async fn receive(
@@ -118,7 +167,7 @@ async fn receive(
     id: u32,
     mut source: futures::stream::SplitStream<super::Stream>,
     mut out: Outputs<'_>,
-    mut signals: mpsc::Receiver<u8>,
+    mut controls: mpsc::Receiver<Control>,
     out_tx: mpsc::Sender<HostToGuest>,
 ) -> Result<ExitStatus, ChannelError> {
     let mut stdout_open = true;
@@ -129,14 +178,17 @@ async fn receive(
                 msg.validate()?;
                 match msg {
                     GuestToHost::Stdout(data) => {
-                        out.events.record(Event::Stdout { exec: id, bytes: data.len() });
+                        let events = out.recording.events;
+                        events.record(Event::Stdout { exec: id, bytes: data.len() });
+                        out.recording.transcribe(|| Record::Output(data.clone()));
                         if stdout_open && write_chunk(&mut out.stdout, &data).await.is_err() {
                             stdout_open = false;
                             let _ = out_tx.send(HostToGuest::StdoutClosed).await;
                         }
                     }
                     GuestToHost::Stderr(data) => {
-                        out.events.record(Event::Stderr { exec: id, bytes: data.len() });
+                        let events = out.recording.events;
+                        events.record(Event::Stderr { exec: id, bytes: data.len() });
                         // A closed stderr is no reason to disturb the command.
                         let _ = write_chunk(&mut out.stderr, &data).await;
                     }
@@ -144,9 +196,18 @@ async fn receive(
                     GuestToHost::Refused(reason) => return Err(ChannelError::Refused(reason)),
                 }
             }
-            Some(signal) = signals.recv() => {
-                out.events.record(Event::Signal { exec: id, signal });
-                channel.control(HostToGuest::Signal { exec: id, signal }).await?;
+            Some(control) = controls.recv() => {
+                let msg = match control {
+                    Control::Signal(signal) => {
+                        out.recording.events.record(Event::Signal { exec: id, signal });
+                        HostToGuest::Signal { exec: id, signal }
+                    }
+                    Control::Resize(size) => {
+                        out.recording.transcribe(|| Record::Resize { rows: size.rows, cols: size.cols });
+                        HostToGuest::Resize { exec: id, size }
+                    }
+                };
+                channel.control(msg).await?;
             }
         }
     }

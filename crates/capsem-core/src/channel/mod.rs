@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedWrite};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-pub use exec::{ExecIo, run as exec};
+pub use exec::{Control, ExecIo, ExecSpec, Recording, run as exec};
 
 /// A multiplexed stream framed with the host's codec.
 pub type Stream = Framed<Compat<mux::Stream>, HostCodec>;

@@ -9,16 +9,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capsem_proto::{Command, ExitStatus};
+use capsem_proto::{Command, ExitStatus, TtySize};
 use serde::Serialize;
 use std::os::unix::net::UnixStream as StdUnixStream;
 
 use tokio::net::UnixStream;
 
 use crate::assets::{self, AssetError, Manifest};
-use crate::channel::{self, Channel, ChannelError, ExecIo};
+use crate::channel::{self, Channel, ChannelError, ExecIo, ExecSpec, Recording};
 use crate::session::EventLog;
 use crate::session::store::{self, NewSession, Status};
+use crate::session::transcript::{TRANSCRIPT_FILE, Transcript};
 use crate::session::{Session, SessionError, log_tail};
 use crate::settings::{SessionSettings, VmSettings};
 use crate::vm::{Accel, Backend, KvmUnavailable, VmConfig, VmError, VmExit};
@@ -123,6 +124,9 @@ pub struct RunRequest {
     pub command: Command,
     /// Extra environment for it.
     pub env: Vec<(String, String)>,
+    /// Run it on a terminal of this size (its transcript is kept in the
+    /// session).
+    pub tty: Option<TtySize>,
     /// Kill the VM if the command runs longer than this.
     pub timeout: Option<Duration>,
 }
@@ -232,6 +236,7 @@ impl Sandbox {
                 assets,
                 choice.accel,
                 Job {
+                    transcript: req.tty.and_then(|_| open_transcript(&session, notice)),
                     req,
                     io,
                     events: recorder.events(),
@@ -394,24 +399,54 @@ impl Sandbox {
         vm: &mut RunningVm,
         job: Job<'_>,
     ) -> Result<Outcome, RunError> {
-        let Job { req, io, events } = job;
-        let exec = channel::exec(channel, req.command, req.env, io, events);
+        let Job {
+            req,
+            io,
+            events,
+            transcript,
+        } = job;
+        let spec = ExecSpec {
+            command: req.command,
+            env: req.env,
+            tty: req.tty,
+        };
+        let recording = Recording {
+            events,
+            transcript: transcript.as_ref(),
+        };
+        let exec = channel::exec(channel, spec, io, recording);
         let limit = async {
             match req.timeout {
                 Some(limit) => tokio::time::sleep(limit).await,
                 None => std::future::pending().await,
             }
         };
-        let failed = tokio::select! {
+        let ended = tokio::select! {
             result = exec => match result {
-                Ok(status) => return Ok(Outcome::Exited(status)),
-                Err(source) => source,
+                Ok(status) => Ok(Outcome::Exited(status)),
+                Err(source) => Err(Ok(source)),
             },
-            exit = vm.wait() => return Err(Stage::Exec.died(session, exit)),
-            () = limit => return Ok(Outcome::TimedOut),
+            exit = vm.wait() => Err(Err(Stage::Exec.died(session, exit))),
+            () = limit => Ok(Outcome::TimedOut),
         };
-        Err(self.explain(session, vm, failed, Stage::Exec).await)
+        if let Some(transcript) = &transcript {
+            transcript.finish();
+        }
+        match ended {
+            Ok(outcome) => Ok(outcome),
+            Err(Ok(source)) => Err(self.explain(session, vm, source, Stage::Exec).await),
+            Err(Err(died)) => Err(died),
+        }
     }
+}
+
+/// The transcript of a terminal session; a failure to create it is a
+/// notice, not a reason to refuse the session.
+fn open_transcript(session: &Session, notice: &(dyn Fn(&str) + Sync)) -> Option<Transcript> {
+    let path = session.dir().join(TRANSCRIPT_FILE);
+    Transcript::create(&path)
+        .inspect_err(|e| notice(&format!("this session has no transcript: {e}")))
+        .ok()
 }
 
 /// How a boot that produced no channel ended.
@@ -435,6 +470,7 @@ struct Job<'a> {
     req: RunRequest,
     io: ExecIo,
     events: &'a EventLog,
+    transcript: Option<Transcript>,
 }
 
 /// Where in a run the VM stopped.

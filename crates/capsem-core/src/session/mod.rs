@@ -4,12 +4,14 @@
 //!   database) and its runtime directory (the channel socket);
 //! - [`store`]: the index `~/.capsem/sessions.db`, one row per session;
 //! - [`events`]: the session's own event database and its writer thread;
-//! - [`migrate`]: schema versions for both.
+//! - [`migrate`]: schema versions for both;
+//! - [`transcript`]: the bytes of a terminal session, with times.
 
 pub mod dirs;
 pub mod events;
 pub mod migrate;
 pub mod store;
+pub mod transcript;
 
 pub use dirs::{Session, SessionError, log_tail};
 pub use events::{Event, EventCounts, EventLog, EventWriter};

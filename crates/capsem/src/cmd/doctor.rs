@@ -17,6 +17,7 @@ pub fn run_args(filter: Option<String>, exit_first: bool, verbose: bool) -> RunA
     RunArgs {
         timeout: None,
         env: Vec::new(),
+        tty: false,
         command,
     }
 }

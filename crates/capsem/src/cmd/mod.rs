@@ -4,4 +4,5 @@ pub mod assets;
 pub mod doctor;
 pub mod run;
 pub mod sessions;
+pub mod shell;
 pub mod version;

@@ -1,20 +1,20 @@
 //! `capsem run` and the bare `capsem CMD...` form.
 
-use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
 
-use capsem_core::channel::ExecIo;
+use capsem_core::channel::{Control, ExecIo};
 use capsem_core::settings::Settings;
 use capsem_core::vm::QemuBackend;
 use capsem_core::{Outcome, RunRequest, Sandbox, paths};
-use capsem_proto::Command;
+use capsem_proto::{Command, TtySize};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::embedded;
 use crate::exit::{Failure, TIMED_OUT};
+use crate::terminal::{self, RawMode};
 
 /// Signals forwarded to the guest command instead of ending capsem.
 const FORWARDED: [SignalKind; 4] = [
@@ -23,6 +23,10 @@ const FORWARDED: [SignalKind; 4] = [
     SignalKind::hangup(),
     SignalKind::quit(),
 ];
+/// A terminal size for `-t` when capsem itself has no terminal.
+const DEFAULT_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
+/// TERM for a guest terminal when the host's is unset.
+const DEFAULT_TERM: &str = "xterm-256color";
 
 /// Runs the command and returns capsem's exit code.
 pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant) -> i32 {
@@ -34,40 +38,68 @@ pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant) -> i32 {
         Ok(runtime) => runtime,
         Err(e) => return Failure::new(format!("starting the async runtime: {e}")).report(),
     };
-    runtime
+    let code = runtime
         .block_on(run_async(args, global, started))
-        .unwrap_or_else(|failure| failure.report())
+        .unwrap_or_else(|failure| failure.report());
+    // A thread may still be blocked reading a terminal stdin; waiting for
+    // it would hang until the user pressed a key.
+    runtime.shutdown_background();
+    code
 }
 
 /// What to run: one argument is a command line for `bash -c`, several are
-/// an exact argv. With none, a script read from a non-terminal stdin.
-fn command_of(args: Vec<String>) -> Result<Command, Failure> {
+/// an exact argv, none is a script read from stdin (`bash -s`).
+fn command_of(args: Vec<String>) -> Command {
     match args.len() {
-        0 if !std::io::stdin().is_terminal() => Ok(Command::Argv(vec!["bash".into(), "-s".into()])),
-        0 => Err(Failure::new("no command given")
-            .hint("try `capsem uname -a`; an interactive shell is not available yet")),
-        1 => Ok(Command::Shell(args.into_iter().next().unwrap_or_default())),
-        _ => Ok(Command::Argv(args)),
+        0 => Command::Argv(vec!["bash".into(), "-s".into()]),
+        1 => Command::Shell(args.into_iter().next().unwrap_or_default()),
+        _ => Command::Argv(args),
     }
 }
 
+/// The guest terminal's environment: the host's TERM (and COLORTERM, for
+/// true colour), then the user's `-e` values, which win.
+fn terminal_env(user: Vec<(String, String)>) -> Vec<(String, String)> {
+    let term = std::env::var("TERM").ok().filter(|t| !t.is_empty());
+    let mut env = vec![(
+        "TERM".to_owned(),
+        term.unwrap_or_else(|| DEFAULT_TERM.to_owned()),
+    )];
+    if let Ok(colorterm) = std::env::var("COLORTERM") {
+        env.push(("COLORTERM".to_owned(), colorterm));
+    }
+    env.extend(user);
+    env
+}
+
 async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Result<i32, Failure> {
-    let command = command_of(args.command)?;
-    let signals = forward_signals()?;
+    let command = command_of(args.command);
+    let tty = args.tty.then(|| terminal::size().unwrap_or(DEFAULT_SIZE));
+    let controls = forward_controls(tty.is_some())?;
     let (manifest, asset_dir) = embedded::assets()?;
     let settings = Settings::load().map_err(|e| {
         Failure::new(e).hint("fix or remove the file; capsem never rewrites a file it cannot read")
     })?;
-    let quiet = global.quiet;
-    let notice = move |text: &str| {
-        if !quiet {
-            eprintln!("capsem: {text}");
-        }
-    };
-    settings.warnings.iter().for_each(|w| notice(w));
     let backend = QemuBackend::locate().map_err(|e| {
         Failure::new(e).hint("sudo apt-get install qemu-system-x86 (or set CAPSEM_QEMU)")
     })?;
+    // Raw mode from here on; the guard restores the terminal when this
+    // function returns, before any error is printed.
+    let raw = match tty {
+        Some(_) if terminal::stdin_is_terminal() => Some(
+            RawMode::enter()
+                .map_err(|e| Failure::new(format!("setting the terminal to raw mode: {e}")))?,
+        ),
+        _ => None,
+    };
+    let quiet = global.quiet;
+    let line_end = if raw.is_some() { "\r\n" } else { "\n" };
+    let notice = move |text: &str| {
+        if !quiet {
+            eprint!("capsem: {text}{line_end}");
+        }
+    };
+    settings.warnings.iter().for_each(|w| notice(w));
     let sandbox = Sandbox {
         vm: settings.vm(),
         sessions: settings.sessions(),
@@ -81,16 +113,22 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
         stdin: Some(Box::new(tokio::io::stdin())),
         stdout: Box::new(tokio::io::stdout()),
         stderr: Box::new(tokio::io::stderr()),
-        signals,
+        controls,
     };
     let timeout = args.timeout;
     let request = RunRequest {
         command,
-        env: args.env,
+        env: if tty.is_some() {
+            terminal_env(args.env)
+        } else {
+            args.env
+        },
+        tty,
         timeout,
     };
-    let report = sandbox.run(request, io, &notice).await?;
-    Ok(match report.outcome {
+    let report = sandbox.run(request, io, &notice).await;
+    drop(raw);
+    Ok(match report?.outcome {
         Outcome::Exited(status) => i32::from(status.shell_code()),
         Outcome::TimedOut => {
             let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
@@ -101,21 +139,72 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
 }
 
 /// Catches the signals a user sends to stop a command and queues them for
-/// the guest, where they reach the command's process group.
-fn forward_signals() -> Result<mpsc::Receiver<u8>, Failure> {
+/// the guest, where they reach the command's process group. On a terminal,
+/// SIGTERM and SIGHUP become a hang-up, which an interactive shell obeys
+/// (it ignores SIGTERM), and window changes become resizes.
+fn forward_controls(tty: bool) -> Result<mpsc::Receiver<Control>, Failure> {
     let (tx, rx) = mpsc::channel(8);
+    let listen = |kind: SignalKind| {
+        signal(kind).map_err(|e| Failure::new(format!("installing a signal handler: {e}")))
+    };
     for kind in FORWARDED {
-        let mut stream =
-            signal(kind).map_err(|e| Failure::new(format!("installing a signal handler: {e}")))?;
+        let mut stream = listen(kind)?;
+        let hang_up = tty && (kind == SignalKind::terminate() || kind == SignalKind::hangup());
+        let number = if hang_up { SignalKind::hangup() } else { kind }.as_raw_value() as u8;
         let tx = tx.clone();
-        let number = kind.as_raw_value() as u8;
         tokio::spawn(async move {
             while stream.recv().await.is_some() {
-                if tx.send(number).await.is_err() {
+                if tx.send(Control::Signal(number)).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    if tty {
+        let mut stream = listen(SignalKind::window_change())?;
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                let Some(size) = terminal::size() else {
+                    continue;
+                };
+                if tx.send(Control::Resize(size)).await.is_err() {
                     break;
                 }
             }
         });
     }
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_env_overrides_the_terminal_defaults() {
+        let env = terminal_env(vec![("TERM".into(), "dumb".into())]);
+        let term: Vec<&str> = env
+            .iter()
+            .filter(|(k, _)| k == "TERM")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        // Later entries win in the guest, so the user's comes last.
+        assert_eq!(term.last(), Some(&"dumb"));
+    }
+
+    #[test]
+    fn argument_counts_choose_the_command_form() {
+        assert_eq!(
+            command_of(vec![]),
+            Command::Argv(vec!["bash".into(), "-s".into()])
+        );
+        assert_eq!(
+            command_of(vec!["ls -l".into()]),
+            Command::Shell("ls -l".into())
+        );
+        assert_eq!(
+            command_of(vec!["ls".into(), "-l".into()]),
+            Command::Argv(vec!["ls".into(), "-l".into()])
+        );
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use capsem_core::paths;
 use capsem_core::session::events::{self, EVENTS_FILE};
 use capsem_core::session::store::{Inspection, SessionRow, Status, Store};
+use capsem_core::session::transcript::{self, Record, TRANSCRIPT_FILE};
 use capsem_core::settings::Settings;
 use serde_json::json;
 
@@ -47,6 +48,7 @@ pub fn run(action: Option<SessionsAction>, json: bool, limit: usize) -> Result<i
             repaired().and_then(|()| show(&store, &id, json))
         }
         Some(SessionsAction::Inspect { id }) => inspect(&store, id.as_deref()),
+        Some(SessionsAction::Replay { id, timing }) => replay(&store, &id, timing),
         Some(SessionsAction::Prune { older_than, keep }) => {
             repaired().and_then(|()| prune(&store, older_than, keep))
         }
@@ -217,6 +219,37 @@ fn inspect_events(path: &Path) -> bool {
             false
         }
     }
+}
+
+/// Writes the output of a terminal session to stdout, optionally paced as
+/// it was produced.
+fn replay(store: &Store, prefix: &str, timing: bool) -> Result<i32, Failure> {
+    use std::io::Write;
+    let id = store.resolve(prefix).map_err(Failure::new)?;
+    let path = store.dir_of(&id).join(TRANSCRIPT_FILE);
+    let file = std::fs::File::open(&path).map_err(|e| {
+        Failure::new(format!(
+            "session {id} has no transcript ({}): {e}",
+            path.display()
+        ))
+        .hint("only terminal sessions (capsem shell, run -t) have one")
+    })?;
+    let records = transcript::read(file)
+        .map_err(|e| Failure::new(format!("reading {}: {e}", path.display())))?;
+    let mut out = std::io::stdout().lock();
+    let mut shown = Duration::ZERO;
+    for (at, record) in records {
+        if let Record::Output(bytes) = record {
+            if timing {
+                std::thread::sleep(at.saturating_sub(shown));
+                shown = at;
+            }
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .map_err(Failure::new)?;
+        }
+    }
+    Ok(0)
 }
 
 fn prune(store: &Store, older_than: Option<Duration>, keep: Option<usize>) -> Result<i32, Failure> {

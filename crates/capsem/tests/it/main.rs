@@ -9,4 +9,5 @@ mod kernel;
 mod lifecycle;
 mod security;
 mod sessions;
+mod shell;
 mod support;
