@@ -12,6 +12,7 @@
 //! hangs with the host waiting.
 
 mod exec;
+mod files;
 mod init;
 mod pipe;
 mod port;

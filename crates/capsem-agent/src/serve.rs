@@ -14,6 +14,7 @@ use tokio_util::codec::Framed;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 use crate::exec::{self, Channel, Running};
+use crate::files;
 use crate::port::{self, Port};
 use crate::reap::Reaper;
 
@@ -98,6 +99,7 @@ async fn handle(mut channel: Channel, reaper: &Reaper, running: &Running, shutdo
     };
     match first {
         HostToGuest::Exec(req) => exec::run(channel, req, reaper, running).await,
+        HostToGuest::WriteFiles(files) => files::serve(channel, files).await,
         HostToGuest::Signal { .. } | HostToGuest::Resize { .. } | HostToGuest::Shutdown => {
             if let Err(e) = control(first, channel, running, shutdown).await {
                 tracing::warn!("control stream: {e:#}");

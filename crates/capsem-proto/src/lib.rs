@@ -40,8 +40,8 @@ pub mod mux;
 
 pub use frame::{FrameCodec, FrameError};
 pub use msg::{
-    Command, EnvError, ExecRequest, ExitStatus, GuestHello, GuestToHost, HostHello, HostToGuest,
-    ProtocolError, TtySize, validate_env_name,
+    Command, EnvError, ExecRequest, ExitStatus, FILE_ROOTS, GuestFile, GuestHello, GuestToHost,
+    HostHello, HostToGuest, ProtocolError, TtySize, validate_env_name, validate_files,
 };
 
 /// The codec the host uses: decodes guest messages, encodes host messages.

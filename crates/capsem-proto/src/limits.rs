@@ -24,6 +24,12 @@ pub const MAX_TEXT_BYTES: usize = 4096;
 /// Most streams the channel multiplexes at once.
 pub const MAX_STREAMS: usize = 64;
 
+/// Most files a host may ask the guest to write before a command.
+pub const MAX_FILES: usize = 64;
+
+/// Most bytes of all such files together (they travel in one frame).
+pub const MAX_FILES_BYTES: usize = 512 * 1024;
+
 /// Most rows or columns of a terminal.
 pub const MAX_TTY_CELLS: u16 = 4096;
 

@@ -15,8 +15,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{
-    MAX_ARGS, MAX_CHUNK_BYTES, MAX_ENV_VARS, MAX_SIGNAL, MAX_TEXT_BYTES, MAX_TTY_CELLS,
-    PROTOCOL_VERSION,
+    MAX_ARGS, MAX_CHUNK_BYTES, MAX_ENV_VARS, MAX_FILES, MAX_FILES_BYTES, MAX_SIGNAL,
+    MAX_TEXT_BYTES, MAX_TTY_CELLS, PROTOCOL_VERSION,
 };
 
 /// First frame on a fresh channel, sent by the guest agent once it is ready.
@@ -113,11 +113,68 @@ pub struct ExecRequest {
     pub tty: Option<TtySize>,
 }
 
+/// A file for the guest to write before the command starts, such as an AI
+/// CLI's default configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFile {
+    /// Absolute path, under one of [`FILE_ROOTS`].
+    pub path: String,
+    /// Permission bits (no setuid, setgid or sticky bit).
+    pub mode: u32,
+    /// The content.
+    #[serde(with = "serde_bytes")]
+    pub contents: Vec<u8>,
+}
+
+/// Where guest files may go: the writable scratch space, never the system.
+pub const FILE_ROOTS: &[&str] = &["/root/", "/tmp/", "/run/"];
+
+impl GuestFile {
+    /// Checks one file: an absolute, normalized path under [`FILE_ROOTS`]
+    /// (no `.`, `..` or empty components), plain permission bits.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        let bad = |why: &'static str| ProtocolError::BadFile {
+            path: self.path.chars().take(200).collect(),
+            why,
+        };
+        check_no_nul("a file path", &self.path)?;
+        if self.path.len() > MAX_TEXT_BYTES {
+            return Err(ProtocolError::TextTooLarge(self.path.len()));
+        }
+        if !FILE_ROOTS.iter().any(|root| self.path.starts_with(root)) {
+            return Err(bad("it is not under /root, /tmp or /run"));
+        }
+        let normal = self.path[1..]
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+        if !normal {
+            return Err(bad("it is not a normalized absolute path"));
+        }
+        if self.mode & !0o777 != 0 {
+            return Err(bad("its mode has bits beyond 0o777"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a set of guest files: each file, their count and total size.
+pub fn validate_files(files: &[GuestFile]) -> Result<(), ProtocolError> {
+    check_count("files", files.len(), MAX_FILES)?;
+    let total: usize = files.iter().map(|f| f.contents.len()).sum();
+    if total > MAX_FILES_BYTES {
+        return Err(ProtocolError::FilesTooLarge(total));
+    }
+    files.iter().try_for_each(GuestFile::validate)
+}
+
 /// Host to guest, on an exec stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostToGuest {
     /// Start a command. Must be the first message of a stream, and only there.
     Exec(ExecRequest),
+    /// Write these files, then answer [`GuestToHost::Done`]. The first and
+    /// only message of a stream of its own, sent before any command.
+    WriteFiles(Vec<GuestFile>),
     /// Bytes for the command's stdin.
     Stdin(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The host's stdin ended: close the command's stdin.
@@ -175,6 +232,8 @@ pub enum GuestToHost {
     Exited(ExitStatus),
     /// The agent refused the request (a bad request, not a failed command).
     Refused(String),
+    /// The request of this stream (writing files) is done.
+    Done,
 }
 
 /// A message broke a rule of the protocol.
@@ -194,6 +253,17 @@ pub enum ProtocolError {
     /// A text field is larger than [`MAX_TEXT_BYTES`].
     #[error("text of {0} bytes exceeds the limit of {MAX_TEXT_BYTES}")]
     TextTooLarge(usize),
+    /// A guest file that may not be written.
+    #[error("refusing to write guest file {path}: {why}")]
+    BadFile {
+        /// The path (cut to 200 characters).
+        path: String,
+        /// Why not.
+        why: &'static str,
+    },
+    /// Guest files larger together than [`MAX_FILES_BYTES`].
+    #[error("guest files of {0} bytes exceed the limit of {MAX_FILES_BYTES}")]
+    FilesTooLarge(usize),
     /// A terminal size beyond [`MAX_TTY_CELLS`].
     #[error("terminal size {0}x{1} is out of range")]
     BadSize(u16, u16),
@@ -295,6 +365,7 @@ impl GuestToHost {
             GuestToHost::Exited(ExitStatus::Signal(sig)) => check_signal(*sig),
             GuestToHost::Exited(ExitStatus::Code(_)) => Ok(()),
             GuestToHost::Refused(text) => check_text(text),
+            GuestToHost::Done => Ok(()),
         }
     }
 }
@@ -331,6 +402,7 @@ impl HostToGuest {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
             HostToGuest::Exec(req) => req.validate(),
+            HostToGuest::WriteFiles(files) => validate_files(files),
             HostToGuest::Stdin(data) => check_chunk(data),
             HostToGuest::Signal { signal, .. } => check_signal(*signal),
             HostToGuest::Resize { size, .. } => check_size(*size),
@@ -456,6 +528,62 @@ mod tests {
             tty: None,
         };
         assert!(matches!(nul.validate(), Err(ProtocolError::NulByte(_))));
+    }
+
+    fn file(path: &str) -> GuestFile {
+        GuestFile {
+            path: path.into(),
+            mode: 0o600,
+            contents: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn guest_files_stay_in_scratch_space() {
+        for ok in [
+            "/root/.claude.json",
+            "/root/.gemini/settings.json",
+            "/tmp/x",
+            "/run/capsem/ca.pem",
+        ] {
+            assert_eq!(file(ok).validate(), Ok(()), "{ok}");
+        }
+        for bad in [
+            "relative",
+            "/etc/passwd",
+            "/root/../etc/passwd",
+            "/root/./x",
+            "/root//x",
+            "/root/",
+            "/rootkit/x",
+            "/usr/bin/sh",
+            "/root/x\0y",
+        ] {
+            assert!(file(bad).validate().is_err(), "{bad:?} accepted");
+        }
+        let setuid = GuestFile {
+            mode: 0o4755,
+            ..file("/root/x")
+        };
+        assert!(setuid.validate().is_err());
+    }
+
+    #[test]
+    fn guest_files_are_bounded_in_number_and_size() {
+        let many = vec![file("/root/x"); MAX_FILES + 1];
+        assert!(matches!(
+            validate_files(&many),
+            Err(ProtocolError::TooMany { .. })
+        ));
+        let big = GuestFile {
+            contents: vec![0; MAX_FILES_BYTES + 1],
+            ..file("/root/x")
+        };
+        assert!(matches!(
+            validate_files(&[big]),
+            Err(ProtocolError::FilesTooLarge(_))
+        ));
+        assert_eq!(validate_files(&[file("/root/a"), file("/tmp/b")]), Ok(()));
     }
 
     #[test]
