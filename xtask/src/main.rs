@@ -12,6 +12,7 @@ mod deps;
 mod fixture;
 mod initramfs;
 mod kernel;
+mod node;
 mod proc;
 mod rootfs;
 

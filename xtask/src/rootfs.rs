@@ -1,21 +1,20 @@
 //! The guest root filesystem: Debian bookworm from `mmdebstrap` with the
-//! checked-in package list, Node.js and npm from the npm registry, optional
-//! global npm packages, and the guest files; packed read-only as erofs.
+//! checked-in package list, Node.js and npm from the npm registry, the npm
+//! project of AI CLIs (`images/rootfs/npm`, installed exactly as locked),
+//! the diagnostics and the guest files; packed read-only as erofs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
-use base64::Engine;
-use serde::Deserialize;
-use sha2::{Digest, Sha512};
+use anyhow::{Context, Result};
 
 use crate::cache::{self, KeyBuilder};
+use crate::node::{self, Toolchain};
 use crate::{deps, proc, workspace};
 
 /// Bump when the recipe below changes the image it produces.
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 const SUITE: &str = "bookworm";
 const MIRRORS: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm main",
@@ -31,26 +30,11 @@ const DPKG_OPTS: &[&str] = &[
     "path-exclude=/usr/share/locale/*",
     "path-include=/usr/share/locale/locale.alias",
 ];
-/// The build machine's CA bundle: registry downloads must trust it, as it
-/// may hold a proxy's CA that Debian's bundle lacks.
-const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Fixed, so the image depends only on its content.
 const FS_UUID: &str = "c0a5e000-0000-4000-8000-000000000001";
 
 fn images() -> PathBuf {
     workspace().join("images/rootfs")
-}
-
-#[derive(Debug, Deserialize)]
-struct Runtimes {
-    node: Download,
-    npm: Download,
-}
-
-#[derive(Debug, Deserialize)]
-struct Download {
-    tarball: String,
-    integrity: String,
 }
 
 /// Lines of a list file, without comments and blanks.
@@ -67,6 +51,7 @@ fn list(path: &Path) -> Result<Vec<String>> {
 /// Builds (or finds) the rootfs; returns its cache directory holding
 /// `rootfs.erofs`.
 pub fn build(log_dir: &Path) -> Result<PathBuf> {
+    node::refresh_lock(&log_dir.join("rootfs.log"))?;
     let dir = images();
     let diagnostics = workspace().join("images/diagnostics");
     let key = KeyBuilder::new("rootfs", RECIPE)
@@ -79,8 +64,9 @@ pub fn build(log_dir: &Path) -> Result<PathBuf> {
         let log = log_dir.join("rootfs.log");
         let tree = out.join("tree");
         bootstrap(&tree, &list(&dir.join("packages.txt"))?, &log)?;
-        install_runtimes(&tree, out, &log)?;
-        install_npm_packages(&tree, &list(&dir.join("npm-packages.txt"))?, out, &log)?;
+        let toolchain = Toolchain::get(&log)?;
+        install_runtimes(&tree, &toolchain)?;
+        install_npm_project(&tree, &toolchain, out, &log)?;
         copy_tree(&dir.join("files"), &tree)?;
         install_diagnostics(&diagnostics, &tree)?;
         clean(&tree)?;
@@ -106,52 +92,14 @@ fn bootstrap(tree: &Path, packages: &[String], log: &Path) -> Result<()> {
     proc::run_logged(&mut cmd, log)
 }
 
-/// Downloads `dl`, checks its SHA-512 integrity, and unpacks it into `dest`.
-fn fetch(dl: &Download, scratch: &Path, dest: &Path, log: &Path) -> Result<()> {
-    let file = scratch.join("download.tgz");
-    proc::run_logged(
-        Command::new("curl")
-            .args(["-fsSL", "--retry", "3", "--cacert", HOST_CA_BUNDLE, "-o"])
-            .arg(&file)
-            .arg(&dl.tarball),
-        log,
-    )?;
-    let bytes = fs::read(&file)?;
-    let actual = format!(
-        "sha512-{}",
-        base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&bytes))
-    );
-    if actual != dl.integrity {
-        bail!(
-            "{} does not match its pinned integrity (got {actual}, expected {})",
-            dl.tarball,
-            dl.integrity
-        );
-    }
-    fs::create_dir_all(dest)?;
-    proc::run_logged(
-        Command::new("tar")
-            .args(["xzf"])
-            .arg(&file)
-            .args(["--strip-components=1", "--no-same-owner", "-C"])
-            .arg(dest),
-        log,
-    )?;
-    fs::remove_file(&file)?;
-    Ok(())
-}
-
-fn install_runtimes(tree: &Path, scratch: &Path, log: &Path) -> Result<()> {
-    let runtimes: Runtimes = toml::from_str(&fs::read_to_string(images().join("runtimes.toml"))?)
-        .context("parsing images/rootfs/runtimes.toml")?;
-    let node_pkg = scratch.join("node");
-    fetch(&runtimes.node, scratch, &node_pkg, log)?;
+/// Copies Node.js and npm from the pinned toolchain into `/usr/local`.
+fn install_runtimes(tree: &Path, toolchain: &Toolchain) -> Result<()> {
     let local = tree.join("usr/local");
     fs::create_dir_all(local.join("bin"))?;
-    fs::copy(node_pkg.join("bin/node"), local.join("bin/node")).context("installing node")?;
-    fs::remove_dir_all(&node_pkg)?;
+    fs::copy(toolchain.node(), local.join("bin/node")).context("installing node")?;
     let npm = local.join("lib/node_modules/npm");
-    fetch(&runtimes.npm, scratch, &npm, log)?;
+    fs::create_dir_all(&npm)?;
+    copy_tree(&toolchain.npm_package(), &npm)?;
     for (name, script) in [("npm", "npm-cli.js"), ("npx", "npx-cli.js")] {
         std::os::unix::fs::symlink(
             format!("../lib/node_modules/npm/bin/{script}"),
@@ -162,33 +110,52 @@ fn install_runtimes(tree: &Path, scratch: &Path, log: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Installs global npm packages with the rootfs's own node and npm, run on
-/// the build host (same architecture and libc) into the tree's prefix.
-fn install_npm_packages(
+/// Installs the npm project (`images/rootfs/npm`) exactly as locked into
+/// `/usr/local/lib/capsem-npm`, and links its commands into `/usr/local/bin`.
+/// npm runs on the build host (same architecture and libc as the guest)
+/// with install scripts off, except for the packages the project's
+/// `capsem.allowScripts` names.
+fn install_npm_project(
     tree: &Path,
-    packages: &[String],
+    toolchain: &Toolchain,
     scratch: &Path,
     log: &Path,
 ) -> Result<()> {
-    if packages.is_empty() {
-        return Ok(());
+    let project = node::project();
+    let prefix = tree.join("usr/local/lib/capsem-npm");
+    fs::create_dir_all(&prefix)?;
+    for name in ["package.json", "package-lock.json"] {
+        fs::copy(project.join(name), prefix.join(name))
+            .with_context(|| format!("copying {name}"))?;
     }
     let home = scratch.join("npm-home");
-    fs::create_dir_all(&home)?;
-    let local = tree.join("usr/local");
     proc::run_logged(
-        Command::new(local.join("bin/node"))
-            .arg(local.join("lib/node_modules/npm/bin/npm-cli.js"))
-            .args(["install", "--global", "--no-fund", "--no-audit", "--prefix"])
-            .arg(&local)
-            .args(packages)
-            .env("HOME", &home)
-            .env("npm_config_userconfig", home.join("npmrc"))
-            .env("npm_config_cafile", HOST_CA_BUNDLE)
-            .env("NODE_EXTRA_CA_CERTS", HOST_CA_BUNDLE)
-            .env("npm_config_update_notifier", "false"),
+        toolchain
+            .npm(&prefix, &home)
+            .args(["ci", "--ignore-scripts"]),
         log,
     )?;
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(project.join("package.json"))?)?;
+    let allowed: Vec<&str> = manifest["capsem"]["allowScripts"]
+        .as_array()
+        .map(|names| names.iter().filter_map(|n| n.as_str()).collect())
+        .unwrap_or_default();
+    if !allowed.is_empty() {
+        proc::run_logged(
+            toolchain.npm(&prefix, &home).arg("rebuild").args(&allowed),
+            log,
+        )?;
+    }
+    let bin = prefix.join("node_modules/.bin");
+    for entry in fs::read_dir(&bin).with_context(|| format!("listing {}", bin.display()))? {
+        let name = entry?.file_name();
+        std::os::unix::fs::symlink(
+            Path::new("../lib/capsem-npm/node_modules/.bin").join(&name),
+            tree.join("usr/local/bin").join(&name),
+        )
+        .with_context(|| format!("linking {}", name.to_string_lossy()))?;
+    }
     fs::remove_dir_all(&home)?;
     Ok(())
 }

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 
 use crate::{assets, cargo, deps, initramfs, proc, workspace};
 
+mod agents;
 mod terminal;
 
 #[derive(Debug, Args)]
@@ -75,6 +76,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
     report["session_recording"] = recording(&report, &scratch)?;
     eprintln!("xtask: terminal latency and throughput");
+    eprintln!("xtask: AI CLI cold starts");
+    report["ai_cli_cold_start_ms"] = agents::cold_starts(&capsem, &home)?;
     report["terminal"] = json!({
         "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
         "output": terminal::throughput(&capsem, &home)?,
@@ -396,6 +399,12 @@ fn print_summary(report: &Value) {
         "  QEMU ratio {}",
         report["idle_memory"]["qemu_ratio_to_floor"]
     );
+    println!("AI CLI cold start, `CLI --version` in a fresh guest (ms):");
+    if let Some(clis) = report["ai_cli_cold_start_ms"].as_object() {
+        for (cli, v) in clis {
+            line(cli, v);
+        }
+    }
     let t = &report["terminal"];
     println!("terminal:");
     line("keystroke round trip (ms)", &t["keystroke_round_trip_ms"]);
