@@ -79,6 +79,21 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_write_leaves_the_old_file_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user.toml");
+        fs::write(&path, b"old").unwrap();
+        // Block the temporary file the write needs, as a crash or a full
+        // disk would stop it half way.
+        let tmp = dir
+            .path()
+            .join(format!(".user.toml.{}.tmp", std::process::id()));
+        fs::create_dir(&tmp).unwrap();
+        assert!(write_atomic(&path, b"new").is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
     fn private_dir_is_0700_and_refuses_symlinks() {
         let dir = tempfile::tempdir().unwrap();
         let private = dir.path().join("p");

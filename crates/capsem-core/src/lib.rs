@@ -1,5 +1,6 @@
 //! capsem-core: the host side of Capsem.
 //!
+//! - [`ai`]: the AI CLIs' defaults written into each guest;
 //! - [`assets`]: the pinned manifest and the check every boot starts with;
 //! - [`vm`]: the accelerator choice and the VM backend (QEMU `microvm`);
 //! - [`channel`]: handshake, multiplexing and command streams to the agent;
@@ -13,6 +14,7 @@
 
 #![deny(missing_docs)]
 
+pub mod ai;
 pub mod assets;
 pub mod channel;
 pub mod env;

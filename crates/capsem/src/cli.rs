@@ -90,6 +90,16 @@ pub enum Subcmd {
     },
     /// Print capsem's version, protocol and pinned asset hashes.
     Version,
+    /// Show and change settings.
+    ///
+    /// Settings live in ~/.capsem/user.toml (moved by CAPSEM_HOME), where a
+    /// dotted key is a table path: vm.cpus = 2 is [vm] / cpus = 2. Whatever
+    /// /etc/capsem/corp.toml (CAPSEM_CORP_CONFIG) sets overrides it and is
+    /// locked. Without a subcommand, lists them all.
+    Settings {
+        #[command(subcommand)]
+        action: Option<SettingsAction>,
+    },
     /// List recorded sessions, newest first; show, inspect or prune them.
     ///
     /// Every run is a session: a row in ~/.capsem/sessions.db and a
@@ -105,6 +115,37 @@ pub enum Subcmd {
         #[command(subcommand)]
         action: Option<SessionsAction>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SettingsAction {
+    /// Every setting: its value (secrets masked, files summarised), where it
+    /// comes from, and whether the corporate file locks it.
+    List {
+        /// JSON Lines: one {"type":"setting","data":{...}} object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One setting's value (a secret is never shown in full).
+    Get {
+        /// The dotted key, e.g. vm.cpus or guest.env.EDITOR.
+        key: String,
+    },
+    /// Change a setting in the user file, checked against its type. The
+    /// file keeps its comments; a locked key is refused.
+    Set {
+        /// The dotted key.
+        key: String,
+        /// The value; `-` reads it from stdin (for JSON or TOML contents).
+        value: String,
+    },
+    /// Remove a setting from the user file, back to its default.
+    Reset {
+        /// The dotted key.
+        key: String,
+    },
+    /// Print where the user and corporate files are.
+    Path,
 }
 
 #[derive(Debug, Subcommand)]
@@ -150,7 +191,7 @@ pub enum AssetsAction {
 }
 
 /// What to run and how.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// Kill the VM and exit with 124 if the command runs longer than SECS.
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
@@ -162,6 +203,11 @@ pub struct RunArgs {
     /// refused.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(String, String)>,
+    /// Pass this variable of capsem's own environment to the command
+    /// (repeatable), e.g. --pass-env ANTHROPIC_API_KEY. Nothing is passed
+    /// unless asked.
+    #[arg(long, value_name = "NAME", value_parser = parse_pass_env)]
+    pub pass_env: Vec<String>,
     /// Run the command on a terminal in the guest (like `docker run -t`):
     /// full-screen programs work, stdout and stderr merge, and when stdin
     /// is a terminal it is put in raw mode so every key reaches the guest.
@@ -216,6 +262,11 @@ fn parse_age(text: &str) -> Result<Duration, String> {
         }
     };
     Ok(Duration::from_secs(n.saturating_mul(secs)))
+}
+
+fn parse_pass_env(name: &str) -> Result<String, String> {
+    capsem_proto::validate_env_name(name).map_err(|e| e.to_string())?;
+    Ok(name.to_owned())
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {

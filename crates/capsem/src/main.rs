@@ -43,6 +43,9 @@ fn main() {
             let args = cmd::doctor::run_args(filter, exit_first, cli.global.verbose);
             cmd::run::run(args, &cli.global, started)
         }
+        Some(Subcmd::Settings { action }) => {
+            cmd::settings::run(action).unwrap_or_else(|f| f.report())
+        }
         Some(Subcmd::Sessions {
             json,
             limit,

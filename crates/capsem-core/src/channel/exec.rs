@@ -11,7 +11,9 @@
 use std::convert::Infallible;
 
 use capsem_proto::limits::MAX_CHUNK_BYTES;
-use capsem_proto::{Command, ExecRequest, ExitStatus, GuestToHost, HostToGuest, TtySize};
+use capsem_proto::{
+    Command, ExecRequest, ExitStatus, GuestToHost, HostToGuest, ProtocolError, TtySize,
+};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -194,6 +196,9 @@ async fn receive(
                     }
                     GuestToHost::Exited(status) => return Ok(status),
                     GuestToHost::Refused(reason) => return Err(ChannelError::Refused(reason)),
+                    GuestToHost::Done => {
+                        return Err(ProtocolError::Unexpected("Done on an exec stream").into());
+                    }
                 }
             }
             Some(control) = controls.recv() => {

@@ -12,9 +12,10 @@ use std::time::{Duration, SystemTime};
 
 use capsem_proto::mux::{self, ConnectionError, Mode, Opener};
 use capsem_proto::{
-    FrameError, GuestHello, HostCodec, HostHello, HostToGuest, ProtocolError, frame,
+    FrameError, GuestFile, GuestHello, GuestToHost, HostCodec, HostHello, HostToGuest,
+    ProtocolError, frame, validate_files,
 };
-use futures::SinkExt;
+use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedWrite};
@@ -116,6 +117,20 @@ impl Channel {
         let control = self.control.as_mut().expect("opened above");
         control.send(msg).await?;
         Ok(())
+    }
+
+    /// Has the guest write `files` (before any command runs).
+    pub async fn write_files(&mut self, files: Vec<GuestFile>) -> Result<(), ChannelError> {
+        validate_files(&files)?;
+        let mut stream = self.open().await?;
+        stream.send(HostToGuest::WriteFiles(files)).await?;
+        let reply = stream.next().await.ok_or(ChannelError::Closed)??;
+        reply.validate()?;
+        match reply {
+            GuestToHost::Done => Ok(()),
+            GuestToHost::Refused(reason) => Err(ChannelError::Refused(reason)),
+            _ => Err(ProtocolError::Unexpected("an answer other than Done to WriteFiles").into()),
+        }
     }
 
     /// Asks the guest to power off. The VM's exit confirms it.

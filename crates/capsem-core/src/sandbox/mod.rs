@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use capsem_proto::{Command, ExitStatus, TtySize};
+use capsem_proto::{Command, ExitStatus, GuestFile, TtySize};
 use serde::Serialize;
 use std::os::unix::net::UnixStream as StdUnixStream;
 
@@ -127,6 +127,8 @@ pub struct RunRequest {
     /// Run it on a terminal of this size (its transcript is kept in the
     /// session).
     pub tty: Option<TtySize>,
+    /// Files written into the guest before the command starts.
+    pub files: Vec<GuestFile>,
     /// Kill the VM if the command runs longer than this.
     pub timeout: Option<Duration>,
 }
@@ -414,7 +416,13 @@ impl Sandbox {
             events,
             transcript: transcript.as_ref(),
         };
-        let exec = channel::exec(channel, spec, io, recording);
+        let files = req.files;
+        let exec = async {
+            if !files.is_empty() {
+                channel.write_files(files).await?;
+            }
+            channel::exec(channel, spec, io, recording).await
+        };
         let limit = async {
             match req.timeout {
                 Some(limit) => tokio::time::sleep(limit).await,

@@ -8,13 +8,14 @@
 //! range is an error naming the file and key, and capsem never rewrites a
 //! file it cannot read. Unknown keys are reported and otherwise ignored.
 
+pub mod edit;
 pub mod registry;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use registry::{Def, Kind, REGISTRY};
+use registry::{Def, GUEST_ENV_PREFIX, Kind, REGISTRY};
 
 use crate::vm::AccelSetting;
 
@@ -36,6 +37,14 @@ pub enum SettingsError {
         path: PathBuf,
         /// What is wrong, with line and column.
         message: String,
+    },
+    /// The corporate file sets this key.
+    #[error("{key} is locked by {corp}; ask whoever manages that file to change it")]
+    Locked {
+        /// The dotted key.
+        key: String,
+        /// The corporate file.
+        corp: PathBuf,
     },
     /// A value has the wrong type or is out of range.
     #[error("settings file {path}: {key} = {value} is invalid: expected {expected}")]
@@ -96,8 +105,27 @@ pub struct Entry {
 #[derive(Debug, Clone)]
 pub struct Settings {
     entries: BTreeMap<&'static str, Entry>,
+    /// `guest.env.NAME` values by NAME.
+    env: BTreeMap<String, (String, Source)>,
     /// Things the user should know (a locked key, an unknown key).
     pub warnings: Vec<String>,
+}
+
+/// The checked values of one file.
+#[derive(Debug, Default)]
+struct Layer {
+    values: BTreeMap<&'static str, Value>,
+    env: BTreeMap<String, String>,
+}
+
+impl Layer {
+    fn keys(&self) -> impl Iterator<Item = String> + '_ {
+        self.values.keys().map(|k| (*k).to_owned()).chain(
+            self.env
+                .keys()
+                .map(|name| format!("{GUEST_ENV_PREFIX}{name}")),
+        )
+    }
 }
 
 /// VM settings (`[vm]`).
@@ -111,6 +139,8 @@ pub struct VmSettings {
     pub memory_mib: u32,
     /// `vm.boot_timeout_secs`.
     pub boot_timeout_secs: u32,
+    /// `vm.timeout_secs`; 0 for none.
+    pub timeout_secs: u32,
 }
 
 impl Default for VmSettings {
@@ -145,6 +175,7 @@ impl Settings {
             .collect();
         Settings {
             entries,
+            env: BTreeMap::new(),
             warnings: Vec::new(),
         }
     }
@@ -162,19 +193,26 @@ impl Settings {
         let mut settings = Settings::defaults();
         let corp = read_layer(corp_path, &mut settings.warnings)?;
         let user = read_layer(user_path, &mut settings.warnings)?;
-        for (key, value) in user {
-            if corp.contains_key(key) {
-                settings.warnings.push(format!(
-                    "{key} in {} is ignored: it is locked by {}",
-                    user_path.display(),
-                    corp_path.display()
-                ));
-            } else {
-                settings.set(key, value, Source::User);
-            }
+        let locked: Vec<String> = corp.keys().collect();
+        for key in user.keys().filter(|k| locked.contains(k)) {
+            settings.warnings.push(format!(
+                "{key} in {} is ignored: it is locked by {}",
+                user_path.display(),
+                corp_path.display()
+            ));
         }
-        for (key, value) in corp {
-            settings.set(key, value, Source::Corp);
+        for (layer, source) in [(user, Source::User), (corp, Source::Corp)] {
+            for (key, value) in layer.values {
+                if source == Source::Corp || !locked.iter().any(|k| k == key) {
+                    settings.set(key, value, source);
+                }
+            }
+            for (name, value) in layer.env {
+                let key = format!("{GUEST_ENV_PREFIX}{name}");
+                if source == Source::Corp || !locked.contains(&key) {
+                    settings.env.insert(name, (value, source));
+                }
+            }
         }
         Ok(settings)
     }
@@ -210,17 +248,28 @@ impl Settings {
         u32::try_from(self.int(key)).unwrap_or(u32::MAX)
     }
 
-    fn str(&self, key: &str) -> &str {
+    /// The value of a string setting (text, JSON, TOML, secret, choice).
+    ///
+    /// # Panics
+    /// If `key` is not a registered string setting.
+    pub fn text(&self, key: &str) -> &str {
         match &self.entry(key).value {
             Value::Str(s) => s,
             other => panic!("setting {key} is {other}, not a string"),
         }
     }
 
+    /// `guest.env.*`: variables for guest commands, with their layers.
+    pub fn guest_env(&self) -> impl Iterator<Item = (&str, &str, Source)> {
+        self.env
+            .iter()
+            .map(|(name, (value, source))| (name.as_str(), value.as_str(), *source))
+    }
+
     /// The `[vm]` settings.
     pub fn vm(&self) -> VmSettings {
         VmSettings {
-            accel: match self.str("vm.accel") {
+            accel: match self.text("vm.accel") {
                 "kvm" => AccelSetting::Kvm,
                 "tcg" => AccelSetting::Tcg,
                 _ => AccelSetting::Auto,
@@ -228,6 +277,7 @@ impl Settings {
             cpus: self.u32("vm.cpus"),
             memory_mib: self.u32("vm.memory_mib"),
             boot_timeout_secs: self.u32("vm.boot_timeout_secs"),
+            timeout_secs: self.u32("vm.timeout_secs"),
         }
     }
 
@@ -241,13 +291,10 @@ impl Settings {
 }
 
 /// Reads one file into checked values; a missing file is empty.
-fn read_layer(
-    path: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<BTreeMap<&'static str, Value>, SettingsError> {
+fn read_layer(path: &Path, warnings: &mut Vec<String>) -> Result<Layer, SettingsError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Layer::default()),
         Err(source) => {
             return Err(SettingsError::Read {
                 path: path.to_owned(),
@@ -255,6 +302,15 @@ fn read_layer(
             });
         }
     };
+    parse_layer(&text, path, warnings)
+}
+
+/// Checks the text of a settings file; `path` names it in errors.
+fn parse_layer(
+    text: &str,
+    path: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Layer, SettingsError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| SettingsError::Parse {
@@ -263,19 +319,37 @@ fn read_layer(
         })?;
     let mut flat = Vec::new();
     flatten("", &toml::Value::Table(table), &mut flat);
-    let mut values = BTreeMap::new();
+    let mut layer = Layer::default();
     for (key, raw) in flat {
-        match registry::lookup(&key) {
-            Some(def) => {
-                values.insert(def.key, check(def, &raw, path)?);
-            }
-            None => warnings.push(format!(
+        if let Some(name) = key.strip_prefix(GUEST_ENV_PREFIX) {
+            layer
+                .env
+                .insert(name.to_owned(), check_env(name, &raw, path)?);
+        } else if let Some(def) = registry::lookup(&key) {
+            layer.values.insert(def.key, check(def, &raw, path)?);
+        } else {
+            warnings.push(format!(
                 "unknown setting {key} in {} is ignored",
                 path.display()
-            )),
+            ));
         }
     }
-    Ok(values)
+    Ok(layer)
+}
+
+/// Checks a `guest.env.NAME` entry: a string for an allowed name.
+fn check_env(name: &str, raw: &toml::Value, path: &Path) -> Result<String, SettingsError> {
+    let invalid = |expected: String| SettingsError::Invalid {
+        path: path.to_owned(),
+        key: format!("{GUEST_ENV_PREFIX}{name}"),
+        value: raw.to_string(),
+        expected,
+    };
+    capsem_proto::validate_env_name(name).map_err(|e| invalid(format!("an allowed name ({e})")))?;
+    match raw {
+        toml::Value::String(value) if !value.contains('\0') => Ok(value.clone()),
+        _ => Err(invalid("a string".to_owned())),
+    }
 }
 
 /// Turns nested tables into dotted keys.
@@ -305,6 +379,11 @@ fn check(def: &Def, raw: &toml::Value, path: &Path) -> Result<Value, SettingsErr
         (Kind::Choice(choices), toml::Value::String(s)) if choices.contains(&s.as_str()) => {
             Some(Value::Str(s.clone()))
         }
+        (Kind::Text | Kind::Secret, toml::Value::String(s)) => Some(Value::Str(s.clone())),
+        (Kind::Json, toml::Value::String(s)) if is_json_object(s) => Some(Value::Str(s.clone())),
+        (Kind::Toml, toml::Value::String(s)) if s.parse::<toml::Table>().is_ok() => {
+            Some(Value::Str(s.clone()))
+        }
         _ => None,
     };
     value.ok_or_else(|| SettingsError::Invalid {
@@ -315,12 +394,38 @@ fn check(def: &Def, raw: &toml::Value, path: &Path) -> Result<Value, SettingsErr
     })
 }
 
+fn is_json_object(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_object())
+}
+
 /// What a kind accepts, in words.
 pub fn expected(kind: Kind) -> String {
     match kind {
         Kind::Bool => "true or false".to_owned(),
         Kind::Int { min, max } => format!("an integer from {min} to {max}"),
         Kind::Choice(choices) => format!("one of {}", choices.join(", ")),
+        Kind::Text | Kind::Secret => "a string".to_owned(),
+        Kind::Json => "a string holding a JSON object".to_owned(),
+        Kind::Toml => "a string holding a TOML document".to_owned(),
+    }
+}
+
+/// How a value is shown to the user: secrets never in full.
+pub fn display(kind: Kind, value: &Value) -> String {
+    match (kind, value) {
+        (Kind::Secret, Value::Str(s)) if s.is_empty() => "(unset)".to_owned(),
+        (Kind::Secret, Value::Str(s)) => {
+            let tail: String = s
+                .chars()
+                .rev()
+                .take(4)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("(set, ends in …{tail})")
+        }
+        (_, value) => value.to_string(),
     }
 }
 

@@ -3,6 +3,8 @@
 //! A key is a dotted path (`vm.cpus`), stored in the TOML files as a table
 //! path (`[vm]` / `cpus = 2`).
 
+use crate::ai;
+
 /// The type of a setting and what values it accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -17,6 +19,14 @@ pub enum Kind {
     },
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// Any string.
+    Text,
+    /// A string holding a JSON object (a file's content).
+    Json,
+    /// A string holding a TOML document (a file's content).
+    Toml,
+    /// A string never shown in full (an API key); empty means unset.
+    Secret,
 }
 
 /// A default value.
@@ -26,7 +36,7 @@ pub enum Default {
     Bool(bool),
     /// For [`Kind::Int`].
     Int(i64),
-    /// For [`Kind::Choice`].
+    /// For [`Kind::Choice`] and the string kinds.
     Str(&'static str),
 }
 
@@ -73,6 +83,21 @@ pub const REGISTRY: &[Def] = &[
         description: "how long the guest agent may take to answer after the VM starts",
     },
     Def {
+        key: "vm.timeout_secs",
+        kind: Kind::Int {
+            min: 0,
+            max: 604_800,
+        },
+        default: Default::Int(0),
+        description: "kill a command's VM after this many seconds (0: no limit; --timeout wins)",
+    },
+    Def {
+        key: "guest.shell.term",
+        kind: Kind::Text,
+        default: Default::Str("xterm-256color"),
+        description: "TERM for guest terminals when capsem's own terminal sets none",
+    },
+    Def {
         key: "sessions.retention_days",
         kind: Kind::Int { min: 0, max: 36500 },
         default: Default::Int(30),
@@ -87,7 +112,83 @@ pub const REGISTRY: &[Def] = &[
         default: Default::Int(1000),
         description: "at most this many sessions are kept (0 for no limit)",
     },
+    Def {
+        key: "ai.claude.settings_json",
+        kind: Kind::Json,
+        default: Default::Str(ai::CLAUDE_SETTINGS),
+        description: "Claude Code's ~/.claude/settings.json (bypass permissions, no nonessential traffic)",
+    },
+    Def {
+        key: "ai.claude.state_json",
+        kind: Kind::Json,
+        default: Default::Str(ai::CLAUDE_STATE),
+        description: "Claude Code's ~/.claude.json (onboarding done, /root trusted)",
+    },
+    Def {
+        key: "ai.gemini.settings_json",
+        kind: Kind::Json,
+        default: Default::Str(ai::GEMINI_SETTINGS),
+        description: "Gemini CLI's ~/.gemini/settings.json (no updates, telemetry, tips or folder trust)",
+    },
+    Def {
+        key: "ai.gemini.projects_json",
+        kind: Kind::Json,
+        default: Default::Str(ai::GEMINI_PROJECTS),
+        description: "Gemini CLI's ~/.gemini/projects.json",
+    },
+    Def {
+        key: "ai.gemini.trusted_folders_json",
+        kind: Kind::Json,
+        default: Default::Str(ai::GEMINI_TRUSTED_FOLDERS),
+        description: "Gemini CLI's ~/.gemini/trustedFolders.json (/root trusted)",
+    },
+    Def {
+        key: "ai.gemini.approval_mode",
+        kind: Kind::Choice(&["default", "auto_edit", "plan", "yolo"]),
+        default: Default::Str("yolo"),
+        description: "the approval mode `gemini` starts in (it accepts yolo only on its command line)",
+    },
+    Def {
+        key: "ai.codex.config_toml",
+        kind: Kind::Toml,
+        default: Default::Str(ai::CODEX_CONFIG),
+        description: "Codex's ~/.codex/config.toml (never ask, its own sandbox off, no update check)",
+    },
+    Def {
+        key: "ai.anthropic.api_key",
+        kind: Kind::Secret,
+        default: Default::Str(""),
+        description: "ANTHROPIC_API_KEY for guest commands (unset: none)",
+    },
+    Def {
+        key: "ai.openai.api_key",
+        kind: Kind::Secret,
+        default: Default::Str(""),
+        description: "OPENAI_API_KEY for guest commands (unset: none)",
+    },
+    Def {
+        key: "ai.google.api_key",
+        kind: Kind::Secret,
+        default: Default::Str(""),
+        description: "GEMINI_API_KEY and GOOGLE_API_KEY for guest commands (unset: none)",
+    },
+    Def {
+        key: "ui.theme",
+        kind: Kind::Choice(&["system", "light", "dark"]),
+        default: Default::Str("system"),
+        description: "colour theme of the (coming) user interface",
+    },
+    Def {
+        key: "ui.font_size",
+        kind: Kind::Int { min: 8, max: 32 },
+        default: Default::Int(13),
+        description: "terminal font size of the (coming) user interface",
+    },
 ];
+
+/// Keys under this prefix are environment variables of guest commands
+/// (`guest.env.NAME = "value"`), not registry entries.
+pub const GUEST_ENV_PREFIX: &str = "guest.env.";
 
 /// The definition of `key`.
 pub fn lookup(key: &str) -> Option<&'static Def> {

@@ -15,10 +15,8 @@ pub fn run_args(filter: Option<String>, exit_first: bool, verbose: bool) -> RunA
         command.push("-v".to_owned());
     }
     RunArgs {
-        timeout: None,
-        env: Vec::new(),
-        tty: false,
         command,
+        ..RunArgs::default()
     }
 }
 

@@ -4,5 +4,6 @@ pub mod assets;
 pub mod doctor;
 pub mod run;
 pub mod sessions;
+pub mod settings;
 pub mod shell;
 pub mod version;

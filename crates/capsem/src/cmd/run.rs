@@ -1,8 +1,9 @@
 //! `capsem run` and the bare `capsem CMD...` form.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use capsem_core::ai;
 use capsem_core::channel::{Control, ExecIo};
 use capsem_core::settings::Settings;
 use capsem_core::vm::QemuBackend;
@@ -25,8 +26,6 @@ const FORWARDED: [SignalKind; 4] = [
 ];
 /// A terminal size for `-t` when capsem itself has no terminal.
 const DEFAULT_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
-/// TERM for a guest terminal when the host's is unset.
-const DEFAULT_TERM: &str = "xterm-256color";
 
 /// Runs the command and returns capsem's exit code.
 pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant) -> i32 {
@@ -57,19 +56,40 @@ fn command_of(args: Vec<String>) -> Command {
     }
 }
 
-/// The guest terminal's environment: the host's TERM (and COLORTERM, for
-/// true colour), then the user's `-e` values, which win.
-fn terminal_env(user: Vec<(String, String)>) -> Vec<(String, String)> {
-    let term = std::env::var("TERM").ok().filter(|t| !t.is_empty());
-    let mut env = vec![(
-        "TERM".to_owned(),
-        term.unwrap_or_else(|| DEFAULT_TERM.to_owned()),
-    )];
-    if let Ok(colorterm) = std::env::var("COLORTERM") {
-        env.push(("COLORTERM".to_owned(), colorterm));
+/// The guest command's environment, each source overriding the ones
+/// before: the AI CLIs' defaults (and API keys set in settings), on a
+/// terminal the host's TERM (`guest.shell.term` when unset) and COLORTERM,
+/// `guest.env.*`, `--pass-env` variables, then `-e`.
+fn guest_env(
+    settings: &Settings,
+    tty: bool,
+    pass: &[String],
+    user: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, Failure> {
+    let mut env = ai::guest_env(settings);
+    if tty {
+        let term = std::env::var("TERM").ok().filter(|t| !t.is_empty());
+        let term = term.unwrap_or_else(|| settings.text("guest.shell.term").to_owned());
+        env.push(("TERM".to_owned(), term));
+        if let Ok(colorterm) = std::env::var("COLORTERM") {
+            env.push(("COLORTERM".to_owned(), colorterm));
+        }
+    }
+    env.extend(
+        settings
+            .guest_env()
+            .map(|(k, v, _)| (k.to_owned(), v.to_owned())),
+    );
+    for name in pass {
+        let value = std::env::var(name).map_err(|_| {
+            Failure::new(format!(
+                "--pass-env {name}: {name} is not set in this environment"
+            ))
+        })?;
+        env.push((name.clone(), value));
     }
     env.extend(user);
-    env
+    Ok(env)
 }
 
 async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Result<i32, Failure> {
@@ -115,15 +135,15 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
         stderr: Box::new(tokio::io::stderr()),
         controls,
     };
-    let timeout = args.timeout;
+    let limit = settings.vm().timeout_secs;
+    let timeout = args
+        .timeout
+        .or_else(|| (limit > 0).then(|| Duration::from_secs(limit.into())));
     let request = RunRequest {
         command,
-        env: if tty.is_some() {
-            terminal_env(args.env)
-        } else {
-            args.env
-        },
+        env: guest_env(&settings, tty.is_some(), &args.pass_env, args.env)?,
         tty,
+        files: ai::guest_files(&settings),
         timeout,
     };
     let report = sandbox.run(request, io, &notice).await;
@@ -182,7 +202,13 @@ mod tests {
 
     #[test]
     fn user_env_overrides_the_terminal_defaults() {
-        let env = terminal_env(vec![("TERM".into(), "dumb".into())]);
+        let env = guest_env(
+            &Settings::defaults(),
+            true,
+            &[],
+            vec![("TERM".into(), "dumb".into())],
+        )
+        .unwrap();
         let term: Vec<&str> = env
             .iter()
             .filter(|(k, _)| k == "TERM")

@@ -110,7 +110,7 @@ fn env_options_reach_the_command_and_defaults_are_clean() {
         "FOO=bar baz",
         "-e",
         "EMPTY=",
-        "printf '%s|%s|%s|%s|%s\\n' \"$FOO\" \"${EMPTY-unset}\" \"$HOME\" \"$PWD\" \"$LANG\"; env | grep -c CAPSEM_",
+        "printf '%s|%s|%s|%s|%s\\n' \"$FOO\" \"${EMPTY-unset}\" \"$HOME\" \"$PWD\" \"$LANG\"; env | grep -c -e ^CAPSEM_HOME= -e ^CAPSEM_CORP",
     ]);
     assert_eq!(stdout(&out), "bar baz||/root|/root|C.UTF-8\n0\n");
 }

@@ -2,6 +2,7 @@
 //! on hosts without hardware virtualization). One test binary, so the
 //! assets are built once and the harness runs VMs in parallel.
 
+mod agents;
 mod doctor;
 mod errors;
 mod exec;
@@ -9,5 +10,6 @@ mod kernel;
 mod lifecycle;
 mod security;
 mod sessions;
+mod settings;
 mod shell;
 mod support;

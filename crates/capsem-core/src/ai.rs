@@ -1,0 +1,216 @@
+//! The AI CLIs' defaults: what each run writes into the guest's fresh
+//! `/root` and environment so that Claude Code, Gemini CLI and Codex start
+//! in "yolo mode" (the VM is the sandbox) with no onboarding, trust or
+//! update prompt and no telemetry.
+//!
+//! Every file comes from a setting (`ai.*`), so each can be overridden in
+//! `~/.capsem/user.toml` or locked in `/etc/capsem/corp.toml`. The keys were
+//! checked against the versions pinned in `images/rootfs/npm/package.json`
+//! (Claude Code 2.1.332, Gemini CLI 0.61.0, Codex 0.171.0); see
+//! `docs/ai-defaults.md` for each key, why, and what changed name.
+
+use capsem_proto::GuestFile;
+
+use crate::settings::Settings;
+
+/// `~/.claude/settings.json`.
+pub const CLAUDE_SETTINGS: &str = r#"{
+  "permissions": {
+    "defaultMode": "bypassPermissions"
+  },
+  "skipDangerousModePermissionPrompt": true,
+  "env": {
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"
+  }
+}
+"#;
+
+/// `~/.claude.json`.
+pub const CLAUDE_STATE: &str = r#"{
+  "hasCompletedOnboarding": true,
+  "hasTrustDialogAccepted": true,
+  "hasTrustDialogHooksAccepted": true,
+  "shiftEnterKeyBindingInstalled": true,
+  "projects": {
+    "/root": {
+      "hasTrustDialogAccepted": true
+    }
+  }
+}
+"#;
+
+/// `~/.gemini/settings.json`.
+pub const GEMINI_SETTINGS: &str = r#"{
+  "general": {
+    "enableAutoUpdate": false,
+    "enableAutoUpdateNotification": false
+  },
+  "ui": {
+    "hideTips": true,
+    "showShortcutsHint": false,
+    "showHomeDirectoryWarning": false,
+    "hideBanner": true
+  },
+  "privacy": {
+    "usageStatisticsEnabled": false
+  },
+  "telemetry": {
+    "enabled": false
+  },
+  "security": {
+    "folderTrust": {
+      "enabled": false
+    },
+    "auth": {
+      "selectedType": "gemini-api-key"
+    }
+  },
+  "tools": {
+    "sandbox": false
+  }
+}
+"#;
+
+/// `~/.gemini/projects.json`.
+pub const GEMINI_PROJECTS: &str = "{\n  \"projects\": {}\n}\n";
+
+/// `~/.gemini/trustedFolders.json`.
+pub const GEMINI_TRUSTED_FOLDERS: &str = "{\n  \"/root\": \"TRUST_FOLDER\"\n}\n";
+
+/// `~/.codex/config.toml`.
+pub const CODEX_CONFIG: &str = r#"approval_policy = "never"
+sandbox_mode = "danger-full-access"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[notice]
+hide_full_access_warning = true
+
+[projects."/root"]
+trust_level = "trusted"
+"#;
+
+/// The files a run writes into the guest, from `settings`.
+pub fn guest_files(settings: &Settings) -> Vec<GuestFile> {
+    let file = |path: &str, key: &str| GuestFile {
+        path: path.to_owned(),
+        mode: 0o600,
+        contents: settings.text(key).as_bytes().to_vec(),
+    };
+    vec![
+        file("/root/.claude/settings.json", "ai.claude.settings_json"),
+        file("/root/.claude.json", "ai.claude.state_json"),
+        file("/root/.gemini/settings.json", "ai.gemini.settings_json"),
+        file("/root/.gemini/projects.json", "ai.gemini.projects_json"),
+        file(
+            "/root/.gemini/trustedFolders.json",
+            "ai.gemini.trusted_folders_json",
+        ),
+        GuestFile {
+            path: "/root/.gemini/installation_id".to_owned(),
+            mode: 0o600,
+            // A new id every run: no identifier survives between sessions.
+            contents: new_uuid().into_bytes(),
+        },
+        file("/root/.codex/config.toml", "ai.codex.config_toml"),
+    ]
+}
+
+/// Provider keys and the variables the CLIs read them from.
+const API_KEYS: &[(&str, &[&str])] = &[
+    ("ai.anthropic.api_key", &["ANTHROPIC_API_KEY"]),
+    ("ai.openai.api_key", &["OPENAI_API_KEY"]),
+    ("ai.google.api_key", &["GEMINI_API_KEY", "GOOGLE_API_KEY"]),
+];
+
+/// The environment a run adds for the CLIs, before the user's own
+/// (`guest.env.*`, `-e`) which override it:
+/// - `IS_SANDBOX=1`: Claude Code refuses bypass-permissions mode as root
+///   unless told it is in a sandbox, which it is;
+/// - `CAPSEM_GEMINI_APPROVAL_MODE`: Gemini CLI accepts YOLO mode only on its
+///   command line, so the guest's `gemini` wrapper passes this;
+/// - provider API keys, only those set in settings (never taken from the
+///   host's environment without being asked).
+pub fn guest_env(settings: &Settings) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("IS_SANDBOX".to_owned(), "1".to_owned()),
+        (
+            "CAPSEM_GEMINI_APPROVAL_MODE".to_owned(),
+            settings.text("ai.gemini.approval_mode").to_owned(),
+        ),
+    ];
+    for (key, vars) in API_KEYS {
+        let value = settings.text(key);
+        if !value.is_empty() {
+            env.extend(vars.iter().map(|var| ((*var).to_owned(), value.to_owned())));
+        }
+    }
+    env
+}
+
+/// A random version-4 UUID.
+fn new_uuid() -> String {
+    use rand::RngExt;
+    let mut bytes: [u8; 16] = rand::rng().random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_set_yolo_mode() {
+        for json in [
+            CLAUDE_SETTINGS,
+            CLAUDE_STATE,
+            GEMINI_SETTINGS,
+            GEMINI_PROJECTS,
+            GEMINI_TRUSTED_FOLDERS,
+        ] {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(json)
+                    .unwrap()
+                    .is_object()
+            );
+        }
+        let claude: serde_json::Value = serde_json::from_str(CLAUDE_SETTINGS).unwrap();
+        assert_eq!(claude["permissions"]["defaultMode"], "bypassPermissions");
+        assert_eq!(
+            claude["env"]["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"],
+            "1"
+        );
+        let codex: toml::Table = CODEX_CONFIG.parse().unwrap();
+        assert_eq!(codex["approval_policy"].as_str(), Some("never"));
+        assert_eq!(codex["sandbox_mode"].as_str(), Some("danger-full-access"));
+    }
+
+    #[test]
+    fn every_file_is_a_valid_guest_file() {
+        let files = guest_files(&Settings::defaults());
+        capsem_proto::validate_files(&files).unwrap();
+        assert_eq!(files.len(), 7);
+        let id = &files[5];
+        assert_eq!(id.contents.len(), 36);
+        assert_ne!(guest_files(&Settings::defaults())[5].contents, id.contents);
+    }
+
+    #[test]
+    fn api_keys_reach_the_guest_only_when_set() {
+        let env = guest_env(&Settings::defaults());
+        assert!(env.iter().all(|(k, _)| !k.ends_with("_API_KEY")), "{env:?}");
+        assert!(env.contains(&("CAPSEM_GEMINI_APPROVAL_MODE".into(), "yolo".into())));
+    }
+}
