@@ -14,6 +14,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::cache::{self, KeyBuilder};
 use crate::{initramfs, kernel, rootfs};
 
+/// Builds of each kind kept in the cache besides the current ones.
+const CACHE_KEEP: usize = 3;
+
 /// Builds what is missing and makes it the current asset set. Returns the
 /// path of `current.json`.
 pub fn build() -> Result<PathBuf> {
@@ -44,6 +47,10 @@ pub fn build() -> Result<PathBuf> {
         fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
     }
     eprintln!("xtask: assets ready in {}", current.dir.display());
+    let removed = cache::prune(CACHE_KEEP, &[&current.dir, &kernel, &initramfs, &rootfs])?;
+    if !removed.is_empty() {
+        eprintln!("xtask: removed {} old cache entries", removed.len());
+    }
     Ok(path)
 }
 

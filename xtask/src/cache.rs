@@ -116,6 +116,36 @@ pub fn get_or_build(
     Ok(dir)
 }
 
+/// Deletes all but the `keep` most recently built entries of each kind,
+/// never one in `used`. Every rootfs is hundreds of MB; without this the
+/// cache grows by one with every change to an input.
+pub fn prune(keep: usize, used: &[&Path]) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for kind in ["kernel", "initramfs", "rootfs", "assets", "tools"] {
+        let Ok(dir) = fs::read_dir(root().join(kind)) else {
+            continue;
+        };
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && p.extension().is_none_or(|e| e != "partial"))
+            .filter_map(|p| Some((fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+        for (_, path) in entries.into_iter().skip(keep) {
+            if used
+                .iter()
+                .any(|u| u.starts_with(&path) || path.starts_with(u))
+            {
+                continue;
+            }
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
