@@ -14,7 +14,7 @@ use crate::node::{self, Toolchain};
 use crate::{deps, proc, workspace};
 
 /// Bump when the recipe below changes the image it produces.
-const RECIPE: u32 = 2;
+const RECIPE: u32 = 3;
 const SUITE: &str = "bookworm";
 const MIRRORS: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm main",
@@ -211,9 +211,21 @@ fn clean(tree: &Path) -> Result<()> {
         }
     }
     fs::write(tree.join("etc/machine-id"), b"")?;
-    // The guest has no resolver until the network policy provides one.
-    fs::write(tree.join("etc/resolv.conf"), b"")?;
-    Ok(())
+    // capsem-agent answers DNS on loopback; the host decides every answer.
+    fs::write(tree.join("etc/resolv.conf"), b"nameserver 127.0.0.1\n")?;
+    trust_store_in_run(tree)
+}
+
+/// The guest's CA bundle is written at boot (the distribution's bundle plus
+/// the host's interception CA) to `/run/capsem`; the read-only image keeps
+/// the distribution's copy and points the usual path there.
+fn trust_store_in_run(tree: &Path) -> Result<()> {
+    let bundle = tree.join("etc/ssl/certs/ca-certificates.crt");
+    let distro = tree.join("usr/share/capsem/ca-certificates.crt");
+    fs::create_dir_all(distro.parent().expect("has a parent"))?;
+    fs::rename(&bundle, &distro).context("moving the CA bundle")?;
+    std::os::unix::fs::symlink("/run/capsem/ca-certificates.crt", &bundle)
+        .context("linking the CA bundle")
 }
 
 fn pack(tree: &Path, image: &Path, log: &Path) -> Result<()> {

@@ -75,8 +75,7 @@ pub fn setup() -> Result<()> {
     ] {
         symlink(target, link).with_context(|| format!("linking {link}"))?;
     }
-    nix::unistd::sethostname(HOSTNAME).context("setting the hostname")?;
-    loopback_up()
+    nix::unistd::sethostname(HOSTNAME).context("setting the hostname")
 }
 
 fn nodev_nosuid() -> MsFlags {
@@ -137,34 +136,4 @@ fn switch_root() -> Result<()> {
     move_mount(".", "/")?;
     nix::unistd::chroot(".").context("chroot into the new root")?;
     std::env::set_current_dir("/").context("entering /")
-}
-
-/// Brings up the loopback interface: programs that listen on 127.0.0.1
-/// (test servers, language servers) need it. No other interface exists.
-fn loopback_up() -> Result<()> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    use std::os::fd::AsRawFd;
-
-    let sock = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .context("opening a socket to configure lo")?;
-    // SAFETY: ifreq is plain old data (a name array and a union of integers
-    // and addresses), for which all-zero bytes are a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as i16;
-    // SAFETY: SIOCSIFFLAGS reads a `struct ifreq` through the pointer, which
-    // points at a live, initialised ifreq for the duration of the call; the
-    // socket fd is open.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("bringing up lo");
-    }
-    Ok(())
 }

@@ -14,6 +14,7 @@
 mod exec;
 mod files;
 mod init;
+mod net;
 mod pipe;
 mod port;
 mod power;

@@ -15,6 +15,7 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
 use crate::exec::{self, Channel, Running};
 use crate::files;
+use crate::net;
 use crate::port::{self, Port};
 use crate::reap::Reaper;
 
@@ -39,13 +40,15 @@ pub async fn serve(init_started: Duration) -> Result<()> {
         .context("reading the host's hello")?;
     msg::check_version(host.protocol)?;
     set_clock(host.unix_time_ns);
+    net::trust::install(&host.ca_pem)?;
     tracing::info!(
         "capsem-agent {}: serving the host",
         env!("CARGO_PKG_VERSION")
     );
 
-    let (_opener, mut inbound, driver) = mux::start(port.compat(), Mode::Server);
+    let (opener, mut inbound, driver) = mux::start(port.compat(), Mode::Server);
     tokio::pin!(driver);
+    let network = net::start(&reaper, opener);
     let shutdown = Arc::new(Notify::new());
     let running = Running::default();
     loop {
@@ -59,7 +62,8 @@ pub async fn serve(init_started: Duration) -> Result<()> {
             Some(stream) = inbound.next() => {
                 let channel = Framed::new(stream.compat(), GuestCodec::new());
                 let (reaper, running, shutdown) = (reaper.clone(), running.clone(), shutdown.clone());
-                tokio::spawn(async move { handle(channel, &reaper, &running, &shutdown).await });
+                let network = network.clone();
+                tokio::spawn(async move { handle(channel, &reaper, &running, &shutdown, network).await });
             }
             () = shutdown.notified() => return Ok(()),
         }
@@ -87,8 +91,15 @@ fn set_clock(unix_time_ns: u64) {
     }
 }
 
-/// Dispatches a new stream on its first message.
-async fn handle(mut channel: Channel, reaper: &Reaper, running: &Running, shutdown: &Notify) {
+/// Dispatches a new stream on its first message. Commands wait until
+/// their connections can be intercepted.
+async fn handle(
+    mut channel: Channel,
+    reaper: &Reaper,
+    running: &Running,
+    shutdown: &Notify,
+    mut network: net::Ready,
+) {
     let first = match channel.next().await {
         Some(Ok(msg)) => msg,
         Some(Err(e)) => {
@@ -98,7 +109,12 @@ async fn handle(mut channel: Channel, reaper: &Reaper, running: &Running, shutdo
         None => return,
     };
     match first {
-        HostToGuest::Exec(req) => exec::run(channel, req, reaper, running).await,
+        HostToGuest::Exec(req) => {
+            // Err: setup failed and was logged; the command runs without
+            // a network rather than not at all.
+            let _ = network.wait_for(|ready| *ready).await;
+            exec::run(channel, req, reaper, running).await
+        }
         HostToGuest::WriteFiles(files) => files::serve(channel, files).await,
         HostToGuest::Signal { .. } | HostToGuest::Resize { .. } | HostToGuest::Shutdown => {
             if let Err(e) = control(first, channel, running, shutdown).await {

@@ -19,6 +19,7 @@ pub mod assets;
 pub mod channel;
 pub mod env;
 pub mod fsutil;
+pub mod net;
 pub mod paths;
 pub mod sandbox;
 pub mod session;

@@ -40,8 +40,9 @@ pub mod mux;
 
 pub use frame::{FrameCodec, FrameError};
 pub use msg::{
-    Command, EnvError, ExecRequest, ExitStatus, FILE_ROOTS, GuestFile, GuestHello, GuestToHost,
-    HostHello, HostToGuest, ProtocolError, TtySize, validate_env_name, validate_files,
+    Command, ConnectRequest, EnvError, ExecRequest, ExitStatus, FILE_ROOTS, GuestFile, GuestHello,
+    GuestToHost, HostHello, HostToGuest, ProcessInfo, ProtocolError, TtySize, validate_env_name,
+    validate_files, validate_name,
 };
 
 /// The codec the host uses: decodes guest messages, encodes host messages.

@@ -41,14 +41,18 @@ pub struct HostHello {
     /// Host wall clock, nanoseconds since the Unix epoch. The guest has no
     /// reliable clock of its own under TCG, so it sets its clock from this.
     pub unix_time_ns: u64,
+    /// The PEM certificate of the CA the host's proxy signs intercepted
+    /// connections with; the guest adds it to its trust store.
+    pub ca_pem: String,
 }
 
 impl HostHello {
     /// A hello for this build of the protocol.
-    pub fn new(unix_time_ns: u64) -> Self {
+    pub fn new(unix_time_ns: u64, ca_pem: String) -> Self {
         HostHello {
             protocol: PROTOCOL_VERSION,
             unix_time_ns,
+            ca_pem,
         }
     }
 }
@@ -167,6 +171,50 @@ pub fn validate_files(files: &[GuestFile]) -> Result<(), ProtocolError> {
     files.iter().try_for_each(GuestFile::validate)
 }
 
+/// The guest process behind a connection, as the agent found it in /proc.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// Its pid in the guest.
+    pub pid: u32,
+    /// Its command line, arguments joined by spaces.
+    pub command: String,
+}
+
+/// A TCP connection a guest process opened, caught by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// The IPv4 address the process connected to.
+    pub addr: [u8; 4],
+    /// The port.
+    pub port: u16,
+    /// Who connected, when the agent could tell.
+    pub process: Option<ProcessInfo>,
+}
+
+/// Longest DNS name.
+const MAX_NAME_BYTES: usize = 253;
+/// Most addresses in one answer.
+pub const MAX_ADDRESSES: usize = 16;
+
+/// Checks a DNS name the guest asked for: 1 to 253 bytes of labels of 1 to
+/// 63 letters, digits, hyphens or underscores.
+pub fn validate_name(name: &str) -> Result<(), ProtocolError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_BYTES
+        && name.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtocolError::BadName(name.chars().take(64).collect()))
+    }
+}
+
 /// Host to guest, on an exec stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HostToGuest {
@@ -200,6 +248,13 @@ pub enum HostToGuest {
     },
     /// Power the VM off now. Sent on the control stream.
     Shutdown,
+    /// The connection may go ahead; from here on the stream carries its
+    /// bytes.
+    Connected,
+    /// The connection is refused; the agent resets it.
+    Denied(String),
+    /// The addresses of the name asked for; none means it does not exist.
+    Resolved(Vec<[u8; 4]>),
 }
 
 /// How a guest command ended.
@@ -234,6 +289,26 @@ pub enum GuestToHost {
     Refused(String),
     /// The request of this stream (writing files) is done.
     Done,
+    /// First message of a stream the guest opens: a process connected out;
+    /// may it? After [`HostToGuest::Connected`] the stream carries the
+    /// connection's bytes, unframed.
+    Connect(ConnectRequest),
+    /// First and only message of a stream the guest opens: what addresses
+    /// does this name have? Answered with [`HostToGuest::Resolved`].
+    Resolve {
+        /// The name asked for.
+        name: String,
+    },
+    /// The guest's firewall dropped a packet that was not TCP or DNS. Sent
+    /// on a stream of its own, one message per packet.
+    Blocked {
+        /// IP protocol name (udp, icmp, ...).
+        protocol: String,
+        /// Destination address.
+        addr: [u8; 4],
+        /// Destination port, when the protocol has one.
+        port: u16,
+    },
 }
 
 /// A message broke a rule of the protocol.
@@ -253,6 +328,9 @@ pub enum ProtocolError {
     /// A text field is larger than [`MAX_TEXT_BYTES`].
     #[error("text of {0} bytes exceeds the limit of {MAX_TEXT_BYTES}")]
     TextTooLarge(usize),
+    /// Not a DNS name.
+    #[error("'{0}' is not a valid DNS name")]
+    BadName(String),
     /// A guest file that may not be written.
     #[error("refusing to write guest file {path}: {why}")]
     BadFile {
@@ -366,6 +444,12 @@ impl GuestToHost {
             GuestToHost::Exited(ExitStatus::Code(_)) => Ok(()),
             GuestToHost::Refused(text) => check_text(text),
             GuestToHost::Done => Ok(()),
+            GuestToHost::Connect(req) => match &req.process {
+                Some(process) => check_text(&process.command),
+                None => Ok(()),
+            },
+            GuestToHost::Resolve { name } => validate_name(name),
+            GuestToHost::Blocked { protocol, .. } => check_text(protocol),
         }
     }
 }
@@ -406,7 +490,12 @@ impl HostToGuest {
             HostToGuest::Stdin(data) => check_chunk(data),
             HostToGuest::Signal { signal, .. } => check_signal(*signal),
             HostToGuest::Resize { size, .. } => check_size(*size),
-            HostToGuest::StdinEof | HostToGuest::StdoutClosed | HostToGuest::Shutdown => Ok(()),
+            HostToGuest::Denied(reason) => check_text(reason),
+            HostToGuest::Resolved(addrs) => check_count("addresses", addrs.len(), MAX_ADDRESSES),
+            HostToGuest::StdinEof
+            | HostToGuest::StdoutClosed
+            | HostToGuest::Shutdown
+            | HostToGuest::Connected => Ok(()),
         }
     }
 }
@@ -584,6 +673,17 @@ mod tests {
             Err(ProtocolError::FilesTooLarge(_))
         ));
         assert_eq!(validate_files(&[file("/root/a"), file("/tmp/b")]), Ok(()));
+    }
+
+    #[test]
+    fn dns_names_are_checked() {
+        for ok in ["api.anthropic.com", "a.b", "x_y.example.org.", "localhost"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(64);
+        for bad in ["", ".", "a..b", "evil name", &long, "ünicode.com", "a/b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

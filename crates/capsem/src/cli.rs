@@ -100,6 +100,16 @@ pub enum Subcmd {
         #[command(subcommand)]
         action: Option<SettingsAction>,
     },
+    /// What guest programs did on the network.
+    ///
+    /// Guests have no network device that leads anywhere: each connection
+    /// and DNS query is carried to capsem, which applies the network.* and
+    /// ai.*/registry.* settings, proxies what is allowed and records it all
+    /// in the session.
+    Net {
+        #[command(subcommand)]
+        action: NetAction,
+    },
     /// List recorded sessions, newest first; show, inspect or prune them.
     ///
     /// Every run is a session: a row in ~/.capsem/sessions.db and a
@@ -114,6 +124,19 @@ pub enum Subcmd {
         limit: usize,
         #[command(subcommand)]
         action: Option<SessionsAction>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetAction {
+    /// Every connection, request, refusal and rejected packet of a session,
+    /// oldest first.
+    Log {
+        /// Session id or unambiguous prefix; the newest session without.
+        id: Option<String>,
+        /// JSON Lines: one {"type":"net","data":{...}} object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 

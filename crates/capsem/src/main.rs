@@ -51,6 +51,7 @@ fn main() {
             limit,
             action,
         }) => cmd::sessions::run(action, json, limit).unwrap_or_else(|f| f.report()),
+        Some(Subcmd::Net { action }) => cmd::net::run(action).unwrap_or_else(|f| f.report()),
     };
     // Exit at once: a thread reading a terminal stdin may still be blocked,
     // and waiting for it would hang until the user pressed a key.

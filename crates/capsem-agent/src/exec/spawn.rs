@@ -24,6 +24,10 @@ const DEFAULT_ENV: &[(&str, &str)] = &[
     ("LANG", "C.UTF-8"),
     ("USER", "root"),
     ("SHELL", "/bin/bash"),
+    // Clients that bring their own CA list still trust the host's proxy.
+    ("SSL_CERT_FILE", crate::net::trust::BUNDLE),
+    ("REQUESTS_CA_BUNDLE", crate::net::trust::BUNDLE),
+    ("NODE_EXTRA_CA_CERTS", crate::net::trust::CAPSEM_CA),
 ];
 const WORKDIR: &str = "/root";
 

@@ -196,8 +196,11 @@ async fn receive(
                     }
                     GuestToHost::Exited(status) => return Ok(status),
                     GuestToHost::Refused(reason) => return Err(ChannelError::Refused(reason)),
-                    GuestToHost::Done => {
-                        return Err(ProtocolError::Unexpected("Done on an exec stream").into());
+                    GuestToHost::Done
+                    | GuestToHost::Connect(_)
+                    | GuestToHost::Resolve { .. }
+                    | GuestToHost::Blocked { .. } => {
+                        return Err(ProtocolError::Unexpected("a network message on an exec stream").into());
                     }
                 }
             }

@@ -15,6 +15,7 @@ use capsem_proto::{
     FrameError, GuestFile, GuestHello, GuestToHost, HostCodec, HostHello, HostToGuest,
     ProtocolError, frame, validate_files,
 };
+use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
@@ -63,27 +64,32 @@ impl ChannelError {
 pub struct Channel {
     hello: GuestHello,
     opener: Opener,
+    inbound: Option<mpsc::Receiver<mux::Stream>>,
     driver: JoinHandle<Result<(), ConnectionError>>,
     control: Option<FramedWrite<Compat<mux::Stream>, HostCodec>>,
     next_exec: u32,
 }
 
 impl Channel {
-    /// Reads the guest's hello from `socket`, answers it, and starts the
-    /// multiplexer. The caller bounds the time this may take.
-    pub async fn handshake(mut socket: UnixStream) -> Result<Channel, ChannelError> {
+    /// Reads the guest's hello from `socket`, answers it (with the CA the
+    /// guest is to trust), and starts the multiplexer. The caller bounds
+    /// the time this may take.
+    pub async fn handshake(
+        mut socket: UnixStream,
+        ca_pem: String,
+    ) -> Result<Channel, ChannelError> {
         let hello: GuestHello = frame::read_frame(&mut socket).await?;
         hello.validate()?;
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        frame::write_frame(&mut socket, &HostHello::new(now.as_nanos() as u64)).await?;
-        let (opener, _inbound, driver) = mux::start(socket.compat(), Mode::Client);
-        // The guest opens no streams yet; `_inbound` is dropped, so any it
-        // tries are refused.
+        let host_hello = HostHello::new(now.as_nanos() as u64, ca_pem);
+        frame::write_frame(&mut socket, &host_hello).await?;
+        let (opener, inbound, driver) = mux::start(socket.compat(), Mode::Client);
         Ok(Channel {
             hello,
             opener,
+            inbound: Some(inbound),
             driver: tokio::spawn(driver),
             control: None,
             next_exec: 1,
@@ -93,6 +99,12 @@ impl Channel {
     /// The guest's hello.
     pub fn hello(&self) -> &GuestHello {
         &self.hello
+    }
+
+    /// The streams the guest opens (its network connections). Whoever
+    /// takes them serves them; untaken, or dropped, they are refused.
+    pub fn take_inbound(&mut self) -> Option<mpsc::Receiver<mux::Stream>> {
+        self.inbound.take()
     }
 
     /// Opens a new framed stream.

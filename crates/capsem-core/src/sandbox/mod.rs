@@ -17,6 +17,7 @@ use tokio::net::UnixStream;
 
 use crate::assets::{self, AssetError, Manifest};
 use crate::channel::{self, Channel, ChannelError, ExecIo, ExecSpec, Recording};
+use crate::net::{Ca, CaError, Network, SettingsLoader, UpstreamError};
 use crate::session::EventLog;
 use crate::session::store::{self, NewSession, Status};
 use crate::session::transcript::{TRANSCRIPT_FILE, Transcript};
@@ -50,6 +51,12 @@ pub enum RunError {
     /// The session directories could not be made.
     #[error(transparent)]
     Session(#[from] SessionError),
+    /// The interception CA cannot be used.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// The upstream side of the network cannot be set up.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
     /// The VM stopped before its agent was ready.
     #[error("the VM stopped during boot ({exit}); boot log {boot_log}:\n{tail}")]
     BootFailed {
@@ -193,6 +200,8 @@ pub struct Sandbox {
     pub home: PathBuf,
     /// The instant phases are measured from.
     pub started: Instant,
+    /// The settings in effect at each network decision.
+    pub settings: SettingsLoader,
 }
 
 impl Sandbox {
@@ -210,6 +219,7 @@ impl Sandbox {
         let assets = assets::verify(&self.manifest, &self.asset_dir, Some(&cache))?;
         phases.assets_verified = Some(self.mark("assets verified"));
         let choice = crate::vm::accel::choose(self.vm.accel)?;
+        let ca = Arc::new(Ca::load_or_create(&self.home)?);
         if let Some(text) = &choice.notice {
             notice(text);
         }
@@ -242,6 +252,7 @@ impl Sandbox {
                     req,
                     io,
                     events: recorder.events(),
+                    ca,
                 },
                 &mut phases,
             )
@@ -316,7 +327,17 @@ impl Sandbox {
         phases.vm_spawned = Some(self.mark("VM monitor started"));
 
         let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
-        let mut channel = self.boot(session, socket, &mut vm).await?;
+        let ca_pem = job.ca.cert_pem().to_owned();
+        let mut channel = self.boot(session, socket, &mut vm, ca_pem).await?;
+        let network = Network::new(job.ca.clone(), self.settings.clone(), job.events.clone());
+        let _network = match (network, channel.take_inbound()) {
+            (Ok(network), Some(inbound)) => network.start(inbound),
+            (Err(e), _) => {
+                kill(&mut vm).await;
+                return Err(e.into());
+            }
+            (Ok(_), None) => unreachable!("a new channel has its inbound streams"),
+        };
         let ready = self.mark("guest agent ready");
         let hello = channel.hello();
         let kernel = ready.saturating_sub(Duration::from_nanos(hello.ready_ns));
@@ -348,11 +369,12 @@ impl Sandbox {
         session: &Session,
         socket: UnixStream,
         vm: &mut RunningVm,
+        ca_pem: String,
     ) -> Result<Channel, RunError> {
         let secs = self.vm.boot_timeout_secs;
         let limit = Duration::from_secs(secs.into());
         let booted = tokio::select! {
-            hello = tokio::time::timeout(limit, Channel::handshake(socket)) => match hello {
+            hello = tokio::time::timeout(limit, Channel::handshake(socket, ca_pem)) => match hello {
                 Ok(Ok(channel)) => return Ok(channel),
                 Ok(Err(source)) => Booted::Failed(source),
                 Err(_) => Booted::TimedOut,
@@ -406,6 +428,7 @@ impl Sandbox {
             io,
             events,
             transcript,
+            ..
         } = job;
         let spec = ExecSpec {
             command: req.command,
@@ -479,6 +502,8 @@ struct Job<'a> {
     io: ExecIo,
     events: &'a EventLog,
     transcript: Option<Transcript>,
+    /// The CA the guest trusts and the proxy signs with.
+    ca: Arc<Ca>,
 }
 
 /// Where in a run the VM stopped.

@@ -6,7 +6,7 @@
 //! event is dropped and counted, and the count is stored with the session
 //! (it stays 0 in normal use).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -25,7 +25,8 @@ const QUEUE_LEN: usize = 16 * 1024;
 const BATCH: usize = 4096;
 
 /// Event schema, one entry per version.
-const MIGRATIONS: &[&str] = &["CREATE TABLE exec_events (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE exec_events (
         seq     INTEGER PRIMARY KEY,
         at_us   INTEGER NOT NULL,
         exec_id INTEGER NOT NULL,
@@ -34,7 +35,35 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE exec_events (
         bytes   INTEGER,
         value   INTEGER,
         detail  TEXT
-    );"];
+    );",
+    "CREATE TABLE net_events (
+        seq         INTEGER PRIMARY KEY,
+        at_us       INTEGER NOT NULL,
+        pid         INTEGER,
+        process     TEXT,
+        protocol    TEXT NOT NULL,
+        domain      TEXT,
+        ip          TEXT,
+        port        INTEGER NOT NULL,
+        method      TEXT,
+        path        TEXT,
+        status      INTEGER,
+        bytes_up    INTEGER NOT NULL DEFAULT 0,
+        bytes_down  INTEGER NOT NULL DEFAULT 0,
+        duration_us INTEGER,
+        decision    TEXT NOT NULL CHECK (decision IN ('allowed', 'denied', 'error')),
+        rule        TEXT,
+        error       TEXT
+    );
+    CREATE TABLE dns_events (
+        seq      INTEGER PRIMARY KEY,
+        at_us    INTEGER NOT NULL,
+        name     TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('allowed', 'denied')),
+        rule     TEXT,
+        address  TEXT
+    );",
+];
 
 /// Something that happened in a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +110,82 @@ pub enum Event {
         /// Exit code (128+N for signal N).
         code: u8,
     },
+    /// A guest connection or request, allowed or not.
+    Net(Box<NetEvent>),
+    /// A guest DNS query.
+    Dns(DnsEvent),
+}
+
+/// Whether the network policy let something through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// It went ahead.
+    Allowed,
+    /// The policy refused it.
+    #[default]
+    Denied,
+    /// It was allowed but failed (upstream unreachable, bad TLS).
+    Error,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+/// One row of `net_events`: a connection that was refused or failed, or one
+/// HTTP request on an allowed connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct NetEvent {
+    /// Guest pid of the process, when known.
+    pub pid: Option<u32>,
+    /// Its command line.
+    pub process: Option<String>,
+    /// `https`, `http`, `tcp`, `udp`, `icmp`...
+    pub protocol: String,
+    /// The name the guest resolved, when there is one.
+    pub domain: Option<String>,
+    /// The address: upstream when connected, else the guest's destination.
+    pub ip: Option<String>,
+    /// Destination port.
+    pub port: u16,
+    /// HTTP method.
+    pub method: Option<String>,
+    /// HTTP path and query.
+    pub path: Option<String>,
+    /// HTTP status from upstream.
+    pub status: Option<u16>,
+    /// Request body bytes sent upstream.
+    pub bytes_up: u64,
+    /// Response body bytes returned to the guest.
+    pub bytes_down: u64,
+    /// From the request to the end of the response.
+    pub duration_us: Option<u64>,
+    /// The decision.
+    pub decision: Verdict,
+    /// The rule that decided.
+    pub rule: Option<String>,
+    /// What failed.
+    pub error: Option<String>,
+}
+
+/// One row of `dns_events`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DnsEvent {
+    /// The name asked for.
+    pub name: String,
+    /// Whether it got an address.
+    pub allowed: bool,
+    /// The rule that decided.
+    pub rule: String,
+    /// The synthetic address given.
+    pub address: Option<String>,
 }
 
 /// A handle to record events; cheap to clone.
@@ -212,16 +317,63 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<(u64, Event)>) -> rusqlite
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for (at_us, event) in batch.drain(..) {
-                let (exec, kind, bytes, value, detail) = columns(event);
-                insert.execute(params![at_us as i64, exec, kind, bytes, value, detail])?;
+                let at_us = at_us as i64;
+                match event {
+                    Event::Net(net) => insert_net(&tx, at_us, &net)?,
+                    Event::Dns(dns) => {
+                        tx.prepare_cached(
+                            "INSERT INTO dns_events (at_us, name, decision, rule, address)
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )?
+                        .execute(params![
+                            at_us,
+                            dns.name,
+                            if dns.allowed { "allowed" } else { "denied" },
+                            dns.rule,
+                            dns.address
+                        ])?;
+                    }
+                    exec => {
+                        let (exec, kind, bytes, value, detail) = columns(exec);
+                        insert.execute(params![at_us, exec, kind, bytes, value, detail])?;
+                    }
+                }
             }
         }
         tx.commit()
     }
 }
 
+fn insert_net(tx: &rusqlite::Transaction<'_>, at_us: i64, e: &NetEvent) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO net_events (at_us, pid, process, protocol, domain, ip, port, method,
+             path, status, bytes_up, bytes_down, duration_us, decision, rule, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+    )?
+    .execute(params![
+        at_us,
+        e.pid,
+        e.process,
+        e.protocol,
+        e.domain,
+        e.ip,
+        e.port,
+        e.method,
+        e.path,
+        e.status,
+        e.bytes_up as i64,
+        e.bytes_down as i64,
+        e.duration_us.map(|d| d as i64),
+        e.decision.as_str(),
+        e.rule,
+        e.error
+    ])?;
+    Ok(())
+}
+
 type Columns = (u32, &'static str, Option<i64>, Option<i64>, Option<String>);
 
+/// The `exec_events` columns of an exec event.
 fn columns(event: Event) -> Columns {
     match event {
         Event::Started { exec, command } => (exec, "started", None, None, Some(command)),
@@ -230,6 +382,7 @@ fn columns(event: Event) -> Columns {
         Event::Stderr { exec, bytes } => (exec, "stderr", Some(bytes as i64), None, None),
         Event::Signal { exec, signal } => (exec, "signal", None, Some(signal.into()), None),
         Event::Exited { exec, code } => (exec, "exited", None, Some(code.into()), None),
+        Event::Net(_) | Event::Dns(_) => unreachable!("network events have tables of their own"),
     }
 }
 
@@ -240,11 +393,122 @@ pub struct EventSummary {
     pub integrity: Vec<String>,
     /// (kind, events, bytes).
     pub kinds: Vec<(String, u64, u64)>,
+    /// What the session's guest did on the network.
+    pub network: NetSummary,
+}
+
+/// Totals of a session's network events.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NetSummary {
+    /// Requests and connections let through.
+    pub allowed: u64,
+    /// Refused by the policy.
+    pub denied: u64,
+    /// Allowed but failed.
+    pub errors: u64,
+    /// Request bytes sent upstream.
+    pub bytes_up: u64,
+    /// Response bytes returned to the guest.
+    pub bytes_down: u64,
+    /// DNS queries answered.
+    pub dns_queries: u64,
+    /// Of which refused.
+    pub dns_denied: u64,
+}
+
+/// A `net_events` row with its time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NetRow {
+    /// Microseconds since the session started.
+    pub at_us: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: NetEvent,
+}
+
+/// Opens a session database read-only. Databases written before the
+/// network existed lack its tables; they read as having no such events.
+fn open_read_only(path: &Path) -> rusqlite::Result<(Connection, bool)> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_net: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'net_events'",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok((conn, has_net))
+}
+
+/// The network events of the database at `path`, oldest first.
+pub fn net_log(path: &Path) -> rusqlite::Result<Vec<NetRow>> {
+    let (conn, has_net) = open_read_only(path)?;
+    if !has_net {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT at_us, pid, process, protocol, domain, ip, port, method, path, status,
+                bytes_up, bytes_down, duration_us, decision, rule, error
+         FROM net_events ORDER BY seq",
+    )?;
+    stmt.query_map([], |r| {
+        let decision = match r.get::<_, String>(13)?.as_str() {
+            "allowed" => Verdict::Allowed,
+            "error" => Verdict::Error,
+            _ => Verdict::Denied,
+        };
+        Ok(NetRow {
+            at_us: r.get::<_, i64>(0)? as u64,
+            event: NetEvent {
+                pid: r.get(1)?,
+                process: r.get(2)?,
+                protocol: r.get(3)?,
+                domain: r.get(4)?,
+                ip: r.get(5)?,
+                port: r.get(6)?,
+                method: r.get(7)?,
+                path: r.get(8)?,
+                status: r.get(9)?,
+                bytes_up: r.get::<_, i64>(10)? as u64,
+                bytes_down: r.get::<_, i64>(11)? as u64,
+                duration_us: r.get::<_, Option<i64>>(12)?.map(|d| d as u64),
+                decision,
+                rule: r.get(14)?,
+                error: r.get(15)?,
+            },
+        })
+    })?
+    .collect()
+}
+
+fn net_summary(conn: &Connection) -> rusqlite::Result<NetSummary> {
+    let mut summary = conn.query_row(
+        "SELECT count(*) FILTER (WHERE decision = 'allowed'),
+                count(*) FILTER (WHERE decision = 'denied'),
+                count(*) FILTER (WHERE decision = 'error'),
+                coalesce(sum(bytes_up), 0), coalesce(sum(bytes_down), 0)
+         FROM net_events",
+        [],
+        |r| {
+            Ok(NetSummary {
+                allowed: r.get::<_, i64>(0)? as u64,
+                denied: r.get::<_, i64>(1)? as u64,
+                errors: r.get::<_, i64>(2)? as u64,
+                bytes_up: r.get::<_, i64>(3)? as u64,
+                bytes_down: r.get::<_, i64>(4)? as u64,
+                ..NetSummary::default()
+            })
+        },
+    )?;
+    (summary.dns_queries, summary.dns_denied) = conn.query_row(
+        "SELECT count(*), count(*) FILTER (WHERE decision = 'denied') FROM dns_events",
+        [],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+    )?;
+    Ok(summary)
 }
 
 /// Summarises the event database at `path` (read-only).
-pub fn summarize(path: &PathBuf) -> rusqlite::Result<EventSummary> {
-    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+pub fn summarize(path: &Path) -> rusqlite::Result<EventSummary> {
+    let (conn, has_net) = open_read_only(path)?;
     let integrity = conn
         .prepare("PRAGMA integrity_check")?
         .query_map([], |row| row.get(0))?
@@ -260,7 +524,16 @@ pub fn summarize(path: &PathBuf) -> rusqlite::Result<EventSummary> {
             Ok((row.get(0)?, count as u64, bytes as u64))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(EventSummary { integrity, kinds })
+    let network = if has_net {
+        net_summary(&conn)?
+    } else {
+        NetSummary::default()
+    };
+    Ok(EventSummary {
+        integrity,
+        kinds,
+        network,
+    })
 }
 
 #[cfg(test)]

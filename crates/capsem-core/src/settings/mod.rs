@@ -236,6 +236,17 @@ impl Settings {
         REGISTRY.iter().map(|def| (def, self.entry(def.key)))
     }
 
+    /// The value of a boolean setting.
+    ///
+    /// # Panics
+    /// If `key` is not a registered boolean setting.
+    pub fn flag(&self, key: &str) -> bool {
+        match self.entry(key).value {
+            Value::Bool(b) => b,
+            ref other => panic!("setting {key} is {other}, not a boolean"),
+        }
+    }
+
     fn int(&self, key: &str) -> i64 {
         match self.entry(key).value {
             Value::Int(i) => i,
@@ -384,6 +395,16 @@ fn check(def: &Def, raw: &toml::Value, path: &Path) -> Result<Value, SettingsErr
         (Kind::Toml, toml::Value::String(s)) if s.parse::<toml::Table>().is_ok() => {
             Some(Value::Str(s.clone()))
         }
+        (Kind::Domains, toml::Value::String(s))
+            if crate::net::policy::parse_patterns(s).is_ok() =>
+        {
+            Some(Value::Str(s.clone()))
+        }
+        (Kind::Overrides, toml::Value::String(s))
+            if crate::net::upstream::parse_overrides(s).is_ok() =>
+        {
+            Some(Value::Str(s.clone()))
+        }
         _ => None,
     };
     value.ok_or_else(|| SettingsError::Invalid {
@@ -407,6 +428,10 @@ pub fn expected(kind: Kind) -> String {
         Kind::Text | Kind::Secret => "a string".to_owned(),
         Kind::Json => "a string holding a JSON object".to_owned(),
         Kind::Toml => "a string holding a TOML document".to_owned(),
+        Kind::Domains => {
+            "comma-separated names or patterns (example.com, *.example.com, *)".to_owned()
+        }
+        Kind::Overrides => "comma-separated name=ip:port pairs".to_owned(),
     }
 }
 

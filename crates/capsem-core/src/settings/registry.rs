@@ -27,6 +27,11 @@ pub enum Kind {
     Toml,
     /// A string never shown in full (an API key); empty means unset.
     Secret,
+    /// Comma-separated domain patterns: `example.com` (that name only),
+    /// `*.example.com` (its subdomains) or `*` (every name).
+    Domains,
+    /// Comma-separated `name=ip:port` pairs.
+    Overrides,
 }
 
 /// A default value.
@@ -171,6 +176,120 @@ pub const REGISTRY: &[Def] = &[
         kind: Kind::Secret,
         default: Default::Str(""),
         description: "GEMINI_API_KEY and GOOGLE_API_KEY for guest commands (unset: none)",
+    },
+    Def {
+        key: "network.default_action",
+        kind: Kind::Choice(&["deny", "allow"]),
+        default: Default::Str("deny"),
+        description: "what happens to a name no allow or deny list matches",
+    },
+    Def {
+        key: "network.allow",
+        kind: Kind::Domains,
+        default: Default::Str(""),
+        description: "names guest programs may reach, e.g. \"example.com, *.example.org\"",
+    },
+    Def {
+        key: "network.deny",
+        kind: Kind::Domains,
+        default: Default::Str(""),
+        description: "names guest programs may never reach (wins over every allow)",
+    },
+    Def {
+        key: "ai.anthropic.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(true),
+        description: "let guest programs reach Anthropic's API (Claude Code)",
+    },
+    Def {
+        key: "ai.anthropic.domains",
+        kind: Kind::Domains,
+        default: Default::Str("*.anthropic.com, *.claude.com"),
+        description: "the names of Anthropic's API (Claude Code)",
+    },
+    Def {
+        key: "ai.openai.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(true),
+        description: "let guest programs reach OpenAI's API (Codex)",
+    },
+    Def {
+        key: "ai.openai.domains",
+        kind: Kind::Domains,
+        default: Default::Str("*.openai.com, *.chatgpt.com"),
+        description: "the names of OpenAI's API (Codex)",
+    },
+    Def {
+        key: "ai.google.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(true),
+        description: "let guest programs reach Google's Gemini API (Gemini CLI)",
+    },
+    Def {
+        key: "ai.google.domains",
+        kind: Kind::Domains,
+        default: Default::Str("*.googleapis.com"),
+        description: "the names of Google's Gemini API (Gemini CLI)",
+    },
+    Def {
+        key: "registry.npm.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(false),
+        description: "let guest programs reach the npm registry",
+    },
+    Def {
+        key: "registry.npm.domains",
+        kind: Kind::Domains,
+        default: Default::Str("registry.npmjs.org"),
+        description: "the names of the npm registry",
+    },
+    Def {
+        key: "registry.pypi.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(false),
+        description: "let guest programs reach PyPI",
+    },
+    Def {
+        key: "registry.pypi.domains",
+        kind: Kind::Domains,
+        default: Default::Str("pypi.org, files.pythonhosted.org"),
+        description: "the names of PyPI",
+    },
+    Def {
+        key: "registry.github.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(false),
+        description: "let guest programs reach GitHub",
+    },
+    Def {
+        key: "registry.github.domains",
+        kind: Kind::Domains,
+        default: Default::Str("github.com, *.github.com, *.githubusercontent.com"),
+        description: "the names of GitHub",
+    },
+    Def {
+        key: "registry.crates.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(false),
+        description: "let guest programs reach crates.io",
+    },
+    Def {
+        key: "registry.crates.domains",
+        kind: Kind::Domains,
+        default: Default::Str("crates.io, *.crates.io"),
+        description: "the names of crates.io",
+    },
+    Def {
+        key: "network.resolve_override",
+        kind: Kind::Overrides,
+        default: Default::Str(""),
+        description: "test/debug: connect to these names at these addresses, e.g. \"api.example.com=127.0.0.1:8443\"",
+    },
+    Def {
+        key: "network.extra_upstream_ca",
+        kind: Kind::Text,
+        default: Default::Str(""),
+        description: "test/debug: a PEM file of CAs trusted for upstream servers besides the system's",
     },
     Def {
         key: "ui.theme",

@@ -128,6 +128,7 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
         backend: Arc::new(backend),
         home: paths::capsem_home(),
         started,
+        settings: Arc::new(Settings::load),
     };
     let io = ExecIo {
         stdin: Some(Box::new(tokio::io::stdin())),

@@ -150,6 +150,18 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
         for (kind, count, bytes) in &summary.kinds {
             println!("  {kind:<8} {count:>8} events {bytes:>12} bytes");
         }
+        let net = &summary.network;
+        println!(
+            "network   {} allowed, {} denied, {} failed; {} bytes up, {} down; \
+             {} DNS queries ({} refused)",
+            net.allowed,
+            net.denied,
+            net.errors,
+            net.bytes_up,
+            net.bytes_down,
+            net.dns_queries,
+            net.dns_denied
+        );
     }
     if let Some(error) = &row.error {
         field("error", error.clone());
@@ -206,7 +218,7 @@ fn print_inspection(report: &Inspection) {
 
 /// Checks one session's event database; prints its summary.
 fn inspect_events(path: &Path) -> bool {
-    match events::summarize(&path.to_path_buf()) {
+    match events::summarize(path) {
         Ok(summary) => {
             println!("events integrity: {}", summary.integrity.join("; "));
             for (kind, count, bytes) in &summary.kinds {

@@ -17,7 +17,12 @@ fn capsem_doctor_passes() {
 #[test]
 fn capsem_doctor_filters_and_passes_exit_codes_through() {
     // A filter that selects a category still exits 0 and runs only it.
-    let out = Capsem::new().run(&["-q", "doctor", "-k", "test_only_loopback_exists"]);
+    let out = Capsem::new().run(&[
+        "-q",
+        "doctor",
+        "-k",
+        "test_only_loopback_and_the_dummy_device_exist",
+    ]);
     assert_code(&out, 0);
     assert!(stdout(&out).contains("1 passed"), "{}", stdout(&out));
     // A failing check makes the exit code non-zero: pytest's 5 for "no

@@ -5,7 +5,10 @@ use crate::support::asset_dir;
 
 const REQUIRED: &[(&str, &str)] = &[
     ("CONFIG_MODULES", "n"),
-    ("CONFIG_NETDEVICES", "n"),
+    ("CONFIG_DUMMY", "y"),
+    ("CONFIG_ETHERNET", "n"),
+    ("CONFIG_NFT_REDIR", "y"),
+    ("CONFIG_PACKET", "n"),
     ("CONFIG_VIRTIO_MMIO", "y"),
     ("CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES", "y"),
     ("CONFIG_VIRTIO_BLK", "y"),
@@ -62,6 +65,9 @@ fn no_network_device_driver_is_built_in() {
                 || l.starts_with("CONFIG_NET_VENDOR")
                 || l.starts_with("CONFIG_WLAN")
                 || l.starts_with("CONFIG_TUN")
+                || l.starts_with("CONFIG_VETH")
+                || l.starts_with("CONFIG_MACVLAN")
+                || l.starts_with("CONFIG_VSOCKETS")
         })
         .collect();
     assert!(drivers.is_empty(), "{drivers:?}");

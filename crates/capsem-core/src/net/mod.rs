@@ -1,0 +1,228 @@
+//! The host's side of the guest's network: DNS answers, the policy, and
+//! the proxy every guest connection goes through.
+//!
+//! The guest agent opens one stream per caught connection or DNS query
+//! (see `capsem-agent`'s `net` module). [`Network::serve`] takes those
+//! streams: a name the policy allows gets a synthetic address ([`names`]);
+//! a connection to such an address on port 443 is TLS-terminated with a
+//! certificate from the installation's CA ([`ca`]), checked request by
+//! request against the name, and forwarded to the real server
+//! ([`upstream`]); port 80 is the same without TLS. Everything else is
+//! refused. Every decision and request is recorded in the session.
+
+pub mod ca;
+pub mod names;
+pub mod policy;
+mod proxy;
+pub mod upstream;
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use capsem_proto::mux;
+use capsem_proto::{GuestToHost, HostCodec, HostToGuest};
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
+use tokio_util::codec::Framed;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+
+use crate::session::EventLog;
+use crate::session::events::{DnsEvent, Event, NetEvent};
+use crate::settings::{Settings, SettingsError};
+use names::Names;
+
+pub use ca::{Ca, CaError};
+pub use policy::{Decision, Policy};
+pub use upstream::{Upstream, UpstreamError};
+
+/// A guest stream framed with the host's codec.
+type GuestStream = Framed<Compat<mux::Stream>, HostCodec>;
+
+/// Reads the settings in effect now.
+pub type SettingsLoader = Arc<dyn Fn() -> Result<Settings, SettingsError> + Send + Sync>;
+
+/// The crypto provider of every TLS configuration here.
+fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// One VM's network service.
+pub struct Network {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    names: Mutex<Names>,
+    ca: Arc<Ca>,
+    upstream: Upstream,
+    settings: SettingsLoader,
+    /// Taken when the VM is done, so that stray tasks cannot keep the
+    /// session's event writer waiting.
+    events: Mutex<Option<EventLog>>,
+}
+
+impl Network {
+    /// A network service recording into `events`. The upstream trust
+    /// store is built from the settings now; the policy is read again for
+    /// every decision.
+    pub fn new(
+        ca: Arc<Ca>,
+        settings: SettingsLoader,
+        events: EventLog,
+    ) -> Result<Network, UpstreamError> {
+        let current = settings().map_err(|e| UpstreamError::Trust(e.to_string()))?;
+        let upstream = Upstream::new(&current)?;
+        Ok(Network {
+            shared: Arc::new(Shared {
+                names: Mutex::default(),
+                ca,
+                upstream,
+                settings,
+                events: Mutex::new(Some(events)),
+            }),
+        })
+    }
+
+    /// Serves the streams the guest opens, until the channel ends or the
+    /// returned guard is dropped.
+    pub fn start(self, mut inbound: mpsc::Receiver<mux::Stream>) -> Running {
+        let shared = self.shared.clone();
+        let task = tokio::spawn(async move {
+            let mut streams = tokio::task::JoinSet::new();
+            while let Some(stream) = inbound.next().await {
+                let shared = shared.clone();
+                streams.spawn(async move {
+                    let framed = Framed::new(stream.compat(), HostCodec::new());
+                    handle(framed, shared).await;
+                });
+                // Reap the finished ones as we go.
+                while streams.try_join_next().is_some() {}
+            }
+            streams.join_all().await;
+        });
+        Running {
+            shared: self.shared,
+            task,
+        }
+    }
+}
+
+/// A running network service; dropping it stops the service and its
+/// recording.
+pub struct Running {
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+        *self
+            .shared
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+impl Shared {
+    /// The policy's decision for `name`, with settings read now. Settings
+    /// that cannot be read deny everything.
+    fn decide(&self, name: &str) -> Decision {
+        match (self.settings)() {
+            Ok(settings) => Policy::new(&settings).decide(name),
+            Err(e) => Decision::deny(format!("settings unreadable: {e}")),
+        }
+    }
+
+    fn name_of(&self, addr: Ipv4Addr) -> Option<String> {
+        let names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        names.name(addr).map(str::to_owned)
+    }
+
+    fn record(&self, event: NetEvent) {
+        self.log(Event::Net(Box::new(event)));
+    }
+
+    fn log(&self, event: Event) {
+        let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(events) = events.as_ref() {
+            events.record(event);
+        }
+    }
+}
+
+/// Dispatches a guest stream on its first message. A stream that breaks
+/// the protocol is dropped (the guest's process sees a reset).
+async fn handle(mut stream: GuestStream, shared: Arc<Shared>) {
+    let first = match stream.next().await {
+        Some(Ok(msg)) => msg,
+        Some(Err(e)) => {
+            tracing::warn!("bad frame on a network stream from the guest: {e}");
+            return;
+        }
+        None => return,
+    };
+    if let Err(e) = first.validate() {
+        tracing::warn!("the guest broke the protocol on a network stream: {e}");
+        return;
+    }
+    match first {
+        GuestToHost::Resolve { name } => resolve(stream, &name, &shared).await,
+        GuestToHost::Connect(req) => proxy::connect(stream, req, shared).await,
+        GuestToHost::Blocked { .. } => blocked(first, stream, &shared).await,
+        other => tracing::warn!("a guest stream cannot start with {other:?}"),
+    }
+}
+
+/// Answers a DNS query: an allowed name gets its synthetic address.
+async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
+    let name = policy::normalize(name);
+    let mut decision = shared.decide(&name);
+    let address = if decision.allowed {
+        let mut names = shared.names.lock().unwrap_or_else(PoisonError::into_inner);
+        names.address(&name)
+    } else {
+        None
+    };
+    if decision.allowed && address.is_none() {
+        decision = Decision::deny(format!("more than {} names", names::MAX_NAMES));
+    }
+    shared.log(Event::Dns(DnsEvent {
+        name,
+        allowed: decision.allowed,
+        rule: decision.rule,
+        address: address.map(|a| a.to_string()),
+    }));
+    let answer = address.map(|a| a.octets()).into_iter().collect();
+    let _ = stream.send(HostToGuest::Resolved(answer)).await;
+}
+
+/// Records the packets the guest's firewall rejected.
+async fn blocked(first: GuestToHost, mut stream: GuestStream, shared: &Shared) {
+    let mut next = Some(first);
+    loop {
+        let msg = match next.take() {
+            Some(msg) => msg,
+            None => match stream.next().await {
+                Some(Ok(msg)) if msg.validate().is_ok() => msg,
+                _ => return,
+            },
+        };
+        let GuestToHost::Blocked {
+            protocol,
+            addr,
+            port,
+        } = msg
+        else {
+            return;
+        };
+        shared.record(NetEvent {
+            protocol,
+            ip: Some(Ipv4Addr::from(addr).to_string()),
+            port,
+            rule: Some("guest firewall: only TCP and DNS leave the guest".to_owned()),
+            ..NetEvent::default()
+        });
+    }
+}

@@ -1,0 +1,436 @@
+//! One guest connection: decided on its name and port, then served as
+//! HTTP (port 80) or TLS-terminated HTTPS (port 443), each request checked
+//! against the name and forwarded upstream on a connection of its own.
+
+use std::convert::Infallible;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use capsem_proto::{ConnectRequest, HostToGuest};
+use futures::SinkExt;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Mutex;
+
+use super::upstream::{Body, Connected, Sender};
+use super::{Decision, GuestStream, Shared};
+use crate::session::events::{NetEvent, Verdict};
+
+/// How long a guest may take to send its TLS hello.
+const HELLO_WAIT: Duration = Duration::from_secs(30);
+
+/// What is known of a connection before its requests.
+#[derive(Clone)]
+struct Conn {
+    name: String,
+    port: u16,
+    tls: bool,
+    rule: String,
+    pid: Option<u32>,
+    process: Option<String>,
+}
+
+impl Conn {
+    fn event(&self) -> NetEvent {
+        NetEvent {
+            pid: self.pid,
+            process: self.process.clone(),
+            protocol: if self.tls { "https" } else { "http" }.to_owned(),
+            domain: Some(self.name.clone()),
+            port: self.port,
+            rule: Some(self.rule.clone()),
+            ..NetEvent::default()
+        }
+    }
+}
+
+/// Decides a connection and, if allowed, serves it.
+pub(super) async fn connect(mut stream: GuestStream, req: ConnectRequest, shared: Arc<Shared>) {
+    let addr = Ipv4Addr::from(req.addr);
+    let name = shared.name_of(addr);
+    let decision = match (&name, req.port) {
+        (None, _) => Decision::deny("raw IP address: only names the guest resolved are reachable"),
+        (Some(_), port) if port != 80 && port != 443 => {
+            Decision::deny("only ports 80 (HTTP) and 443 (HTTPS) are proxied")
+        }
+        (Some(name), _) => shared.decide(name),
+    };
+    let (pid, process) = req.process.map(|p| (p.pid, p.command)).unzip();
+    if !decision.allowed {
+        shared.record(NetEvent {
+            pid,
+            process,
+            protocol: "tcp".to_owned(),
+            domain: name,
+            ip: Some(addr.to_string()),
+            port: req.port,
+            decision: Verdict::Denied,
+            rule: Some(decision.rule.clone()),
+            ..NetEvent::default()
+        });
+        let _ = stream.send(HostToGuest::Denied(decision.rule)).await;
+        return;
+    }
+    if stream.send(HostToGuest::Connected).await.is_err() {
+        return;
+    }
+    let parts = stream.into_parts();
+    // The agent sends nothing before it reads Connected.
+    if !parts.read_buf.is_empty() {
+        tracing::warn!("the guest sent connection bytes before the decision");
+        return;
+    }
+    let conn = Conn {
+        name: name.expect("allowed names exist"),
+        port: req.port,
+        tls: req.port == 443,
+        rule: decision.rule,
+        pid,
+        process,
+    };
+    if conn.tls {
+        serve_tls(parts.io, conn, shared).await;
+    } else {
+        serve_http(parts.io, conn, shared).await;
+    }
+}
+
+/// Terminates the guest's TLS with a certificate for the connection's
+/// name. A hello naming another server (SNI) is refused before anything
+/// goes upstream.
+async fn serve_tls<I>(io: I, conn: Conn, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let start = match tokio::time::timeout(HELLO_WAIT, acceptor).await {
+        Ok(Ok(start)) => start,
+        Ok(Err(e)) => return refuse(&shared, &conn, format!("bad TLS hello: {e}")),
+        Err(_) => return refuse(&shared, &conn, "no TLS hello in time".to_owned()),
+    };
+    let sni = start
+        .client_hello()
+        .server_name()
+        .map(super::policy::normalize);
+    if let Some(sni) = sni.filter(|sni| *sni != conn.name) {
+        return refuse(
+            &shared,
+            &conn,
+            format!(
+                "TLS server name {sni} is not the name resolved ({})",
+                conn.name
+            ),
+        );
+    }
+    let config = match shared.ca.server_config(&conn.name) {
+        Ok(config) => config,
+        Err(e) => return refuse(&shared, &conn, e.to_string()),
+    };
+    match start.into_stream(config).await {
+        Ok(tls) => serve_http(tls, conn, shared).await,
+        Err(e) => tracing::debug!("TLS with the guest for {}: {e}", conn.name),
+    }
+}
+
+/// Records a connection refused after it was let through.
+fn refuse(shared: &Shared, conn: &Conn, why: String) {
+    shared.record(NetEvent {
+        decision: Verdict::Denied,
+        rule: Some(why),
+        ..conn.event()
+    });
+}
+
+/// Serves HTTP/1.1 or HTTP/2 from the guest, forwarding each request.
+async fn serve_http<I>(io: I, conn: Conn, shared: Arc<Shared>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
+    let upstream: Arc<Mutex<Option<Connected>>> = Arc::default();
+    let service = service_fn(move |req| {
+        let (conn, shared, upstream) = (conn.clone(), shared.clone(), upstream.clone());
+        async move { Ok::<_, Infallible>(forward(req, &conn, shared, &upstream).await) }
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!("guest HTTP connection: {e}");
+    }
+}
+
+/// Forwards one request, or answers it with an error the user can read.
+async fn forward(
+    req: Request<Incoming>,
+    conn: &Conn,
+    shared: Arc<Shared>,
+    upstream: &Mutex<Option<Connected>>,
+) -> Response<Body> {
+    let started = Instant::now();
+    let mut event = NetEvent {
+        method: Some(req.method().to_string()),
+        path: req.uri().path_and_query().map(ToString::to_string),
+        ..conn.event()
+    };
+    let host = request_host(&req);
+    if host.as_deref() != Some(conn.name.as_str()) {
+        let why = format!(
+            "request for {} on a connection to {} (domain fronting)",
+            host.as_deref().unwrap_or("no host"),
+            conn.name
+        );
+        event.decision = Verdict::Denied;
+        event.rule = Some(why.clone());
+        shared.record(event);
+        return text(StatusCode::MISDIRECTED_REQUEST, &format!("capsem: {why}\n"));
+    }
+    let sent = Arc::new(AtomicU64::new(0));
+    let (parts, body) = req.into_parts();
+    let body = Metered::new(body, sent.clone(), None).boxed();
+    let mut guard = upstream.lock().await;
+    if !guard.as_ref().is_some_and(|c| c.sender.is_usable()) {
+        match shared
+            .upstream
+            .connect(&conn.name, conn.port, conn.tls)
+            .await
+        {
+            Ok(connected) => *guard = Some(connected),
+            Err(e) => return failed(&shared, event, started, e.to_string()),
+        }
+    }
+    let connected = guard.as_mut().expect("connected above");
+    event.ip = Some(connected.addr.ip().to_string());
+    let request = upstream_request(parts, body, conn, &connected.sender);
+    let response = match &mut connected.sender {
+        Sender::H1(s) => s.send_request(request).await,
+        Sender::H2(s) => s.send_request(request).await,
+    };
+    drop(guard);
+    let response = match response {
+        Ok(response) => response,
+        Err(e) => return failed(&shared, event, started, e.to_string()),
+    };
+    event.status = Some(response.status().as_u16());
+    event.decision = Verdict::Allowed;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let received = Arc::new(AtomicU64::new(0));
+    let counted = received.clone();
+    let done = Box::new(move || {
+        event.bytes_up = sent.load(Ordering::Relaxed);
+        event.bytes_down = counted.load(Ordering::Relaxed);
+        event.duration_us = Some(started.elapsed().as_micros() as u64);
+        shared.record(event);
+    });
+    Response::from_parts(parts, Metered::new(body, received, Some(done)).boxed())
+}
+
+/// Records a request that could not be forwarded and answers 502.
+fn failed(shared: &Shared, mut event: NetEvent, started: Instant, error: String) -> Response<Body> {
+    event.decision = Verdict::Error;
+    event.duration_us = Some(started.elapsed().as_micros() as u64);
+    let message = format!(
+        "capsem: cannot reach {}: {error}\n",
+        event.domain.as_deref().unwrap_or("?")
+    );
+    event.error = Some(error);
+    shared.record(event);
+    text(StatusCode::BAD_GATEWAY, &message)
+}
+
+/// The host a request is for: the authority of an absolute URI (HTTP/2,
+/// proxy-style requests), else the Host header; without the port.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            let host = req.headers().get(header::HOST)?.to_str().ok()?;
+            let uri: Uri = format!("http://{host}/").parse().ok()?;
+            uri.host().map(str::to_owned)
+        })?;
+    Some(super::policy::normalize(&authority))
+}
+
+/// The request as the upstream connection's protocol wants it.
+fn upstream_request(
+    mut parts: http::request::Parts,
+    body: Body,
+    conn: &Conn,
+    sender: &Sender,
+) -> Request<Body> {
+    strip_hop_by_hop(&mut parts.headers);
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let default_port = if conn.tls { 443 } else { 80 };
+    let authority = if conn.port == default_port {
+        conn.name.clone()
+    } else {
+        format!("{}:{}", conn.name, conn.port)
+    };
+    match sender {
+        Sender::H1(_) => {
+            parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            parts.version = http::Version::HTTP_11;
+            if let Ok(host) = HeaderValue::from_str(&authority) {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        Sender::H2(_) => {
+            let scheme = if conn.tls { "https" } else { "http" };
+            parts.uri = format!("{scheme}://{authority}{path}")
+                .parse()
+                .unwrap_or_else(|_| Uri::from_static("/"));
+            parts.version = http::Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+/// Removes the headers that describe one hop, not the message.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    for name in listed {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::TE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// A short plain-text answer from capsem itself.
+fn text(status: StatusCode, message: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(message.to_owned()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Runs once when a response ends, however it ends.
+type OnDone = Box<dyn FnOnce() + Send + Sync>;
+
+/// A body that counts its data bytes as they pass.
+struct Metered<B> {
+    inner: B,
+    count: Arc<AtomicU64>,
+    done: Option<OnDone>,
+}
+
+impl<B> Metered<B> {
+    fn new(inner: B, count: Arc<AtomicU64>, done: Option<OnDone>) -> Self {
+        Metered { inner, count, done }
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done();
+        }
+    }
+}
+
+impl<B> Drop for Metered<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B> HttpBody for Metered<B>
+where
+    B: HttpBody<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_of_a_request_comes_from_its_uri_or_host_header() {
+        let req = Request::get("https://API.example.com:443/v1")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("api.example.com"));
+        let req = Request::get("/v1")
+            .header("host", "api.example.com:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("api.example.com"));
+        let req = Request::get("/v1").body(()).unwrap();
+        assert_eq!(request_host(&req), None);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", HeaderValue::from_static("close, x-secret"));
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("authorization", HeaderValue::from_static("Bearer k"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("authorization"));
+    }
+}

@@ -1,0 +1,193 @@
+//! Connections from the host to the servers guest programs asked for.
+//!
+//! The host resolves the name itself (or takes it from the test/debug
+//! `network.resolve_override`), verifies the server with rustls against the
+//! platform's roots (plus `network.extra_upstream_ca`), and speaks HTTP/2
+//! when the server offers it, HTTP/1.1 otherwise.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::ClientConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::settings::Settings;
+
+/// A request body on its way upstream.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Parses `name=ip:port, ...`.
+pub fn parse_overrides(list: &str) -> Result<HashMap<String, SocketAddr>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, addr) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("'{pair}' is not name=ip:port"))?;
+            let addr = addr
+                .trim()
+                .parse()
+                .map_err(|_| format!("'{addr}' is not ip:port"))?;
+            Ok((super::policy::normalize(name.trim()), addr))
+        })
+        .collect()
+}
+
+/// Something went wrong reaching the server.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No address for the name.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    /// TCP or TLS failed.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP handshake failed.
+    #[error("HTTP handshake: {0}")]
+    Http(#[from] hyper::Error),
+    /// The trust store could not be built.
+    #[error("upstream trust store: {0}")]
+    Trust(String),
+}
+
+/// How to reach upstream servers.
+pub struct Upstream {
+    tls: Arc<ClientConfig>,
+    overrides: HashMap<String, SocketAddr>,
+}
+
+/// A connection ready for requests.
+pub enum Sender {
+    /// HTTP/1.1: one request at a time.
+    H1(http1::SendRequest<Body>),
+    /// HTTP/2: requests multiplexed.
+    H2(http2::SendRequest<Body>),
+}
+
+impl Sender {
+    /// Whether the connection can take another request.
+    pub fn is_usable(&self) -> bool {
+        match self {
+            Sender::H1(s) => !s.is_closed(),
+            Sender::H2(s) => !s.is_closed(),
+        }
+    }
+}
+
+/// A connected server: its address and the sender.
+pub struct Connected {
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// Where requests go.
+    pub sender: Sender,
+}
+
+impl Upstream {
+    /// Upstream access as `settings` configure it.
+    pub fn new(settings: &Settings) -> Result<Upstream, UpstreamError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        let extra = settings.text("network.extra_upstream_ca");
+        if !extra.is_empty() {
+            let certs = CertificateDer::pem_file_iter(extra)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| UpstreamError::Trust(format!("{extra}: {e}")))?;
+            roots.add_parsable_certificates(certs);
+        }
+        let mut tls = ClientConfig::builder_with_provider(super::crypto())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Trust(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let overrides = parse_overrides(settings.text("network.resolve_override"))
+            .map_err(UpstreamError::Trust)?;
+        Ok(Upstream {
+            tls: Arc::new(tls),
+            overrides,
+        })
+    }
+
+    /// Connects to `name`:`port`, over TLS when `tls`.
+    pub async fn connect(
+        &self,
+        name: &str,
+        port: u16,
+        tls: bool,
+    ) -> Result<Connected, UpstreamError> {
+        let addr = self.resolve(name, port).await?;
+        let connect_err = |source| UpstreamError::Connect { addr, source };
+        let tcp = TcpStream::connect(addr).await.map_err(connect_err)?;
+        let _ = tcp.set_nodelay(true);
+        if !tls {
+            let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            return Ok(Connected {
+                addr,
+                sender: Sender::H1(sender),
+            });
+        }
+        let server = ServerName::try_from(name.to_owned())
+            .map_err(|_| UpstreamError::Resolve(name.to_owned()))?;
+        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(server, tcp)
+            .await
+            .map_err(connect_err)?;
+        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+        let io = TokioIo::new(stream);
+        let sender = if h2 {
+            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            Sender::H2(sender)
+        } else {
+            let (sender, conn) = http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Sender::H1(sender)
+        };
+        Ok(Connected { addr, sender })
+    }
+
+    async fn resolve(&self, name: &str, port: u16) -> Result<SocketAddr, UpstreamError> {
+        if let Some(addr) = self.overrides.get(name) {
+            return Ok(*addr);
+        }
+        tokio::net::lookup_host((name, port))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| UpstreamError::Resolve(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_parse_and_bad_ones_are_named() {
+        let map = parse_overrides("a.test=127.0.0.1:8443, B.Test.=127.0.0.1:80").unwrap();
+        assert_eq!(map["a.test"], "127.0.0.1:8443".parse().unwrap());
+        assert!(map.contains_key("b.test"));
+        assert!(parse_overrides("").unwrap().is_empty());
+        assert!(
+            parse_overrides("a.test")
+                .unwrap_err()
+                .contains("name=ip:port")
+        );
+        assert!(parse_overrides("a.test=nowhere").is_err());
+    }
+}
