@@ -118,12 +118,43 @@ pub fn guest_files(settings: &Settings) -> Vec<GuestFile> {
     ]
 }
 
-/// Provider keys and the variables the CLIs read them from.
-const API_KEYS: &[(&str, &[&str])] = &[
-    ("ai.anthropic.api_key", &["ANTHROPIC_API_KEY"]),
-    ("ai.openai.api_key", &["OPENAI_API_KEY"]),
-    ("ai.google.api_key", &["GEMINI_API_KEY", "GOOGLE_API_KEY"]),
+/// A provider's API key: the settings prefix of its switch, domains and
+/// key, and the variables the CLIs read it from.
+pub struct ApiKey {
+    /// `ai.anthropic` etc.: `PREFIX.api_key`, `PREFIX.allow`,
+    /// `PREFIX.domains`.
+    pub prefix: &'static str,
+    /// Environment variables that carry it.
+    pub vars: &'static [&'static str],
+    /// What the guest sees instead of the key.
+    pub placeholder: &'static str,
+}
+
+/// The providers whose keys capsem holds for the guest.
+pub const API_KEYS: &[ApiKey] = &[
+    ApiKey {
+        prefix: "ai.anthropic",
+        vars: &["ANTHROPIC_API_KEY"],
+        placeholder: "sk-ant-capsem-placeholder-the-host-holds-the-key",
+    },
+    ApiKey {
+        prefix: "ai.openai",
+        vars: &["OPENAI_API_KEY"],
+        placeholder: "sk-capsem-placeholder-the-host-holds-the-key",
+    },
+    ApiKey {
+        prefix: "ai.google",
+        vars: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+        placeholder: "capsem-placeholder-the-host-holds-the-key",
+    },
 ];
+
+impl ApiKey {
+    /// The real key from `settings`; empty when unset.
+    pub fn value<'a>(&self, settings: &'a Settings) -> &'a str {
+        settings.text(&format!("{}.api_key", self.prefix))
+    }
+}
 
 /// The environment a run adds for the CLIs, before the user's own
 /// (`guest.env.*`, `-e`) which override it:
@@ -131,8 +162,11 @@ const API_KEYS: &[(&str, &[&str])] = &[
 ///   unless told it is in a sandbox, which it is;
 /// - `CAPSEM_GEMINI_APPROVAL_MODE`: Gemini CLI accepts YOLO mode only on its
 ///   command line, so the guest's `gemini` wrapper passes this;
-/// - provider API keys, only those set in settings (never taken from the
-///   host's environment without being asked).
+/// - for each provider API key set in settings, a placeholder: the real
+///   key never enters the guest; capsem's proxy puts it in requests to
+///   that provider's allowed domains. Keys are never taken from the host's
+///   environment without being asked (`--pass-env`, which passes the real
+///   value).
 pub fn guest_env(settings: &Settings) -> Vec<(String, String)> {
     let mut env = vec![
         ("IS_SANDBOX".to_owned(), "1".to_owned()),
@@ -141,11 +175,12 @@ pub fn guest_env(settings: &Settings) -> Vec<(String, String)> {
             settings.text("ai.gemini.approval_mode").to_owned(),
         ),
     ];
-    for (key, vars) in API_KEYS {
-        let value = settings.text(key);
-        if !value.is_empty() {
-            env.extend(vars.iter().map(|var| ((*var).to_owned(), value.to_owned())));
-        }
+    for key in API_KEYS.iter().filter(|k| !k.value(settings).is_empty()) {
+        env.extend(
+            key.vars
+                .iter()
+                .map(|var| ((*var).to_owned(), key.placeholder.to_owned())),
+        );
     }
     env
 }

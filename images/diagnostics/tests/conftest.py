@@ -26,3 +26,15 @@ def run(cmd, *, input=None, cwd=None, check=True, timeout=120):
 def workdir(tmp_path):
     """A fresh directory on the writable tmpfs."""
     return tmp_path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Counts the network attacks: each test of test_network.py is one."""
+    tried = leaks = 0
+    for outcome in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if "test_network.py" in getattr(report, "nodeid", "") and report.when == "call":
+                tried += 1
+                leaks += outcome != "passed"
+    if tried:
+        terminalreporter.write_line(f"network attacks: {tried} tried, {leaks} leaks")

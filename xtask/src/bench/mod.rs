@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::{assets, cargo, deps, initramfs, proc, workspace};
 
 mod agents;
+mod network;
 mod terminal;
 
 #[derive(Debug, Args)]
@@ -78,6 +79,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     eprintln!("xtask: terminal latency and throughput");
     eprintln!("xtask: AI CLI cold starts");
     report["ai_cli_cold_start_ms"] = agents::cold_starts(&capsem, &home)?;
+    eprintln!("xtask: network proxy latency and throughput");
+    report["network"] = network::measure(&capsem, &home)?;
     report["terminal"] = json!({
         "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
         "output": terminal::throughput(&capsem, &home)?,
@@ -417,6 +420,23 @@ fn print_summary(report: &Value) {
         o["in_guest_tty_mib_per_s"],
         o["in_guest_pipe_mib_per_s"],
         o["in_guest_tty_to_pipe_ratio"]
+    );
+    let n = &report["network"];
+    let (req, dl) = (&n["request_ms"], &n["download_100mib_mib_per_s"]);
+    println!(
+        "network (HTTP, {} requests): per request p50 {:.1} ms through the proxy vs {:.1} ms host-direct (p99 {:.1} vs {:.1}); 100 MiB download {:.1} vs {:.1} MiB/s (ratio {:.2})",
+        n["requests"],
+        req["guest_through_proxy"]["p50"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        req["host_direct"]["p50"].as_f64().unwrap_or(f64::NAN),
+        req["guest_through_proxy"]["p99"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        req["host_direct"]["p99"].as_f64().unwrap_or(f64::NAN),
+        dl["guest_through_proxy"].as_f64().unwrap_or(f64::NAN),
+        dl["host_direct"].as_f64().unwrap_or(f64::NAN),
+        dl["ratio"].as_f64().unwrap_or(f64::NAN),
     );
     let r = &report["session_recording"];
     println!(

@@ -11,10 +11,12 @@
 //! refused. Every decision and request is recorded in the session.
 
 pub mod ca;
+pub mod keys;
 pub mod names;
 pub mod policy;
 mod proxy;
 pub mod upstream;
+pub mod usage;
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -129,9 +131,25 @@ impl Shared {
     /// The policy's decision for `name`, with settings read now. Settings
     /// that cannot be read deny everything.
     fn decide(&self, name: &str) -> Decision {
+        self.admit(name).0
+    }
+
+    /// The decision for a connection to `name` and the API keys its
+    /// requests may carry, from one reading of the settings.
+    fn admit(&self, name: &str) -> (Decision, Vec<keys::Secret>) {
         match (self.settings)() {
-            Ok(settings) => Policy::new(&settings).decide(name),
-            Err(e) => Decision::deny(format!("settings unreadable: {e}")),
+            Ok(settings) => {
+                let decision = Policy::new(&settings).decide(name);
+                let secrets = match decision.allowed {
+                    true => keys::for_name(&settings, name),
+                    false => Vec::new(),
+                };
+                (decision, secrets)
+            }
+            Err(e) => (
+                Decision::deny(format!("settings unreadable: {e}")),
+                Vec::new(),
+            ),
         }
     }
 

@@ -47,7 +47,7 @@ pub fn normalize(name: &str) -> String {
 }
 
 /// Whether `pattern` covers `name` (both normalized).
-fn matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix("*.") {
         _ if pattern == "*" => true,
         Some(parent) => name
@@ -136,14 +136,9 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::Settings;
 
     fn policy(user: &str) -> Policy {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("user.toml");
-        std::fs::write(&path, user).unwrap();
-        let settings = Settings::load_from(&path, &dir.path().join("corp.toml")).unwrap();
-        Policy::new(&settings)
+        Policy::new(&crate::settings::from_user_text(user))
     }
 
     #[test]

@@ -5,8 +5,8 @@
 use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,10 +23,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
+use super::keys::{self, Secret};
 use super::upstream::{Body, Connected, Sender};
+use super::usage::{self, Meter, Provider};
 use super::{Decision, GuestStream, Shared};
-use crate::session::events::{NetEvent, Verdict};
+use crate::session::events::{Event, ModelCall, NetEvent, Verdict};
 
+/// How long a server may take to start answering (model APIs think
+/// before their first byte).
+const RESPONSE_WAIT: Duration = Duration::from_secs(600);
 /// How long a guest may take to send its TLS hello.
 const HELLO_WAIT: Duration = Duration::from_secs(30);
 
@@ -39,6 +44,8 @@ struct Conn {
     rule: String,
     pid: Option<u32>,
     process: Option<String>,
+    /// API keys its requests may carry.
+    secrets: Vec<Secret>,
 }
 
 impl Conn {
@@ -59,12 +66,16 @@ impl Conn {
 pub(super) async fn connect(mut stream: GuestStream, req: ConnectRequest, shared: Arc<Shared>) {
     let addr = Ipv4Addr::from(req.addr);
     let name = shared.name_of(addr);
-    let decision = match (&name, req.port) {
-        (None, _) => Decision::deny("raw IP address: only names the guest resolved are reachable"),
-        (Some(_), port) if port != 80 && port != 443 => {
-            Decision::deny("only ports 80 (HTTP) and 443 (HTTPS) are proxied")
-        }
-        (Some(name), _) => shared.decide(name),
+    let (decision, secrets) = match (&name, req.port) {
+        (None, _) => (
+            Decision::deny("raw IP address: only names the guest resolved are reachable"),
+            Vec::new(),
+        ),
+        (Some(_), port) if port != 80 && port != 443 => (
+            Decision::deny("only ports 80 (HTTP) and 443 (HTTPS) are proxied"),
+            Vec::new(),
+        ),
+        (Some(name), _) => shared.admit(name),
     };
     let (pid, process) = req.process.map(|p| (p.pid, p.command)).unzip();
     if !decision.allowed {
@@ -98,6 +109,7 @@ pub(super) async fn connect(mut stream: GuestStream, req: ConnectRequest, shared
         rule: decision.rule,
         pid,
         process,
+        secrets,
     };
     if conn.tls {
         serve_tls(parts.io, conn, shared).await;
@@ -195,8 +207,14 @@ async fn forward(
         return text(StatusCode::MISDIRECTED_REQUEST, &format!("capsem: {why}\n"));
     }
     let sent = Arc::new(AtomicU64::new(0));
-    let (parts, body) = req.into_parts();
-    let body = Metered::new(body, sent.clone(), None).boxed();
+    let (mut parts, body) = req.into_parts();
+    event.key_fingerprint = keys::swap(&mut parts, &conn.secrets);
+    let call = model_call(&parts, conn);
+    let request_tap = call.as_ref().map(|(_, meter)| {
+        let meter = meter.clone();
+        Box::new(move |data: &[u8]| lock(&meter).request(data)) as Tap
+    });
+    let body = Metered::new(body, sent.clone(), request_tap, None).boxed();
     let mut guard = upstream.lock().await;
     if !guard.as_ref().is_some_and(|c| c.sender.is_usable()) {
         match shared
@@ -212,13 +230,17 @@ async fn forward(
     event.ip = Some(connected.addr.ip().to_string());
     let request = upstream_request(parts, body, conn, &connected.sender);
     let response = match &mut connected.sender {
-        Sender::H1(s) => s.send_request(request).await,
-        Sender::H2(s) => s.send_request(request).await,
+        Sender::H1(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
+        Sender::H2(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
     };
     drop(guard);
     let response = match response {
-        Ok(response) => response,
-        Err(e) => return failed(&shared, event, started, e.to_string()),
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return failed(&shared, event, started, e.to_string()),
+        Err(_) => {
+            let why = format!("no response within {} s", RESPONSE_WAIT.as_secs());
+            return failed(&shared, event, started, why);
+        }
     };
     event.status = Some(response.status().as_u16());
     event.decision = Verdict::Allowed;
@@ -226,13 +248,55 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     let received = Arc::new(AtomicU64::new(0));
     let counted = received.clone();
+    let response_tap = call.as_ref().map(|(_, meter)| {
+        let content_type = parts.headers.get(header::CONTENT_TYPE);
+        lock(meter).response_type(content_type.and_then(|v| v.to_str().ok()).unwrap_or(""));
+        let meter = meter.clone();
+        Box::new(move |data: &[u8]| lock(&meter).response(data)) as Tap
+    });
     let done = Box::new(move || {
         event.bytes_up = sent.load(Ordering::Relaxed);
         event.bytes_down = counted.load(Ordering::Relaxed);
-        event.duration_us = Some(started.elapsed().as_micros() as u64);
+        let duration = started.elapsed().as_micros() as u64;
+        event.duration_us = Some(duration);
+        if let Some((provider, meter)) = call {
+            let usage = std::mem::replace(&mut *lock(&meter), Meter::new("")).finish();
+            shared.log(Event::Model(Box::new(ModelCall {
+                provider: provider.name().to_owned(),
+                cost_usd: usage::cost(&usage),
+                model: usage.model,
+                path: event.path.clone(),
+                status: event.status,
+                input_tokens: usage.input_tokens,
+                output_tokens: usage.output_tokens,
+                stop_reason: usage.stop_reason,
+                duration_us: duration,
+                key_fingerprint: event.key_fingerprint.clone(),
+            })));
+        }
         shared.record(event);
     });
-    Response::from_parts(parts, Metered::new(body, received, Some(done)).boxed())
+    let body = Metered::new(body, received, response_tap, Some(done));
+    Response::from_parts(parts, body.boxed())
+}
+
+/// The meter of a model API call, when the request is one.
+fn model_call(
+    parts: &http::request::Parts,
+    conn: &Conn,
+) -> Option<(Provider, Arc<StdMutex<Meter>>)> {
+    if parts.method != http::Method::POST {
+        return None;
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let provider = usage::provider_of(&conn.name, path)?;
+    Some((provider, Arc::new(StdMutex::new(Meter::new(path)))))
+}
+
+fn lock(meter: &StdMutex<Meter>) -> std::sync::MutexGuard<'_, Meter> {
+    meter
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Records a request that could not be forwarded and answers 502.
@@ -344,17 +408,25 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
 
 /// Runs once when a response ends, however it ends.
 type OnDone = Box<dyn FnOnce() + Send + Sync>;
+/// Sees a copy of each data frame.
+type Tap = Box<dyn FnMut(&[u8]) + Send + Sync>;
 
 /// A body that counts its data bytes as they pass.
 struct Metered<B> {
     inner: B,
     count: Arc<AtomicU64>,
+    tap: Option<Tap>,
     done: Option<OnDone>,
 }
 
 impl<B> Metered<B> {
-    fn new(inner: B, count: Arc<AtomicU64>, done: Option<OnDone>) -> Self {
-        Metered { inner, count, done }
+    fn new(inner: B, count: Arc<AtomicU64>, tap: Option<Tap>, done: Option<OnDone>) -> Self {
+        Metered {
+            inner,
+            count,
+            tap,
+            done,
+        }
     }
 
     fn finish(&mut self) {
@@ -386,6 +458,10 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let data = data.clone();
+                    if let Some(tap) = self.tap.as_mut() {
+                        tap(&data);
+                    }
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),

@@ -20,6 +20,9 @@ use tokio::net::TcpStream;
 
 use crate::settings::Settings;
 
+/// How long connecting (TCP, then TLS) to a server may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A request body on its way upstream.
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -131,7 +134,11 @@ impl Upstream {
     ) -> Result<Connected, UpstreamError> {
         let addr = self.resolve(name, port).await?;
         let connect_err = |source| UpstreamError::Connect { addr, source };
-        let tcp = TcpStream::connect(addr).await.map_err(connect_err)?;
+        let timed_out = || connect_err(std::io::ErrorKind::TimedOut.into());
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(connect_err)?;
         let _ = tcp.set_nodelay(true);
         if !tls {
             let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
@@ -143,9 +150,10 @@ impl Upstream {
         }
         let server = ServerName::try_from(name.to_owned())
             .map_err(|_| UpstreamError::Resolve(name.to_owned()))?;
-        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
-            .connect(server, tcp)
+        let handshake = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(server, tcp);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
+            .map_err(|_| timed_out())?
             .map_err(connect_err)?;
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(stream);

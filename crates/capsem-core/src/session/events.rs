@@ -63,10 +63,25 @@ const MIGRATIONS: &[&str] = &[
         rule     TEXT,
         address  TEXT
     );",
+    "ALTER TABLE net_events ADD COLUMN key_fingerprint TEXT;
+    CREATE TABLE model_calls (
+        seq             INTEGER PRIMARY KEY,
+        at_us           INTEGER NOT NULL,
+        provider        TEXT NOT NULL,
+        model           TEXT,
+        path            TEXT,
+        status          INTEGER,
+        input_tokens    INTEGER NOT NULL,
+        output_tokens   INTEGER NOT NULL,
+        stop_reason     TEXT,
+        duration_us     INTEGER NOT NULL,
+        cost_usd        REAL,
+        key_fingerprint TEXT
+    );",
 ];
 
 /// Something that happened in a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A command started.
     Started {
@@ -114,6 +129,33 @@ pub enum Event {
     Net(Box<NetEvent>),
     /// A guest DNS query.
     Dns(DnsEvent),
+    /// A call to a model API.
+    Model(Box<ModelCall>),
+}
+
+/// One row of `model_calls`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelCall {
+    /// `anthropic`, `openai` or `google`.
+    pub provider: String,
+    /// The model.
+    pub model: Option<String>,
+    /// The API path.
+    pub path: Option<String>,
+    /// HTTP status.
+    pub status: Option<u16>,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Why generation stopped.
+    pub stop_reason: Option<String>,
+    /// From the request to the end of the response.
+    pub duration_us: u64,
+    /// Estimated from the checked-in price table.
+    pub cost_usd: Option<f64>,
+    /// Fingerprint of the key the proxy supplied.
+    pub key_fingerprint: Option<String>,
 }
 
 /// Whether the network policy let something through.
@@ -173,6 +215,8 @@ pub struct NetEvent {
     pub rule: Option<String>,
     /// What failed.
     pub error: Option<String>,
+    /// BLAKE3 fingerprint of the API key the proxy put in the request.
+    pub key_fingerprint: Option<String>,
 }
 
 /// One row of `dns_events`.
@@ -320,6 +364,7 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<(u64, Event)>) -> rusqlite
                 let at_us = at_us as i64;
                 match event {
                     Event::Net(net) => insert_net(&tx, at_us, &net)?,
+                    Event::Model(call) => insert_model(&tx, at_us, &call)?,
                     Event::Dns(dns) => {
                         tx.prepare_cached(
                             "INSERT INTO dns_events (at_us, name, decision, rule, address)
@@ -347,8 +392,9 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<(u64, Event)>) -> rusqlite
 fn insert_net(tx: &rusqlite::Transaction<'_>, at_us: i64, e: &NetEvent) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO net_events (at_us, pid, process, protocol, domain, ip, port, method,
-             path, status, bytes_up, bytes_down, duration_us, decision, rule, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+             path, status, bytes_up, bytes_down, duration_us, decision, rule, error,
+             key_fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         at_us,
@@ -366,7 +412,30 @@ fn insert_net(tx: &rusqlite::Transaction<'_>, at_us: i64, e: &NetEvent) -> rusql
         e.duration_us.map(|d| d as i64),
         e.decision.as_str(),
         e.rule,
-        e.error
+        e.error,
+        e.key_fingerprint
+    ])?;
+    Ok(())
+}
+
+fn insert_model(tx: &rusqlite::Transaction<'_>, at_us: i64, c: &ModelCall) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO model_calls (at_us, provider, model, path, status, input_tokens,
+             output_tokens, stop_reason, duration_us, cost_usd, key_fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        at_us,
+        c.provider,
+        c.model,
+        c.path,
+        c.status,
+        c.input_tokens as i64,
+        c.output_tokens as i64,
+        c.stop_reason,
+        c.duration_us as i64,
+        c.cost_usd,
+        c.key_fingerprint
     ])?;
     Ok(())
 }
@@ -382,7 +451,9 @@ fn columns(event: Event) -> Columns {
         Event::Stderr { exec, bytes } => (exec, "stderr", Some(bytes as i64), None, None),
         Event::Signal { exec, signal } => (exec, "signal", None, Some(signal.into()), None),
         Event::Exited { exec, code } => (exec, "exited", None, Some(code.into()), None),
-        Event::Net(_) | Event::Dns(_) => unreachable!("network events have tables of their own"),
+        Event::Net(_) | Event::Dns(_) | Event::Model(_) => {
+            unreachable!("network events have tables of their own")
+        }
     }
 }
 
@@ -414,6 +485,63 @@ pub struct NetSummary {
     pub dns_queries: u64,
     /// Of which refused.
     pub dns_denied: u64,
+    /// Calls to model APIs.
+    pub model_calls: u64,
+    /// Their input tokens.
+    pub input_tokens: u64,
+    /// Their output tokens.
+    pub output_tokens: u64,
+    /// Their estimated cost in USD (models in the price table only).
+    pub cost_usd: f64,
+}
+
+/// A `model_calls` row with its time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ModelRow {
+    /// Microseconds since the session started.
+    pub at_us: u64,
+    /// The call.
+    #[serde(flatten)]
+    pub call: ModelCall,
+}
+
+/// The model calls of the database at `path`, oldest first.
+pub fn model_calls(path: &Path) -> rusqlite::Result<Vec<ModelRow>> {
+    let (conn, has_net) = open_read_only(path)?;
+    if !has_net || !has_table(&conn, "model_calls")? {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT at_us, provider, model, path, status, input_tokens, output_tokens,
+                stop_reason, duration_us, cost_usd, key_fingerprint
+         FROM model_calls ORDER BY seq",
+    )?;
+    stmt.query_map([], |r| {
+        Ok(ModelRow {
+            at_us: r.get::<_, i64>(0)? as u64,
+            call: ModelCall {
+                provider: r.get(1)?,
+                model: r.get(2)?,
+                path: r.get(3)?,
+                status: r.get(4)?,
+                input_tokens: r.get::<_, i64>(5)? as u64,
+                output_tokens: r.get::<_, i64>(6)? as u64,
+                stop_reason: r.get(7)?,
+                duration_us: r.get::<_, i64>(8)? as u64,
+                cost_usd: r.get(9)?,
+                key_fingerprint: r.get(10)?,
+            },
+        })
+    })?
+    .collect()
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |row| row.get(0),
+    )
 }
 
 /// A `net_events` row with its time.
@@ -430,11 +558,7 @@ pub struct NetRow {
 /// network existed lack its tables; they read as having no such events.
 fn open_read_only(path: &Path) -> rusqlite::Result<(Connection, bool)> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let has_net: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'net_events'",
-        [],
-        |row| row.get(0),
-    )?;
+    let has_net = has_table(&conn, "net_events")?;
     Ok((conn, has_net))
 }
 
@@ -446,7 +570,7 @@ pub fn net_log(path: &Path) -> rusqlite::Result<Vec<NetRow>> {
     }
     let mut stmt = conn.prepare(
         "SELECT at_us, pid, process, protocol, domain, ip, port, method, path, status,
-                bytes_up, bytes_down, duration_us, decision, rule, error
+                bytes_up, bytes_down, duration_us, decision, rule, error, key_fingerprint
          FROM net_events ORDER BY seq",
     )?;
     stmt.query_map([], |r| {
@@ -473,6 +597,7 @@ pub fn net_log(path: &Path) -> rusqlite::Result<Vec<NetRow>> {
                 decision,
                 rule: r.get(14)?,
                 error: r.get(15)?,
+                key_fingerprint: r.get(16)?,
             },
         })
     })?
@@ -503,6 +628,23 @@ fn net_summary(conn: &Connection) -> rusqlite::Result<NetSummary> {
         [],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
     )?;
+    if has_table(conn, "model_calls")? {
+        (
+            summary.model_calls,
+            summary.input_tokens,
+            summary.output_tokens,
+            summary.cost_usd,
+        ) = conn.query_row(
+            "SELECT count(*), coalesce(sum(input_tokens), 0),
+                        coalesce(sum(output_tokens), 0), coalesce(sum(cost_usd), 0.0)
+                 FROM model_calls",
+            [],
+            |r| {
+                let n = |i| r.get::<_, i64>(i).map(|v| v as u64);
+                Ok((n(0)?, n(1)?, n(2)?, r.get(3)?))
+            },
+        )?;
+    }
     Ok(summary)
 }
 

@@ -301,6 +301,15 @@ impl Settings {
     }
 }
 
+/// Settings with `user` as the user file's text and no corporate file.
+#[cfg(test)]
+pub(crate) fn from_user_text(user: &str) -> Settings {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("user.toml");
+    fs::write(&path, user).expect("writing the user file");
+    Settings::load_from(&path, &dir.path().join("corp.toml")).expect("valid settings")
+}
+
 /// Reads one file into checked values; a missing file is empty.
 fn read_layer(path: &Path, warnings: &mut Vec<String>) -> Result<Layer, SettingsError> {
     let text = match fs::read_to_string(path) {

@@ -163,19 +163,19 @@ pub const REGISTRY: &[Def] = &[
         key: "ai.anthropic.api_key",
         kind: Kind::Secret,
         default: Default::Str(""),
-        description: "ANTHROPIC_API_KEY for guest commands (unset: none)",
+        description: "Anthropic API key, held on the host: the guest sees a placeholder in ANTHROPIC_API_KEY",
     },
     Def {
         key: "ai.openai.api_key",
         kind: Kind::Secret,
         default: Default::Str(""),
-        description: "OPENAI_API_KEY for guest commands (unset: none)",
+        description: "OpenAI API key, held on the host: the guest sees a placeholder in OPENAI_API_KEY",
     },
     Def {
         key: "ai.google.api_key",
         kind: Kind::Secret,
         default: Default::Str(""),
-        description: "GEMINI_API_KEY and GOOGLE_API_KEY for guest commands (unset: none)",
+        description: "Gemini API key, held on the host: the guest sees a placeholder in GEMINI_API_KEY/GOOGLE_API_KEY",
     },
     Def {
         key: "network.default_action",

@@ -2,7 +2,7 @@
 
 use capsem_core::paths;
 use capsem_core::session::Store;
-use capsem_core::session::events::{self, EVENTS_FILE, NetRow, Verdict};
+use capsem_core::session::events::{self, EVENTS_FILE, ModelRow, NetRow, Verdict};
 use serde_json::json;
 
 use crate::cli::NetAction;
@@ -22,11 +22,15 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
             .ok_or_else(|| Failure::new("no sessions yet"))?,
     };
     let path = store.dir_of(&id).join(EVENTS_FILE);
-    let rows = events::net_log(&path)
-        .map_err(|e| Failure::new(format!("reading {}: {e}", path.display())))?;
+    let reading = |e| Failure::new(format!("reading {}: {e}", path.display()));
+    let rows = events::net_log(&path).map_err(reading)?;
+    let calls = events::model_calls(&path).map_err(reading)?;
     if json {
         for row in &rows {
             println!("{}", json!({ "type": "net", "data": row }));
+        }
+        for call in &calls {
+            println!("{}", json!({ "type": "model_call", "data": call }));
         }
         return Ok(0);
     }
@@ -39,44 +43,55 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
         "TIME(s)", "VERDICT", "PROTO", "DESTINATION", "STATUS", "UP", "DOWN"
     );
     rows.iter().for_each(print_row);
+    if !calls.is_empty() {
+        println!("\nmodel calls:");
+        calls.iter().for_each(print_call);
+    }
     Ok(0)
 }
 
 fn print_row(row: &NetRow) {
     let e = &row.event;
-    let verdict = match e.decision {
-        Verdict::Allowed => "allowed",
-        Verdict::Denied => "DENIED",
-        Verdict::Error => "ERROR",
+    let (verdict, why) = match e.decision {
+        Verdict::Allowed => ("allowed", None),
+        Verdict::Denied => ("DENIED", e.rule.as_deref()),
+        Verdict::Error => ("ERROR", e.error.as_deref()),
     };
     let host = e.domain.as_deref().or(e.ip.as_deref()).unwrap_or("?");
     let destination = format!("{host}:{}", e.port);
     let status = e.status.map_or("-".to_owned(), |s| s.to_string());
-    let what = match (&e.method, &e.path) {
-        (Some(method), Some(path)) => format!("{method} {path}"),
-        _ => String::new(),
-    };
-    let why = match e.decision {
-        Verdict::Allowed => String::new(),
-        Verdict::Denied => e.rule.clone().unwrap_or_default(),
-        Verdict::Error => e.error.clone().unwrap_or_default(),
-    };
-    let process = e
-        .process
-        .as_deref()
-        .map(|p| format!(" [{}]", p.chars().take(40).collect::<String>()))
-        .unwrap_or_default();
+    // The request, then why it was refused or failed, then who made it.
+    let mut detail: Vec<String> = Vec::new();
+    if let (Some(method), Some(path)) = (&e.method, &e.path) {
+        detail.push(format!("{method} {path}"));
+    }
+    detail.extend(why.map(|why| format!("({why})")));
+    detail.extend(e.process.as_deref().map(|p| {
+        let short: String = p.chars().take(40).collect();
+        format!("[{short}]")
+    }));
     println!(
-        "{:>9.3}  {verdict:<7}  {:<5}  {destination:<32}  {status:>6}  {:>10}  {:>10}  {}{}{process}",
+        "{:>9.3}  {verdict:<7}  {:<5}  {destination:<32}  {status:>6}  {:>10}  {:>10}  {}",
         row.at_us as f64 / 1e6,
         e.protocol,
         e.bytes_up,
         e.bytes_down,
-        what,
-        if what.is_empty() || why.is_empty() {
-            why.clone()
-        } else {
-            format!(" ({why})")
-        },
+        detail.join(" "),
+    );
+}
+
+fn print_call(row: &ModelRow) {
+    let c = &row.call;
+    let cost = c
+        .cost_usd
+        .map_or("?".to_owned(), |usd| format!("${usd:.4}"));
+    println!(
+        "{:>9.3}  {:<9}  {:<28}  {:>8} in  {:>8} out  {:<14}  {cost}",
+        row.at_us as f64 / 1e6,
+        c.provider,
+        c.model.as_deref().unwrap_or("?"),
+        c.input_tokens,
+        c.output_tokens,
+        c.stop_reason.as_deref().unwrap_or("-"),
     );
 }

@@ -162,6 +162,12 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
             net.dns_queries,
             net.dns_denied
         );
+        if net.model_calls > 0 {
+            println!(
+                "models    {} calls, {} input and {} output tokens, ~${:.4}",
+                net.model_calls, net.input_tokens, net.output_tokens, net.cost_usd
+            );
+        }
     }
     if let Some(error) = &row.error {
         field("error", error.clone());

@@ -67,7 +67,7 @@ fn settings_and_flags_shape_the_guest_environment() {
     assert_code(&out, 0);
     assert_eq!(
         stdout(&out),
-        "CAPSEM_GEMINI_APPROVAL_MODE=plan\nEDITOR=nano\nIS_SANDBOX=1\nOPENAI_API_KEY=sk-from-settings\nPASSED=yes\n"
+        "CAPSEM_GEMINI_APPROVAL_MODE=plan\nEDITOR=nano\nIS_SANDBOX=1\nOPENAI_API_KEY=sk-capsem-placeholder-the-host-holds-the-key\nPASSED=yes\n"
     );
 }
 

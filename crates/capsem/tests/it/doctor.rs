@@ -12,6 +12,10 @@ fn capsem_doctor_passes() {
         .find_map(|l| l.split(" passed").next()?.rsplit(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("no summary in:\n{text}"));
     assert!(passed >= 100, "only {passed} checks ran:\n{text}");
+    assert!(
+        text.contains(", 0 leaks"),
+        "network attacks leaked:\n{text}"
+    );
 }
 
 #[test]

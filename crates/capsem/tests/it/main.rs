@@ -9,6 +9,7 @@ mod exec;
 mod kernel;
 mod lifecycle;
 mod network;
+mod registries;
 mod security;
 mod sessions;
 mod settings;

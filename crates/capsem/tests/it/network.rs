@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::support::{Capsem, assert_code, stdout};
-use crate::upstream::{TestCa, Upstream};
+use crate::upstream::{Request, TestCa, Upstream};
 
 /// A capsem that allows `allowed.test` (HTTPS) and `plain.test` (HTTP),
 /// both served locally.
@@ -145,4 +145,204 @@ fn session_id(capsem: &Capsem) -> String {
     let out = capsem.run(&["sessions", "--json", "-n", "1"]);
     let row: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
     row["data"]["id"].as_str().unwrap().to_owned()
+}
+
+const REAL_KEY: &str = "sk-ant-api03-the-real-key-only-the-host-knows";
+
+/// A stand-in for Anthropic's Messages API; streams (SSE) when asked to.
+fn fake_anthropic(req: &Request) -> (u16, &'static str, Vec<u8>) {
+    let line = req.line();
+    if !line.starts_with("post /v1/messages") || line.contains("count_tokens") {
+        let error = r#"{"type":"error","error":{"type":"not_found_error","message":"no"}}"#;
+        return (404, "application/json", error.into());
+    }
+    let request: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    let model = request["model"].as_str().unwrap_or("claude-sonnet-4-5");
+    let text = "Hello from the fake API";
+    let message = serde_json::json!({
+        "id": "msg_fake", "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": 25, "output_tokens": 1}
+    });
+    if request["stream"] != true {
+        let mut whole = message;
+        whole["content"] = serde_json::json!([{"type": "text", "text": text}]);
+        whole["stop_reason"] = "end_turn".into();
+        whole["usage"]["output_tokens"] = 7.into();
+        return (200, "application/json", whole.to_string().into_bytes());
+    }
+    let events = [
+        (
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": message}),
+        ),
+        (
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}),
+        ),
+        (
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            serde_json::json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 7}}),
+        ),
+        ("message_stop", serde_json::json!({"type": "message_stop"})),
+    ];
+    let stream: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    (200, "text/event-stream", stream.into_bytes())
+}
+
+/// A capsem holding an Anthropic key, with api.anthropic.com served by
+/// [`fake_anthropic`].
+fn anthropic_world() -> (Capsem, Upstream) {
+    let capsem = Capsem::new();
+    let ca = TestCa::new(capsem.home());
+    let api = Upstream::https_with(&ca, &["api.anthropic.com", "allowed.test"], fake_anthropic);
+    capsem.user_settings(&format!(
+        "[network]\n\
+         allow = \"allowed.test\"\n\
+         resolve_override = \"api.anthropic.com=127.0.0.1:{port}, allowed.test=127.0.0.1:{port}\"\n\
+         extra_upstream_ca = \"{}\"\n\
+         [ai.anthropic]\n\
+         api_key = \"{REAL_KEY}\"\n",
+        ca.pem.display(),
+        port = api.port,
+    ));
+    (capsem, api)
+}
+
+#[test]
+fn the_api_key_is_put_in_on_the_host_and_only_for_its_provider() {
+    let (capsem, api) = anthropic_world();
+    let script = "echo \"guest sees $ANTHROPIC_API_KEY\"; \
+        curl -sS --max-time 30 https://api.anthropic.com/v1/messages -H \"x-api-key: $ANTHROPIC_API_KEY\" \
+            -H 'content-type: application/json' -d '{\"model\":\"claude-haiku-4-5\",\"max_tokens\":5}'; echo; \
+        curl -sS --max-time 30 https://allowed.test/v1/other -H \"x-api-key: $ANTHROPIC_API_KEY\"";
+    let out = capsem.run(&["run", "--", "sh", "-c", script]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(!text.contains(REAL_KEY), "the guest saw the key: {text}");
+    assert!(
+        text.contains("guest sees sk-ant-capsem-placeholder"),
+        "{text}"
+    );
+    assert!(text.contains("Hello from the fake API"), "{text}");
+    let requests = api.requests();
+    assert!(
+        requests[0].contains(&format!("x-api-key: {REAL_KEY}")),
+        "{}",
+        requests[0]
+    );
+    assert!(
+        requests[1].contains("x-api-key: sk-ant-capsem-placeholder"),
+        "a key went to a domain not the provider's: {}",
+        requests[1]
+    );
+
+    let log = net_log(&capsem);
+    let call = find(&log, |r| r["path"] == "/v1/messages");
+    let fingerprint = call["key_fingerprint"].as_str().unwrap();
+    assert_eq!(fingerprint.len(), 16);
+    assert!(!log.iter().any(|r| r.to_string().contains(REAL_KEY)));
+    assert!(find(&log, |r| r["domain"] == "allowed.test")["key_fingerprint"].is_null());
+    let model = find(&log, |r| r["provider"] == "anthropic");
+    assert_eq!(model["model"], "claude-haiku-4-5");
+    assert_eq!(
+        (
+            model["input_tokens"].as_u64(),
+            model["output_tokens"].as_u64()
+        ),
+        (Some(25), Some(7))
+    );
+    assert_eq!(model["stop_reason"], "end_turn");
+    assert_eq!(model["key_fingerprint"], fingerprint);
+}
+
+#[test]
+fn claude_code_talks_to_its_api_through_the_proxy() {
+    let (capsem, api) = anthropic_world();
+    let out = capsem.run(&["run", "--timeout", "300", "--", "claude", "-p", "hello"]);
+    let requests = api.requests();
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("Hello from the fake API"),
+        "{}",
+        stdout(&out)
+    );
+    let messages: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("post /v1/messages"))
+        .collect();
+    assert!(!messages.is_empty(), "{requests:?}");
+    for request in &messages {
+        assert!(
+            request.contains(&format!("x-api-key: {REAL_KEY}")),
+            "{request}"
+        );
+    }
+    let log = net_log(&capsem);
+    let call = find(&log, |r| {
+        r["provider"] == "anthropic" && r["stop_reason"] == "end_turn"
+    });
+    assert_eq!(
+        (
+            call["input_tokens"].as_u64(),
+            call["output_tokens"].as_u64()
+        ),
+        (Some(25), Some(7))
+    );
+    assert!(
+        call["model"].as_str().unwrap().starts_with("claude-"),
+        "{call}"
+    );
+    assert!(call["cost_usd"].as_f64().is_some(), "{call}");
+}
+
+#[test]
+fn uploads_stream_with_bounded_memory_even_to_a_server_that_stalls() {
+    let (capsem, _https, http) = world();
+    // A server that accepts and then neither reads nor answers.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stall_port = stall.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || stall.incoming().take(1).flatten().collect::<Vec<_>>());
+    capsem.user_settings(&format!(
+        "[network]\nallow = \"plain.test, stall.test\"\n\
+         resolve_override = \"plain.test=127.0.0.1:{}, stall.test=127.0.0.1:{stall_port}\"\n",
+        http.port
+    ));
+    let script = "head -c 64M /dev/zero > /tmp/big; \
+        curl -sS --max-time 120 --data-binary @/tmp/big -o /dev/null -w 'code=%{http_code}\\n' http://plain.test/upload; \
+        curl -sS --max-time 15 --data-binary @/tmp/big -o /dev/null http://stall.test/; echo stalled=$?";
+    let mut child = capsem
+        .cmd(&["run", "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        peak = peak.max(crate::security::peak_kib(pid));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("code=200"), "{text}");
+    assert!(text.contains("stalled=28"), "{text}");
+    assert!(
+        peak < 64 * 1024,
+        "capsem grew to {peak} KiB during 64 MiB uploads"
+    );
+    let log = net_log(&capsem);
+    let upload = find(&log, |r| r["domain"] == "plain.test");
+    assert_eq!(upload["bytes_up"], 64 * 1024 * 1024);
+    drop(held);
 }

@@ -20,7 +20,7 @@ fn status_field(pid: u32, name: &str) -> String {
 }
 
 /// Peak RSS of a process in KiB.
-fn peak_kib(pid: u32) -> u64 {
+pub(crate) fn peak_kib(pid: u32) -> u64 {
     status_field(pid, "VmHWM")
         .trim_end_matches(" kB")
         .parse()

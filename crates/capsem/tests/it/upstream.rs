@@ -10,6 +10,28 @@ use std::sync::{Arc, Mutex};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// A request as the server saw it: the head lower-cased, and the body.
+pub struct Request {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The request line, e.g. `get /x http/1.1`.
+    pub fn line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+}
+
+/// What a handler answers: status, content type and body.
+pub type Handler = fn(&Request) -> (u16, &'static str, Vec<u8>);
+
+/// Says what was asked for.
+fn echo(req: &Request) -> (u16, &'static str, Vec<u8>) {
+    let text = format!("hello from upstream: {}\n", req.line());
+    (200, "text/plain", text.into_bytes())
+}
+
 /// A server and the request heads it received.
 pub struct Upstream {
     pub port: u16,
@@ -19,15 +41,20 @@ pub struct Upstream {
 impl Upstream {
     /// Plain HTTP.
     pub fn http() -> Upstream {
-        Upstream::start(None)
+        Upstream::start(None, echo)
     }
 
     /// HTTPS with a certificate for `names` signed by `ca`.
     pub fn https(ca: &TestCa, names: &[&str]) -> Upstream {
-        Upstream::start(Some(ca.server_config(names)))
+        Upstream::start(Some(ca.server_config(names)), echo)
     }
 
-    fn start(tls: Option<Arc<rustls::ServerConfig>>) -> Upstream {
+    /// HTTPS answering with `handler`.
+    pub fn https_with(ca: &TestCa, names: &[&str], handler: Handler) -> Upstream {
+        Upstream::start(Some(ca.server_config(names)), handler)
+    }
+
+    fn start(tls: Option<Arc<rustls::ServerConfig>>, handler: Handler) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -35,7 +62,7 @@ impl Upstream {
         std::thread::spawn(move || {
             for socket in listener.incoming().flatten() {
                 let (tls, seen) = (tls.clone(), seen.clone());
-                std::thread::spawn(move || serve(socket, tls, &seen));
+                std::thread::spawn(move || serve(socket, tls, &seen, handler));
             }
         });
         Upstream { port, requests }
@@ -47,19 +74,39 @@ impl Upstream {
     }
 }
 
-fn serve(socket: TcpStream, tls: Option<Arc<rustls::ServerConfig>>, seen: &Mutex<Vec<String>>) {
+fn serve(
+    socket: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    seen: &Mutex<Vec<String>>,
+    handler: Handler,
+) {
     match tls {
         Some(config) => {
             let conn = rustls::ServerConnection::new(config).unwrap();
-            answer(rustls::StreamOwned::new(conn, socket), seen);
+            answer(rustls::StreamOwned::new(conn, socket), seen, handler);
         }
-        None => answer(socket, seen),
+        None => answer(socket, seen, handler),
     }
 }
 
-/// Answers requests on one connection until it closes: the body says
-/// what was asked for.
-fn answer(stream: impl Read + Write, seen: &Mutex<Vec<String>>) {
+/// Reads a chunked body.
+fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).ok()?;
+        let size = usize::from_str_radix(size.trim().split(';').next()?, 16).ok()?;
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).ok()?;
+        if size == 0 {
+            return Some(body);
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
+
+/// Answers requests on one connection until it closes.
+fn answer(stream: impl Read + Write, seen: &Mutex<Vec<String>>, handler: Handler) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut head = String::new();
@@ -80,20 +127,29 @@ fn answer(stream: impl Read + Write, seen: &Mutex<Vec<String>>) {
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse::<usize>().ok())
             .unwrap_or(0);
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let request_line = head.lines().next().unwrap_or_default().to_owned();
-        seen.lock().unwrap().push(head);
-        let text = format!("hello from upstream: {request_line}\n");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
+        let body = if head.contains("transfer-encoding: chunked") {
+            match read_chunked(&mut reader) {
+                Some(body) => body,
+                None => return,
+            }
+        } else {
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+            body
+        };
+        seen.lock().unwrap().push(head.clone());
+        let (status, content_type, text) = handler(&Request { head, body });
+        let mut response = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             text.len()
-        );
+        )
+        .into_bytes();
+        response.extend_from_slice(&text);
         let stream = reader.get_mut();
         if stream
-            .write_all(response.as_bytes())
+            .write_all(&response)
             .and_then(|()| stream.flush())
             .is_err()
         {

@@ -1,0 +1,195 @@
+"""Claim 1, the network: no path out except capsem's policy proxy.
+
+Each test is an attack an adversarial root in the guest could try; each
+must fail closed. The host logs every one of them (tested from the host in
+crates/capsem/tests/it/network.rs). With the default settings only the AI
+providers' names resolve, and nothing here needs the internet: every
+refusal happens before capsem connects upstream.
+"""
+import errno
+import os
+import socket
+import subprocess
+
+import pytest
+
+from conftest import run
+
+OUTSIDE = [
+    ("1.1.1.1", 443),
+    ("8.8.8.8", 53),
+    ("10.0.2.2", 22),
+    ("10.0.2.3", 53),
+    ("169.254.169.254", 80),
+    ("192.168.1.1", 80),
+    ("172.17.0.1", 80),
+    ("100.100.100.200", 80),
+]
+
+
+def test_only_loopback_and_the_dummy_device_exist():
+    assert sorted(os.listdir("/sys/class/net")) == ["dummy0", "lo"]
+
+
+def test_no_device_leads_anywhere():
+    # A real NIC has a driver behind it; dummy0 discards what it is given.
+    for dev in os.listdir("/sys/class/net"):
+        assert not os.path.exists(f"/sys/class/net/{dev}/device"), dev
+
+
+def test_loopback_is_up_and_works():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname(), timeout=5)
+    conn, _ = server.accept()
+    client.sendall(b"ping")
+    assert conn.recv(4) == b"ping"
+
+
+@pytest.mark.parametrize("host,port", OUTSIDE)
+def test_tcp_to_outside_addresses_is_refused(host, port):
+    # The agent accepts every connection, then resets it when the host
+    # refuses: a raw address is never a name the guest resolved.
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.settimeout(10)
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        sock.recv(1)
+
+
+@pytest.mark.parametrize("host", ["8.8.8.8", "1.1.1.1", "224.0.0.251", "255.255.255.255"])
+@pytest.mark.parametrize("port", [443, 123, 51820])
+def test_udp_to_outside_addresses_is_rejected(host, port):
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    sock.settimeout(2)
+    with pytest.raises(OSError):
+        sock.connect((host, port))
+        sock.send(b"x")
+        sock.recv(1)
+
+
+@pytest.mark.parametrize("name", ["example.com", "google.com", "pypi.org", "evil.test"])
+def test_names_outside_the_policy_do_not_resolve(name):
+    with pytest.raises(socket.gaierror):
+        socket.getaddrinfo(name, 443)
+
+
+def test_dns_to_an_outside_resolver_is_answered_by_the_policy():
+    # A query to 8.8.8.8 reaches the agent's resolver, not Google.
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x07example\x03com\x00\x00\x01\x00\x01"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(10)
+    sock.sendto(query, ("8.8.8.8", 53))
+    answer = sock.recv(512)
+    assert answer[:2] == b"\xab\xcd"
+    assert answer[3] & 0x0F == 3  # NXDOMAIN
+
+
+def test_allowed_names_resolve_to_synthetic_addresses():
+    addrs = {info[4][0] for info in socket.getaddrinfo("api.anthropic.com", 443, socket.AF_INET)}
+    assert len(addrs) == 1
+    first, second = map(int, addrs.pop().split(".")[:2])
+    assert first == 100 and 64 <= second < 128
+
+
+def test_ipv6_is_not_available():
+    with pytest.raises(OSError) as err:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    assert err.value.errno == errno.EAFNOSUPPORT
+
+
+def test_raw_sockets_reach_nothing():
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    raw.settimeout(2)
+    echo = bytes([8, 0, 0xF7, 0xFF, 0, 0, 0, 0])
+    with pytest.raises(OSError):
+        raw.sendto(echo, ("8.8.8.8", 0))
+        while True:
+            raw.recv(1500)
+
+
+def test_packet_sockets_do_not_exist():
+    with pytest.raises(OSError) as err:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    assert err.value.errno in (errno.EAFNOSUPPORT, errno.EINVAL)
+
+
+def test_curl_cannot_reach_a_name_outside_the_policy():
+    proc = run("curl -sS --max-time 10 https://example.com/", check=False)
+    assert proc.returncode != 0
+    assert "Could not resolve host" in proc.stderr
+
+
+def test_doh_to_a_raw_address_fails():
+    proc = run("curl -sS --max-time 10 https://1.1.1.1/dns-query?name=example.com", check=False)
+    assert proc.returncode != 0
+
+
+def test_a_client_ignoring_proxy_variables_is_still_intercepted():
+    proc = run("env -u http_proxy -u https_proxy curl -sS --noproxy '*' --max-time 10 http://93.184.215.14/", check=False)
+    assert proc.returncode != 0
+
+
+def synthetic_address(name):
+    return socket.getaddrinfo(name, 443, socket.AF_INET)[0][4][0]
+
+
+def curl_status(args):
+    proc = run(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 20 {args}", check=False)
+    return proc.returncode, proc.stdout
+
+
+def test_domain_fronting_by_host_header_is_refused():
+    code, status = curl_status("-H 'Host: example.com' https://api.anthropic.com/")
+    assert status == "421", (code, status)
+
+
+def test_a_tls_hello_for_another_name_is_refused():
+    ip = synthetic_address("api.anthropic.com")
+    code, _ = curl_status(f"--resolve example.com:443:{ip} https://example.com/")
+    assert code == 35, code  # the TLS handshake is cut
+
+
+def test_connect_through_the_proxy_to_a_denied_host_is_refused():
+    code, status = curl_status("-p -x http://api.anthropic.com:80 https://example.com/")
+    assert code != 0 and status in ("000", "421"), (code, status)
+
+
+def test_an_allowed_name_on_another_port_is_refused():
+    ip = synthetic_address("api.anthropic.com")
+    sock = socket.create_connection((ip, 22), timeout=10)
+    sock.settimeout(10)
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        sock.sendall(b"SSH-2.0-x\r\n")
+        sock.recv(1)
+
+
+def test_an_unassigned_synthetic_address_is_refused():
+    code, _ = curl_status("http://100.64.200.200/")
+    assert code in (52, 56), code
+
+
+def test_a_raw_ip_with_an_allowed_host_header_is_refused():
+    code, _ = curl_status("-H 'Host: api.anthropic.com' http://1.2.3.4/")
+    assert code in (52, 56), code
+
+
+def test_talking_to_the_interceptor_directly_gets_nowhere():
+    code, _ = curl_status("http://127.0.0.1:15001/")
+    assert code in (52, 56), code
+
+
+def test_dns_over_tcp_to_an_outside_resolver_is_refused():
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x07example\x03com\x00\x00\x01\x00\x01"
+    sock = socket.create_connection(("8.8.8.8", 53), timeout=10)
+    sock.settimeout(10)
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        sock.sendall(len(query).to_bytes(2, "big") + query)
+        sock.recv(1)
+
+
+def test_icmp_ping_gets_no_answer():
+    proc = subprocess.run(["python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); s.settimeout(3); s.sendto(bytes([8,0,0xf7,0xff,0,0,0,0]), ('1.1.1.1', 0)); s.recv(100)"], capture_output=True, text=True)
+    assert proc.returncode != 0
