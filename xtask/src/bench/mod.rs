@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Where the JSON report goes.
     #[arg(long, default_value = "target/bench/bench.json")]
     out: PathBuf,
+    /// Only the network proxy's latency and throughput (written to the
+    /// report's `network` key alone).
+    #[arg(long)]
+    network_only: bool,
 }
 
 /// One timed process run.
@@ -61,6 +65,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let home = scratch.join("home");
     let vm = VmSettings::default();
     let accel = vm::accel::choose(AccelSetting::Auto)?.accel;
+    if args.network_only {
+        let report = json!({ "network": network::measure(&capsem, &home)? });
+        print_network(&report["network"]);
+        return write_report(&report, &args.out, &scratch);
+    }
 
     eprintln!("xtask: warming up (first run hashes the assets)");
     run_capsem(&capsem, &home, "true")?;
@@ -86,11 +95,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "output": terminal::throughput(&capsem, &home)?,
     });
     print_summary(&report);
-    let out = workspace().join(&args.out);
+    write_report(&report, &args.out, &scratch)
+}
+
+fn write_report(report: &Value, out: &Path, scratch: &Path) -> Result<()> {
+    let out = workspace().join(out);
     fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
-    fs::write(&out, serde_json::to_string_pretty(&report)?)?;
+    fs::write(&out, serde_json::to_string_pretty(report)?)?;
     eprintln!("xtask: wrote {}", out.display());
-    let _ = fs::remove_dir_all(&scratch);
+    let _ = fs::remove_dir_all(scratch);
     Ok(())
 }
 
@@ -421,23 +434,7 @@ fn print_summary(report: &Value) {
         o["in_guest_pipe_mib_per_s"],
         o["in_guest_tty_to_pipe_ratio"]
     );
-    let n = &report["network"];
-    let (req, dl) = (&n["request_ms"], &n["download_100mib_mib_per_s"]);
-    println!(
-        "network (HTTP, {} requests): per request p50 {:.1} ms through the proxy vs {:.1} ms host-direct (p99 {:.1} vs {:.1}); 100 MiB download {:.1} vs {:.1} MiB/s (ratio {:.2})",
-        n["requests"],
-        req["guest_through_proxy"]["p50"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        req["host_direct"]["p50"].as_f64().unwrap_or(f64::NAN),
-        req["guest_through_proxy"]["p99"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        req["host_direct"]["p99"].as_f64().unwrap_or(f64::NAN),
-        dl["guest_through_proxy"].as_f64().unwrap_or(f64::NAN),
-        dl["host_direct"].as_f64().unwrap_or(f64::NAN),
-        dl["ratio"].as_f64().unwrap_or(f64::NAN),
-    );
+    print_network(&report["network"]);
     let r = &report["session_recording"];
     println!(
         "session recording: {} ms on the critical path (cold start ratio {}); writer {} events/s ({} of {} dropped)",
@@ -446,5 +443,31 @@ fn print_summary(report: &Value) {
         r["events_written_per_s"],
         r["events_dropped"],
         r["events_offered"]
+    );
+}
+
+fn print_network(n: &Value) {
+    let (req, dl) = (&n["request_ms"], &n["download_100mib_mib_per_s"]);
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    println!(
+        "network (HTTP, {} requests each; ms p50/p99, MiB/s):",
+        n["requests"]
+    );
+    for (what, key) in [
+        ("host-direct", "host_direct"),
+        ("guest loopback", "guest_loopback"),
+        ("guest through proxy", "guest_through_proxy"),
+    ] {
+        println!(
+            "  {what:<20} request {:>7.1} / {:>7.1}   100 MiB download {:>8.1}",
+            f(&req[key]["p50"]),
+            f(&req[key]["p99"]),
+            f(&dl[key])
+        );
+    }
+    println!(
+        "  download ratio {:.3} to host-direct, {:.2} to the guest's loopback",
+        f(&dl["ratio"]),
+        f(&dl["ratio_to_guest_loopback"])
     );
 }

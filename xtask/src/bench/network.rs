@@ -2,7 +2,8 @@
 //! from inside the guest through capsem's proxy, next to the same local
 //! server reached directly from the host with the same client (curl).
 //! Plain HTTP on port 80, so the figures are the interception path itself
-//! (agent, channel, host proxy), not TLS.
+//! (agent, channel, host proxy), not TLS. The same client against a server
+//! on the guest's own loopback gives the emulated guest's ceiling.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -20,6 +21,7 @@ const NAME: &str = "bench.test";
 
 pub fn measure(capsem: &Path, home: &Path) -> Result<Value> {
     let port = serve()?;
+    std::fs::create_dir_all(home)?;
     std::fs::write(
         home.join("user.toml"),
         format!("[network]\nallow = \"{NAME}\"\nresolve_override = \"{NAME}=127.0.0.1:{port}\"\n"),
@@ -37,20 +39,36 @@ pub fn measure(capsem: &Path, home: &Path) -> Result<Value> {
     let speed = |url: String| format!("curl -s -o /dev/null -w '%{{speed_download}}\\n' {url}");
     let host_speed = seconds(&sh(&speed(big(&direct)))?)?[0];
     let guest_speed = seconds(&in_guest(capsem, home, &speed(big(NAME)))?)?[0];
+    // The guest's own ceiling under emulation: the same client against a
+    // server inside the guest, on its loopback, no proxy involved.
+    let local = format!(
+        "head -c {BIG_BYTES} /dev/zero > /tmp/big; echo ok > /tmp/small; \
+         (cd /tmp && exec python3 -m http.server 8000 -b 127.0.0.1 >/dev/null 2>&1) & \
+         until curl -s -o /dev/null http://127.0.0.1:8000/small; do sleep 0.2; done; \
+         {}; {}",
+        loop_small(small("127.0.0.1:8000")),
+        speed(big("127.0.0.1:8000"))
+    );
+    let mut local = seconds(&in_guest(capsem, home, &local)?)?;
+    let local_speed = local.pop().unwrap_or(f64::NAN);
+    let local_latency = local;
     std::fs::remove_file(home.join("user.toml"))?;
-    let ms = |v: &[f64], q: f64| percentile(v, q) * 1000.0;
+    let ms = |v: &[f64], q: f64| (percentile(v, q) * 10_000.0).round() / 10.0;
     Ok(json!({
         "requests": REQUESTS,
         "request_ms": {
             "host_direct": { "p50": ms(&host_latency, 0.5), "p99": ms(&host_latency, 0.99) },
+            "guest_loopback": { "p50": ms(&local_latency, 0.5), "p99": ms(&local_latency, 0.99) },
             "guest_through_proxy": { "p50": ms(&guest_latency, 0.5), "p99": ms(&guest_latency, 0.99) },
             "overhead_p50": ms(&guest_latency, 0.5) - ms(&host_latency, 0.5),
             "overhead_p99": ms(&guest_latency, 0.99) - ms(&host_latency, 0.99),
         },
         "download_100mib_mib_per_s": {
             "host_direct": host_speed / 1048576.0,
+            "guest_loopback": local_speed / 1048576.0,
             "guest_through_proxy": guest_speed / 1048576.0,
             "ratio": guest_speed / host_speed,
+            "ratio_to_guest_loopback": guest_speed / local_speed,
         },
     }))
 }
@@ -60,7 +78,7 @@ fn percentile(values: &[f64], q: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    (v[rank - 1] * 1000.0).round() / 1000.0
+    v[rank - 1]
 }
 
 fn seconds(text: &str) -> Result<Vec<f64>> {
