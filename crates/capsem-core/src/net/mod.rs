@@ -134,21 +134,21 @@ impl Shared {
         self.admit(name).0
     }
 
-    /// The decision for a connection to `name` and the API keys its
-    /// requests may carry, from one reading of the settings.
-    fn admit(&self, name: &str) -> (Decision, Vec<keys::Secret>) {
+    /// The decision for a connection to `name` and what its requests get,
+    /// from one reading of the settings.
+    fn admit(&self, name: &str) -> (Decision, Grant) {
         match (self.settings)() {
             Ok(settings) => {
                 let decision = Policy::new(&settings).decide(name);
-                let secrets = match decision.allowed {
-                    true => keys::for_name(&settings, name),
-                    false => Vec::new(),
+                let grant = match decision.allowed {
+                    true => Grant::new(&settings, name),
+                    false => Grant::default(),
                 };
-                (decision, secrets)
+                (decision, grant)
             }
             Err(e) => (
                 Decision::deny(format!("settings unreadable: {e}")),
-                Vec::new(),
+                Grant::default(),
             ),
         }
     }
@@ -166,6 +166,29 @@ impl Shared {
         let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(events) = events.as_ref() {
             events.record(event);
+        }
+    }
+}
+
+/// What an allowed connection's requests get.
+#[derive(Debug, Default, Clone)]
+struct Grant {
+    /// API keys they may carry.
+    secrets: Vec<keys::Secret>,
+    /// Bytes of each body to log (`network.log_bodies`); 0 for none.
+    body_limit: usize,
+}
+
+impl Grant {
+    fn new(settings: &Settings, name: &str) -> Grant {
+        let log = settings.flag("network.log_bodies");
+        Grant {
+            secrets: keys::for_name(settings, name),
+            body_limit: if log {
+                settings.size("network.max_body_bytes")
+            } else {
+                0
+            },
         }
     }
 }

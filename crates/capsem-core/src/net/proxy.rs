@@ -23,10 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Mutex;
 
-use super::keys::{self, Secret};
+use super::keys;
 use super::upstream::{Body, Connected, Sender};
 use super::usage::{self, Meter, Provider};
-use super::{Decision, GuestStream, Shared};
+use super::{Decision, Grant, GuestStream, Shared};
 use crate::session::events::{Event, ModelCall, NetEvent, Verdict};
 
 /// How long a server may take to start answering (model APIs think
@@ -44,8 +44,8 @@ struct Conn {
     rule: String,
     pid: Option<u32>,
     process: Option<String>,
-    /// API keys its requests may carry.
-    secrets: Vec<Secret>,
+    /// What its requests get.
+    grant: Grant,
 }
 
 impl Conn {
@@ -66,14 +66,14 @@ impl Conn {
 pub(super) async fn connect(mut stream: GuestStream, req: ConnectRequest, shared: Arc<Shared>) {
     let addr = Ipv4Addr::from(req.addr);
     let name = shared.name_of(addr);
-    let (decision, secrets) = match (&name, req.port) {
+    let (decision, grant) = match (&name, req.port) {
         (None, _) => (
             Decision::deny("raw IP address: only names the guest resolved are reachable"),
-            Vec::new(),
+            Grant::default(),
         ),
         (Some(_), port) if port != 80 && port != 443 => (
             Decision::deny("only ports 80 (HTTP) and 443 (HTTPS) are proxied"),
-            Vec::new(),
+            Grant::default(),
         ),
         (Some(name), _) => shared.admit(name),
     };
@@ -109,7 +109,7 @@ pub(super) async fn connect(mut stream: GuestStream, req: ConnectRequest, shared
         rule: decision.rule,
         pid,
         process,
-        secrets,
+        grant,
     };
     if conn.tls {
         serve_tls(parts.io, conn, shared).await;
@@ -208,12 +208,14 @@ async fn forward(
     }
     let sent = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = req.into_parts();
-    event.key_fingerprint = keys::swap(&mut parts, &conn.secrets);
+    event.key_fingerprint = keys::swap(&mut parts, &conn.grant.secrets);
     let call = model_call(&parts, conn);
-    let request_tap = call.as_ref().map(|(_, meter)| {
-        let meter = meter.clone();
-        Box::new(move |data: &[u8]| lock(&meter).request(data)) as Tap
-    });
+    let bodies = (conn.grant.body_limit > 0).then(|| Bodies::new(conn.grant.body_limit));
+    let request_tap = tap(
+        call.as_ref().map(|(_, meter)| meter.clone()),
+        bodies.as_ref().map(|b| (b.limit, b.request.clone())),
+        |meter, data| meter.request(data),
+    );
     let body = Metered::new(body, sent.clone(), request_tap, None).boxed();
     let mut guard = upstream.lock().await;
     if !guard.as_ref().is_some_and(|c| c.sender.is_usable()) {
@@ -248,17 +250,23 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     let received = Arc::new(AtomicU64::new(0));
     let counted = received.clone();
-    let response_tap = call.as_ref().map(|(_, meter)| {
+    if let Some((_, meter)) = &call {
         let content_type = parts.headers.get(header::CONTENT_TYPE);
         lock(meter).response_type(content_type.and_then(|v| v.to_str().ok()).unwrap_or(""));
-        let meter = meter.clone();
-        Box::new(move |data: &[u8]| lock(&meter).response(data)) as Tap
-    });
+    }
+    let response_tap = tap(
+        call.as_ref().map(|(_, meter)| meter.clone()),
+        bodies.as_ref().map(|b| (b.limit, b.response.clone())),
+        |meter, data| meter.response(data),
+    );
     let done = Box::new(move || {
         event.bytes_up = sent.load(Ordering::Relaxed);
         event.bytes_down = counted.load(Ordering::Relaxed);
         let duration = started.elapsed().as_micros() as u64;
         event.duration_us = Some(duration);
+        if let Some(bodies) = bodies {
+            (event.request_body, event.response_body) = bodies.text();
+        }
         if let Some((provider, meter)) = call {
             let usage = std::mem::replace(&mut *lock(&meter), Meter::new("")).finish();
             shared.log(Event::Model(Box::new(ModelCall {
@@ -293,10 +301,56 @@ fn model_call(
     Some((provider, Arc::new(StdMutex::new(Meter::new(path)))))
 }
 
-fn lock(meter: &StdMutex<Meter>) -> std::sync::MutexGuard<'_, Meter> {
-    meter
+fn lock<T>(value: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    value
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The first bytes of a request's and its response's bodies, for the log
+/// (each capped at `limit` as it is captured).
+struct Bodies {
+    limit: usize,
+    request: Arc<StdMutex<Vec<u8>>>,
+    response: Arc<StdMutex<Vec<u8>>>,
+}
+
+impl Bodies {
+    fn new(limit: usize) -> Bodies {
+        Bodies {
+            limit,
+            request: Arc::default(),
+            response: Arc::default(),
+        }
+    }
+
+    /// Both bodies as text (invalid UTF-8 replaced).
+    fn text(&self) -> (Option<String>, Option<String>) {
+        let text =
+            |body: &StdMutex<Vec<u8>>| Some(String::from_utf8_lossy(&lock(body)).into_owned());
+        (text(&self.request), text(&self.response))
+    }
+}
+
+/// A tap feeding a model-call meter and a body capture, either optional.
+fn tap(
+    meter: Option<Arc<StdMutex<Meter>>>,
+    capture: Option<(usize, Arc<StdMutex<Vec<u8>>>)>,
+    feed: fn(&mut Meter, &[u8]),
+) -> Option<Tap> {
+    if meter.is_none() && capture.is_none() {
+        return None;
+    }
+    Some(Box::new(move |data: &[u8]| {
+        if let Some(meter) = &meter {
+            feed(&mut lock(meter), data);
+        }
+        if let Some((limit, capture)) = &capture {
+            let mut kept = lock(capture);
+            let room = limit.saturating_sub(kept.len());
+            kept.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }))
 }
 
 /// Records a request that could not be forwarded and answers 502.

@@ -78,6 +78,8 @@ const MIGRATIONS: &[&str] = &[
         cost_usd        REAL,
         key_fingerprint TEXT
     );",
+    "ALTER TABLE net_events ADD COLUMN request_body TEXT;
+     ALTER TABLE net_events ADD COLUMN response_body TEXT;",
 ];
 
 /// Something that happened in a session.
@@ -217,6 +219,12 @@ pub struct NetEvent {
     pub error: Option<String>,
     /// BLAKE3 fingerprint of the API key the proxy put in the request.
     pub key_fingerprint: Option<String>,
+    /// The request body's first bytes, as text (`network.log_bodies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// The response body's first bytes, as text (`network.log_bodies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_body: Option<String>,
 }
 
 /// One row of `dns_events`.
@@ -393,8 +401,9 @@ fn insert_net(tx: &rusqlite::Transaction<'_>, at_us: i64, e: &NetEvent) -> rusql
     tx.prepare_cached(
         "INSERT INTO net_events (at_us, pid, process, protocol, domain, ip, port, method,
              path, status, bytes_up, bytes_down, duration_us, decision, rule, error,
-             key_fingerprint)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+             key_fingerprint, request_body, response_body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                 ?18, ?19)",
     )?
     .execute(params![
         at_us,
@@ -413,7 +422,9 @@ fn insert_net(tx: &rusqlite::Transaction<'_>, at_us: i64, e: &NetEvent) -> rusql
         e.decision.as_str(),
         e.rule,
         e.error,
-        e.key_fingerprint
+        e.key_fingerprint,
+        e.request_body,
+        e.response_body
     ])?;
     Ok(())
 }
@@ -536,6 +547,38 @@ pub fn model_calls(path: &Path) -> rusqlite::Result<Vec<ModelRow>> {
     .collect()
 }
 
+/// A `dns_events` row with its time.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DnsRow {
+    /// Microseconds since the session started.
+    pub at_us: u64,
+    /// The query.
+    #[serde(flatten)]
+    pub query: DnsEvent,
+}
+
+/// The DNS queries of the database at `path`, oldest first.
+pub fn dns_log(path: &Path) -> rusqlite::Result<Vec<DnsRow>> {
+    let (conn, has_net) = open_read_only(path)?;
+    if !has_net {
+        return Ok(Vec::new());
+    }
+    let mut stmt =
+        conn.prepare("SELECT at_us, name, decision, rule, address FROM dns_events ORDER BY seq")?;
+    stmt.query_map([], |r| {
+        Ok(DnsRow {
+            at_us: r.get::<_, i64>(0)? as u64,
+            query: DnsEvent {
+                name: r.get(1)?,
+                allowed: r.get::<_, String>(2)? == "allowed",
+                rule: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                address: r.get(4)?,
+            },
+        })
+    })?
+    .collect()
+}
+
 fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
@@ -570,7 +613,8 @@ pub fn net_log(path: &Path) -> rusqlite::Result<Vec<NetRow>> {
     }
     let mut stmt = conn.prepare(
         "SELECT at_us, pid, process, protocol, domain, ip, port, method, path, status,
-                bytes_up, bytes_down, duration_us, decision, rule, error, key_fingerprint
+                bytes_up, bytes_down, duration_us, decision, rule, error, key_fingerprint,
+                request_body, response_body
          FROM net_events ORDER BY seq",
     )?;
     stmt.query_map([], |r| {
@@ -598,6 +642,8 @@ pub fn net_log(path: &Path) -> rusqlite::Result<Vec<NetRow>> {
                 rule: r.get(14)?,
                 error: r.get(15)?,
                 key_fingerprint: r.get(16)?,
+                request_body: r.get(17)?,
+                response_body: r.get(18)?,
             },
         })
     })?

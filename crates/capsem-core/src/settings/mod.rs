@@ -254,6 +254,14 @@ impl Settings {
         }
     }
 
+    /// The value of an integer setting as a size.
+    ///
+    /// # Panics
+    /// If `key` is not a registered integer setting.
+    pub fn size(&self, key: &str) -> usize {
+        usize::try_from(self.int(key)).unwrap_or(0)
+    }
+
     fn u32(&self, key: &str) -> u32 {
         // Registry ranges keep every integer setting within u32.
         u32::try_from(self.int(key)).unwrap_or(u32::MAX)

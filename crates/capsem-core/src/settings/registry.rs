@@ -280,6 +280,21 @@ pub const REGISTRY: &[Def] = &[
         description: "the names of crates.io",
     },
     Def {
+        key: "network.log_bodies",
+        kind: Kind::Bool,
+        default: Default::Bool(false),
+        description: "keep request and response bodies in the session (as text, up to network.max_body_bytes each)",
+    },
+    Def {
+        key: "network.max_body_bytes",
+        kind: Kind::Int {
+            min: 0,
+            max: 16 * 1024 * 1024,
+        },
+        default: Default::Int(64 * 1024),
+        description: "most bytes of each body kept when network.log_bodies is on",
+    },
+    Def {
         key: "network.resolve_override",
         kind: Kind::Overrides,
         default: Default::Str(""),

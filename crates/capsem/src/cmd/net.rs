@@ -2,7 +2,7 @@
 
 use capsem_core::paths;
 use capsem_core::session::Store;
-use capsem_core::session::events::{self, EVENTS_FILE, ModelRow, NetRow, Verdict};
+use capsem_core::session::events::{self, DnsRow, EVENTS_FILE, ModelRow, NetRow, Verdict};
 use serde_json::json;
 
 use crate::cli::NetAction;
@@ -25,7 +25,11 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
     let reading = |e| Failure::new(format!("reading {}: {e}", path.display()));
     let rows = events::net_log(&path).map_err(reading)?;
     let calls = events::model_calls(&path).map_err(reading)?;
+    let queries = events::dns_log(&path).map_err(reading)?;
     if json {
+        for row in &queries {
+            println!("{}", json!({ "type": "dns", "data": row }));
+        }
         for row in &rows {
             println!("{}", json!({ "type": "net", "data": row }));
         }
@@ -34,7 +38,7 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
         }
         return Ok(0);
     }
-    if rows.is_empty() {
+    if rows.is_empty() && queries.is_empty() {
         println!("session {id}: no network activity");
         return Ok(0);
     }
@@ -46,6 +50,20 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
     if !calls.is_empty() {
         println!("\nmodel calls:");
         calls.iter().for_each(print_call);
+    }
+    let refused: Vec<&DnsRow> = queries.iter().filter(|q| !q.query.allowed).collect();
+    println!(
+        "\nDNS: {} queries, {} refused",
+        queries.len(),
+        refused.len()
+    );
+    for row in refused {
+        println!(
+            "{:>9.3}  DENIED   {}  ({})",
+            row.at_us as f64 / 1e6,
+            row.query.name,
+            row.query.rule
+        );
     }
     Ok(0)
 }

@@ -8,8 +8,8 @@ use crate::support::{Capsem, assert_code, stdout};
 use crate::upstream::{Request, TestCa, Upstream};
 
 /// A capsem that allows `allowed.test` (HTTPS) and `plain.test` (HTTP),
-/// both served locally.
-fn world() -> (Capsem, Upstream, Upstream) {
+/// both served locally; `network` adds settings under `[network]`.
+fn world_with(network: &str) -> (Capsem, Upstream, Upstream) {
     let capsem = Capsem::new();
     let ca = TestCa::new(capsem.home());
     let https = Upstream::https(&ca, &["allowed.test"]);
@@ -18,12 +18,16 @@ fn world() -> (Capsem, Upstream, Upstream) {
         "[network]\n\
          allow = \"allowed.test, plain.test\"\n\
          resolve_override = \"allowed.test=127.0.0.1:{}, plain.test=127.0.0.1:{}\"\n\
-         extra_upstream_ca = \"{}\"\n",
+         extra_upstream_ca = \"{}\"\n{network}",
         https.port,
         http.port,
         ca.pem.display()
     ));
     (capsem, https, http)
+}
+
+fn world() -> (Capsem, Upstream, Upstream) {
+    world_with("")
 }
 
 /// The session's network log.
@@ -44,7 +48,7 @@ fn find(log: &[Value], pred: impl Fn(&Value) -> bool) -> &Value {
 
 #[test]
 fn allowed_requests_reach_their_servers_and_are_logged() {
-    let (capsem, https, http) = world();
+    let (capsem, https, http) = world_with("log_bodies = true\nmax_body_bytes = 2\n");
     let out = capsem.run(&[
         "run",
         "--",
@@ -82,6 +86,11 @@ fn allowed_requests_reach_their_servers_and_are_logged() {
     let plain = find(&log, |r| r["domain"] == "plain.test");
     assert_eq!(plain["protocol"], "http");
     assert_eq!(plain["bytes_up"], 3);
+    assert_eq!(
+        plain["request_body"], "ab",
+        "bodies are cut at max_body_bytes"
+    );
+    assert_eq!(plain["response_body"], "he");
 
     let show = capsem.run(&["sessions", "show", &session_id(&capsem)]);
     assert!(
@@ -135,6 +144,11 @@ fn refused_traffic_fails_in_the_guest_and_is_logged() {
             .contains("domain fronting")
     );
     assert!(denied(&|r| r["protocol"] == "udp").contains("firewall"));
+    let query = find(&log, |r| r["name"] == "denied.test");
+    assert_eq!(
+        (query["allowed"].as_bool(), query["rule"].as_str()),
+        (Some(false), Some("network.default_action"))
+    );
     let show = capsem.run(&["sessions", "show", "--json", &session_id(&capsem)]);
     let show: Value = serde_json::from_str(&stdout(&show)).unwrap();
     let network = &show["data"]["events"]["network"];
@@ -251,6 +265,10 @@ fn the_api_key_is_put_in_on_the_host_and_only_for_its_provider() {
     let log = net_log(&capsem);
     let call = find(&log, |r| r["path"] == "/v1/messages");
     let fingerprint = call["key_fingerprint"].as_str().unwrap();
+    assert!(
+        call.get("request_body").is_none(),
+        "bodies are not kept by default"
+    );
     assert_eq!(fingerprint.len(), 16);
     assert!(!log.iter().any(|r| r.to_string().contains(REAL_KEY)));
     assert!(find(&log, |r| r["domain"] == "allowed.test")["key_fingerprint"].is_null());
