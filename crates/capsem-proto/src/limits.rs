@@ -21,8 +21,15 @@ pub const MAX_ENV_VARS: usize = 1024;
 /// Longest free-form text (error messages, version strings) a guest may send.
 pub const MAX_TEXT_BYTES: usize = 4096;
 
-/// Most streams the channel multiplexes at once.
-pub const MAX_STREAMS: usize = 64;
+/// Most streams the channel multiplexes at once. Opening one more than the
+/// peer allows ends the whole connection (yamux treats it as a protocol
+/// error), so the guest keeps to [`MAX_GUEST_STREAMS`].
+pub const MAX_STREAMS: usize = 128;
+
+/// Most streams the guest agent opens at once (its intercepted connections
+/// and DNS queries). The rest of [`MAX_STREAMS`] is left for the host's
+/// own streams and for closed streams the host has not let go of yet.
+pub const MAX_GUEST_STREAMS: usize = 96;
 
 /// Most files a host may ask the guest to write before a command.
 pub const MAX_FILES: usize = 64;

@@ -16,8 +16,9 @@ pub use yamux::{ConnectionError, Mode, Stream};
 use crate::limits::MAX_STREAMS;
 
 /// Receive window for all streams of one connection together, in bytes. It
-/// bounds what a peer can make us buffer.
-const MAX_CONNECTION_WINDOW_BYTES: usize = MAX_STREAMS * 512 * 1024;
+/// bounds what a peer can make us buffer: 32 MiB, yamux's minimum of
+/// 256 KiB per stream.
+const MAX_CONNECTION_WINDOW_BYTES: usize = MAX_STREAMS * 256 * 1024;
 
 /// Opens outbound streams on a running connection.
 #[derive(Debug, Clone)]

@@ -4,24 +4,23 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 
-use capsem_proto::mux::Opener;
 use capsem_proto::{GuestCodec, GuestToHost};
 use futures::SinkExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use super::BLOCKED_PREFIX;
+use super::{BLOCKED_PREFIX, Streams};
 
 /// Reports queued before new ones are dropped: a guest flooding UDP costs
 /// the host a bounded number of log rows per send to it, not memory.
 const QUEUE: usize = 64;
 
 /// Follows the kernel log and sends each rejected packet on one stream.
-pub async fn serve(mut opener: Opener) {
+pub async fn serve(streams: Streams) {
     let (tx, mut rx) = mpsc::channel(QUEUE);
     std::thread::spawn(move || follow_kmsg(&tx));
-    let Ok(stream) = opener.open().await else {
+    let Ok((stream, _place)) = streams.open().await else {
         return;
     };
     let mut sink = FramedWrite::new(stream.compat(), GuestCodec::new());

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use capsem_proto::mux::Opener;
 use capsem_proto::{GuestCodec, GuestToHost, HostToGuest};
 use futures::{SinkExt, StreamExt};
 use simple_dns::rdata::{A, RData};
@@ -17,8 +16,10 @@ use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
+use super::Streams;
+
 /// Queries answered at once; more wait (and the client retries).
-const CONCURRENT: usize = 16;
+pub const CONCURRENT: usize = 15;
 /// Seconds a guest may cache an answer. Short, so a policy change is seen
 /// soon; the host keeps a name's address for the whole session anyway.
 const TTL: u32 = 60;
@@ -26,7 +27,7 @@ const TTL: u32 = 60;
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// Answers queries until the socket fails.
-pub async fn serve(socket: UdpSocket, opener: Opener) {
+pub async fn serve(socket: UdpSocket, streams: Streams) {
     let socket = Arc::new(socket);
     let limit = Arc::new(Semaphore::new(CONCURRENT));
     let mut buf = vec![0u8; 1500];
@@ -41,9 +42,9 @@ pub async fn serve(socket: UdpSocket, opener: Opener) {
         let Ok(permit) = limit.clone().acquire_owned().await else {
             return;
         };
-        let (query, socket, opener) = (buf[..len].to_vec(), socket.clone(), opener.clone());
+        let (query, socket, streams) = (buf[..len].to_vec(), socket.clone(), streams.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(&query, client, &socket, opener).await {
+            if let Err(e) = answer(&query, client, &socket, &streams).await {
                 tracing::debug!("DNS query from {client}: {e:#}");
             }
             drop(permit);
@@ -55,7 +56,7 @@ async fn answer(
     query: &[u8],
     client: SocketAddr,
     socket: &UdpSocket,
-    opener: Opener,
+    streams: &Streams,
 ) -> Result<()> {
     let query = Packet::parse(query).context("malformed query")?;
     let reply = match question(&query) {
@@ -64,7 +65,7 @@ async fn answer(
             reply(&query, &[], qtype)
         }
         Some((name, qtype)) => {
-            let addrs = resolve(opener, &name).await.unwrap_or_else(|e| {
+            let addrs = resolve(streams, &name).await.unwrap_or_else(|e| {
                 tracing::debug!("resolving {name}: {e:#}");
                 Vec::new()
             });
@@ -86,8 +87,8 @@ fn question(query: &Packet<'_>) -> Option<(String, QTYPE)> {
     Some((name.trim_end_matches('.').to_owned(), q.qtype))
 }
 
-async fn resolve(mut opener: Opener, name: &str) -> Result<Vec<[u8; 4]>> {
-    let stream = opener.open().await?;
+async fn resolve(streams: &Streams, name: &str) -> Result<Vec<[u8; 4]>> {
+    let (stream, _place) = streams.open().await?;
     let mut framed = Framed::new(stream.compat(), GuestCodec::new());
     framed
         .send(GuestToHost::Resolve {

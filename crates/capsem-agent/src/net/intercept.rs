@@ -5,7 +5,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use capsem_proto::mux::Opener;
 use capsem_proto::{ConnectRequest, GuestCodec, GuestToHost, HostToGuest};
 use futures::{SinkExt, StreamExt};
 use nix::sys::socket::{getsockopt, setsockopt, sockopt};
@@ -14,19 +13,19 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
-use super::process;
+use super::{Streams, process};
 
 /// How long the host may take to decide.
 const DECISION_WAIT: Duration = Duration::from_secs(30);
 
 /// Accepts redirected connections until the listener fails.
-pub async fn serve(listener: TcpListener, opener: Opener) {
+pub async fn serve(listener: TcpListener, streams: Streams) {
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
-                let opener = opener.clone();
+                let streams = streams.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(socket, peer, opener).await {
+                    if let Err(e) = handle(socket, peer, &streams).await {
                         tracing::debug!("intercepted connection from {peer}: {e:#}");
                     }
                 });
@@ -40,14 +39,14 @@ pub async fn serve(listener: TcpListener, opener: Opener) {
     }
 }
 
-async fn handle(socket: TcpStream, peer: SocketAddr, mut opener: Opener) -> Result<()> {
+async fn handle(socket: TcpStream, peer: SocketAddr, streams: &Streams) -> Result<()> {
     let dst = original_destination(&socket)?;
     let request = ConnectRequest {
         addr: dst.ip().octets(),
         port: dst.port(),
         process: process::owner_of(peer, dst),
     };
-    let stream = opener
+    let (stream, _place) = streams
         .open()
         .await
         .context("opening a stream to the host")?;

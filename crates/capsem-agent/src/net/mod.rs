@@ -21,9 +21,13 @@ pub mod trust;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result, bail};
-use capsem_proto::mux::Opener;
+use capsem_proto::limits::MAX_GUEST_STREAMS;
+use capsem_proto::mux::{self, Opener};
 use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::reap::Reaper;
 
@@ -61,6 +65,39 @@ fn ruleset() -> String {
 /// Whether the network is set up; commands wait for it.
 pub type Ready = watch::Receiver<bool>;
 
+/// Streams for intercepted connections; with DNS queries and the firewall
+/// reports they make up the guest's budget ([`MAX_GUEST_STREAMS`]). Each
+/// kind has its own share, so connections held open cannot starve name
+/// lookups.
+const CONNECTION_STREAMS: usize = MAX_GUEST_STREAMS - dns::CONCURRENT - 1;
+
+/// Opens streams to the host within a share of the guest's budget: past
+/// it, new connections or queries wait for a stream to close, rather than
+/// end the channel (and the VM) by opening one more than the host allows.
+#[derive(Clone)]
+pub struct Streams {
+    opener: Opener,
+    budget: Arc<Semaphore>,
+}
+
+impl Streams {
+    fn new(opener: Opener, share: usize) -> Streams {
+        Streams {
+            opener,
+            budget: Arc::new(Semaphore::new(share)),
+        }
+    }
+
+    /// Opens a stream once the budget allows. The stream's place in the
+    /// budget is held until the returned permit drops: keep it as long as
+    /// the stream.
+    pub async fn open(&self) -> Result<(mux::Stream, OwnedSemaphorePermit)> {
+        let place = self.budget.clone().acquire_owned().await?;
+        let stream = self.opener.clone().open().await?;
+        Ok((stream, place))
+    }
+}
+
 /// Sets up interception: interfaces now, then the firewall and the
 /// listeners in the background. The returned watch turns true once
 /// connections are caught; it stays false if that failed (the failure is
@@ -89,9 +126,11 @@ async fn setup(reaper: &Reaper, opener: Opener) -> Result<()> {
         .await
         .context("listening for DNS queries")?;
     load_rules(reaper).await?;
-    tokio::spawn(intercept::serve(listener, opener.clone()));
-    tokio::spawn(dns::serve(resolver, opener.clone()));
-    tokio::spawn(blocked::serve(opener));
+    let connections = Streams::new(opener.clone(), CONNECTION_STREAMS);
+    let queries = Streams::new(opener.clone(), dns::CONCURRENT);
+    tokio::spawn(intercept::serve(listener, connections));
+    tokio::spawn(dns::serve(resolver, queries));
+    tokio::spawn(blocked::serve(Streams::new(opener, 1)));
     Ok(())
 }
 

@@ -64,20 +64,24 @@ impl ChannelError {
 pub struct Channel {
     hello: GuestHello,
     opener: Opener,
-    inbound: Option<mpsc::Receiver<mux::Stream>>,
     driver: JoinHandle<Result<(), ConnectionError>>,
-    control: Option<FramedWrite<Compat<mux::Stream>, HostCodec>>,
+    control: FramedWrite<Compat<mux::Stream>, HostCodec>,
     next_exec: u32,
 }
 
+/// The streams the guest opens (its network connections and queries).
+pub type Inbound = mpsc::Receiver<mux::Stream>;
+
 impl Channel {
     /// Reads the guest's hello from `socket`, answers it (with the CA the
-    /// guest is to trust), and starts the multiplexer. The caller bounds
-    /// the time this may take.
+    /// guest is to trust), and starts the multiplexer. Returns the channel
+    /// and the streams the guest will open; whoever takes those serves
+    /// them, and dropped, they are refused. The caller bounds the time this
+    /// may take.
     pub async fn handshake(
         mut socket: UnixStream,
         ca_pem: String,
-    ) -> Result<Channel, ChannelError> {
+    ) -> Result<(Channel, Inbound), ChannelError> {
         let hello: GuestHello = frame::read_frame(&mut socket).await?;
         hello.validate()?;
         let now = SystemTime::now()
@@ -85,26 +89,31 @@ impl Channel {
             .unwrap_or(Duration::ZERO);
         let host_hello = HostHello::new(now.as_nanos() as u64, ca_pem);
         frame::write_frame(&mut socket, &host_hello).await?;
-        let (opener, inbound, driver) = mux::start(socket.compat(), Mode::Client);
-        Ok(Channel {
+        let (mut opener, inbound, driver) = mux::start(socket.compat(), Mode::Client);
+        let driver = tokio::spawn(driver);
+        // The control stream is opened before any guest program can open
+        // streams of its own: the stream limit must never hold back a
+        // signal or the shutdown.
+        let control = match opener.open().await {
+            Ok(stream) => FramedWrite::new(stream.compat(), HostCodec::new()),
+            Err(e) => {
+                driver.abort();
+                return Err(e.into());
+            }
+        };
+        let channel = Channel {
             hello,
             opener,
-            inbound: Some(inbound),
-            driver: tokio::spawn(driver),
-            control: None,
+            driver,
+            control,
             next_exec: 1,
-        })
+        };
+        Ok((channel, inbound))
     }
 
     /// The guest's hello.
     pub fn hello(&self) -> &GuestHello {
         &self.hello
-    }
-
-    /// The streams the guest opens (its network connections). Whoever
-    /// takes them serves them; untaken, or dropped, they are refused.
-    pub fn take_inbound(&mut self) -> Option<mpsc::Receiver<mux::Stream>> {
-        self.inbound.take()
     }
 
     /// Opens a new framed stream.
@@ -120,14 +129,9 @@ impl Channel {
         id
     }
 
-    /// Sends a message on the control stream, opening it on first use.
+    /// Sends a message on the control stream.
     async fn control(&mut self, msg: HostToGuest) -> Result<(), ChannelError> {
-        if self.control.is_none() {
-            let stream = self.opener.open().await?;
-            self.control = Some(FramedWrite::new(stream.compat(), HostCodec::new()));
-        }
-        let control = self.control.as_mut().expect("opened above");
-        control.send(msg).await?;
+        self.control.send(msg).await?;
         Ok(())
     }
 

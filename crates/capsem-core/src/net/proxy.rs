@@ -231,11 +231,17 @@ async fn forward(
     let connected = guard.as_mut().expect("connected above");
     event.ip = Some(connected.addr.ip().to_string());
     let request = upstream_request(parts, body, conn, &connected.sender);
+    // HTTP/1.1 carries one request at a time, so the connection stays
+    // locked until the answer starts; HTTP/2 multiplexes, so requests of
+    // one guest connection go out side by side.
     let response = match &mut connected.sender {
         Sender::H1(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
-        Sender::H2(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
+        Sender::H2(s) => {
+            let mut s = s.clone();
+            drop(guard);
+            tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await
+        }
     };
-    drop(guard);
     let response = match response {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => return failed(&shared, event, started, e.to_string()),

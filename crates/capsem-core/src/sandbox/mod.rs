@@ -328,15 +328,15 @@ impl Sandbox {
 
         let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
         let ca_pem = job.ca.cert_pem().to_owned();
-        let mut channel = self.boot(session, socket, &mut vm, ca_pem).await?;
+        let (mut channel, inbound) = self.boot(session, socket, &mut vm, ca_pem).await?;
         let network = Network::new(job.ca.clone(), self.settings.clone(), job.events.clone());
-        let _network = match (network, channel.take_inbound()) {
-            (Ok(network), Some(inbound)) => network.start(inbound),
-            (Err(e), _) => {
+        // Dropped when this function returns: the network stops with the VM.
+        let _network = match network {
+            Ok(network) => network.start(inbound),
+            Err(e) => {
                 kill(&mut vm).await;
                 return Err(e.into());
             }
-            (Ok(_), None) => unreachable!("a new channel has its inbound streams"),
         };
         let ready = self.mark("guest agent ready");
         let hello = channel.hello();
@@ -370,12 +370,12 @@ impl Sandbox {
         socket: UnixStream,
         vm: &mut RunningVm,
         ca_pem: String,
-    ) -> Result<Channel, RunError> {
+    ) -> Result<(Channel, channel::Inbound), RunError> {
         let secs = self.vm.boot_timeout_secs;
         let limit = Duration::from_secs(secs.into());
         let booted = tokio::select! {
             hello = tokio::time::timeout(limit, Channel::handshake(socket, ca_pem)) => match hello {
-                Ok(Ok(channel)) => return Ok(channel),
+                Ok(Ok(opened)) => return Ok(opened),
                 Ok(Err(source)) => Booted::Failed(source),
                 Err(_) => Booted::TimedOut,
             },

@@ -364,3 +364,41 @@ fn uploads_stream_with_bounded_memory_even_to_a_server_that_stalls() {
     assert_eq!(upload["bytes_up"], 64 * 1024 * 1024);
     drop(held);
 }
+
+#[test]
+fn a_guest_holding_every_stream_cannot_hold_back_ctrl_c() {
+    // 150 idle connections to an allowed name, each holding a channel
+    // stream while the proxy waits for its TLS hello: more than the
+    // channel's 128 streams. Past the guest's budget they wait; the
+    // channel, and the host's control stream, stay up.
+    let capsem = Capsem::new();
+    let script = r#"python3 -c '
+import socket, time
+held = []
+for _ in range(150):
+    try:
+        held.append(socket.create_connection(("api.anthropic.com", 443), timeout=5))
+    except OSError:
+        pass
+print("held", len(held), flush=True)
+time.sleep(600)
+'"#;
+    let mut child = capsem
+        .cmd(&["-q", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = crate::support::read_line(&mut child);
+    assert!(line.starts_with("held "), "{line}");
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "SIGINT did not reach the guest command"
+    );
+}
