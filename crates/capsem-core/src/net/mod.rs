@@ -15,6 +15,7 @@ pub mod keys;
 pub mod names;
 pub mod policy;
 mod proxy;
+mod quota;
 pub mod upstream;
 pub mod usage;
 
@@ -29,7 +30,7 @@ use tokio_util::codec::Framed;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
 use crate::session::EventLog;
-use crate::session::events::{DnsEvent, Event, NetEvent};
+use crate::session::events::{DnsEvent, Event, NetEvent, Verdict};
 use crate::settings::{Settings, SettingsError};
 use names::Names;
 
@@ -61,6 +62,8 @@ struct Shared {
     /// Taken when the VM is done, so that stray tasks cannot keep the
     /// session's event writer waiting.
     events: Mutex<Option<EventLog>>,
+    /// How many refusals are logged.
+    refusals: Mutex<quota::Quota>,
 }
 
 impl Network {
@@ -81,6 +84,7 @@ impl Network {
                 upstream,
                 settings,
                 events: Mutex::new(Some(events)),
+                refusals: Mutex::new(quota::Quota::new()),
             }),
         })
     }
@@ -119,6 +123,10 @@ pub struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
+        let unreported = lock(&self.shared.refusals).unreported();
+        if let Some(count) = unreported {
+            self.shared.log(unlogged(count));
+        }
         *self
             .shared
             .events
@@ -154,12 +162,29 @@ impl Shared {
     }
 
     fn name_of(&self, addr: Ipv4Addr) -> Option<String> {
-        let names = self.names.lock().unwrap_or_else(PoisonError::into_inner);
+        let names = lock(&self.names);
         names.name(addr).map(str::to_owned)
     }
 
     fn record(&self, event: NetEvent) {
-        self.log(Event::Net(Box::new(event)));
+        self.log_within_quota(
+            event.decision == Verdict::Denied,
+            Event::Net(Box::new(event)),
+        );
+    }
+
+    /// Logs `event`; refusals only within the [`quota`].
+    fn log_within_quota(&self, refusal: bool, event: Event) {
+        if !refusal {
+            return self.log(event);
+        }
+        let verdict = lock(&self.refusals).take(std::time::Instant::now());
+        if let Some(count) = verdict.report {
+            self.log(unlogged(count));
+        }
+        if verdict.log {
+            self.log(event);
+        }
     }
 
     fn log(&self, event: Event) {
@@ -168,6 +193,22 @@ impl Shared {
             events.record(event);
         }
     }
+}
+
+/// The row that stands for `count` refusals the quota kept out of the log.
+fn unlogged(count: u64) -> Event {
+    Event::Net(Box::new(NetEvent {
+        protocol: "any".to_owned(),
+        rule: Some(format!(
+            "{count} more refusals not logged (at most {} per second are)",
+            quota::PER_SECOND
+        )),
+        ..NetEvent::default()
+    }))
+}
+
+fn lock<T>(value: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    value.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// What an allowed connection's requests get.
@@ -229,12 +270,16 @@ async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
     if decision.allowed && address.is_none() {
         decision = Decision::deny(format!("more than {} names", names::MAX_NAMES));
     }
-    shared.log(Event::Dns(DnsEvent {
-        name,
-        allowed: decision.allowed,
-        rule: decision.rule,
-        address: address.map(|a| a.to_string()),
-    }));
+    let refused = !decision.allowed;
+    shared.log_within_quota(
+        refused,
+        Event::Dns(DnsEvent {
+            name,
+            allowed: decision.allowed,
+            rule: decision.rule,
+            address: address.map(|a| a.to_string()),
+        }),
+    );
     let answer = address.map(|a| a.octets()).into_iter().collect();
     let _ = stream.send(HostToGuest::Resolved(answer)).await;
 }

@@ -402,3 +402,33 @@ time.sleep(600)
         "SIGINT did not reach the guest command"
     );
 }
+
+#[test]
+fn a_flood_of_refusals_is_logged_within_a_quota() {
+    let capsem = Capsem::new();
+    let script = r#"python3 -c '
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(20000):
+    try:
+        s.sendto(b"x", ("8.8.8.8", 1000 + i % 1000))
+    except OSError:
+        pass
+'; sleep 1"#;
+    let out = capsem.run(&["-q", script]);
+    assert_code(&out, 0);
+    let log = net_log(&capsem);
+    let udp = log.iter().filter(|r| r["protocol"] == "udp").count();
+    let summary = find(&log, |r| {
+        r["rule"]
+            .as_str()
+            .is_some_and(|s| s.contains("more refusals not logged"))
+    });
+    assert!(udp < 1000, "{udp} rows for one flood");
+    assert!(
+        summary["rule"]
+            .as_str()
+            .unwrap()
+            .starts_with(char::is_numeric)
+    );
+}
