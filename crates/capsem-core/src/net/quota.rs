@@ -81,9 +81,10 @@ mod tests {
             }
         );
         assert_eq!(quota.unreported(), None);
+        // The same second: 99 more fit beside the one above.
         for _ in 0..150 {
             quota.take(t0 + Duration::from_millis(1600));
         }
-        assert_eq!(quota.unreported(), Some(50));
+        assert_eq!(quota.unreported(), Some(51));
     }
 }
