@@ -48,6 +48,7 @@ fn write_one(file: &GuestFile) -> std::io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
     out.write_all(&file.contents)?;
-    // The umask may have narrowed the mode.
-    fs::set_permissions(path, fs::Permissions::from_mode(file.mode))
+    // The umask may have narrowed the mode. On the open file, not by name:
+    // the name could be swapped for a symlink meanwhile.
+    out.set_permissions(fs::Permissions::from_mode(file.mode))
 }

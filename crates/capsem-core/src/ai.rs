@@ -248,4 +248,13 @@ mod tests {
         assert!(env.iter().all(|(k, _)| !k.ends_with("_API_KEY")), "{env:?}");
         assert!(env.contains(&("CAPSEM_GEMINI_APPROVAL_MODE".into(), "yolo".into())));
     }
+
+    #[test]
+    fn a_key_set_in_settings_reaches_the_guest_only_as_a_placeholder() {
+        let settings = crate::settings::from_user_text("[ai.anthropic]\napi_key = \"sk-real\"\n");
+        let env = guest_env(&settings);
+        assert!(env.contains(&("ANTHROPIC_API_KEY".into(), API_KEYS[0].placeholder.into())));
+        assert!(env.iter().all(|(_, v)| !v.contains("sk-real")), "{env:?}");
+        assert!(env.iter().all(|(k, _)| k != "OPENAI_API_KEY"), "{env:?}");
+    }
 }

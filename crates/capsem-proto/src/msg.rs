@@ -142,9 +142,7 @@ impl GuestFile {
             why,
         };
         check_no_nul("a file path", &self.path)?;
-        if self.path.len() > MAX_TEXT_BYTES {
-            return Err(ProtocolError::TextTooLarge(self.path.len()));
-        }
+        check_text(&self.path)?;
         if !FILE_ROOTS.iter().any(|root| self.path.starts_with(root)) {
             return Err(bad("it is not under /root, /tmp or /run"));
         }
@@ -201,13 +199,17 @@ pub const MAX_ADDRESSES: usize = 16;
 pub fn validate_name(name: &str) -> Result<(), ProtocolError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_NAME_BYTES
-        && name.trim_end_matches('.').split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
+        && name
+            .strip_suffix('.')
+            .unwrap_or(name)
+            .split('.')
+            .all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
     if ok {
         Ok(())
     } else {
@@ -681,7 +683,16 @@ mod tests {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
         let long = "a".repeat(64);
-        for bad in ["", ".", "a..b", "evil name", &long, "ünicode.com", "a/b"] {
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "a..",
+            "evil name",
+            &long,
+            "ünicode.com",
+            "a/b",
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -250,6 +250,8 @@ impl RunArgs {
     pub fn with_outer(mut self, outer: RunArgs) -> RunArgs {
         self.timeout = self.timeout.or(outer.timeout);
         self.env.splice(0..0, outer.env);
+        self.pass_env.splice(0..0, outer.pass_env);
+        self.tty |= outer.tty;
         self
     }
 }
@@ -353,7 +355,21 @@ mod tests {
 
     #[test]
     fn options_before_run_are_kept() {
-        let cli = parse(&["--timeout", "3", "-e", "A=1", "run", "-e", "B=2", "--", "x"]).unwrap();
+        let cli = parse(&[
+            "--timeout",
+            "3",
+            "-e",
+            "A=1",
+            "--pass-env",
+            "K",
+            "-t",
+            "run",
+            "-e",
+            "B=2",
+            "--",
+            "x",
+        ])
+        .unwrap();
         let Some(Subcmd::Run(run)) = cli.subcommand else {
             panic!("not run")
         };
@@ -361,6 +377,8 @@ mod tests {
         assert_eq!(run.timeout, Some(Duration::from_secs(3)));
         assert_eq!(run.env.len(), 2);
         assert_eq!(run.env[0].0, "A");
+        assert_eq!(run.pass_env, ["K"]);
+        assert!(run.tty);
     }
 
     #[test]

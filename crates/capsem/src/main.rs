@@ -40,7 +40,8 @@ fn main() {
         }) => cmd::assets::verify().unwrap_or_else(|f| f.report()),
         Some(Subcmd::Version) => cmd::version::print().unwrap_or_else(|f| f.report()),
         Some(Subcmd::Doctor { filter, exit_first }) => {
-            let args = cmd::doctor::run_args(filter, exit_first, cli.global.verbose);
+            let args =
+                cmd::doctor::run_args(filter, exit_first, cli.global.verbose).with_outer(cli.run);
             cmd::run::run(args, &cli.global, started)
         }
         Some(Subcmd::Settings { action }) => {

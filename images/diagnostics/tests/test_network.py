@@ -9,7 +9,6 @@ refusal happens before capsem connects upstream.
 import errno
 import os
 import socket
-import subprocess
 
 import pytest
 
@@ -64,10 +63,10 @@ def test_udp_to_outside_addresses_is_rejected(host, port):
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
     sock.settimeout(2)
-    with pytest.raises(OSError):
-        sock.connect((host, port))
+    sock.connect((host, port))
+    # Rejected on the way out, not merely unanswered.
+    with pytest.raises(PermissionError):
         sock.send(b"x")
-        sock.recv(1)
 
 
 @pytest.mark.parametrize("name", ["example.com", "google.com", "pypi.org", "evil.test"])
@@ -102,12 +101,9 @@ def test_ipv6_is_not_available():
 
 def test_raw_sockets_reach_nothing():
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    raw.settimeout(2)
     echo = bytes([8, 0, 0xF7, 0xFF, 0, 0, 0, 0])
-    with pytest.raises(OSError):
+    with pytest.raises(PermissionError):
         raw.sendto(echo, ("8.8.8.8", 0))
-        while True:
-            raw.recv(1500)
 
 
 def test_packet_sockets_do_not_exist():
@@ -123,13 +119,13 @@ def test_curl_cannot_reach_a_name_outside_the_policy():
 
 
 def test_doh_to_a_raw_address_fails():
-    proc = run("curl -sS --max-time 10 https://1.1.1.1/dns-query?name=example.com", check=False)
-    assert proc.returncode != 0
+    code, _ = curl_status("https://1.1.1.1/dns-query?name=example.com")
+    assert code in REFUSED + (35,), code  # 35: reset during the TLS handshake
 
 
 def test_a_client_ignoring_proxy_variables_is_still_intercepted():
-    proc = run("env -u http_proxy -u https_proxy curl -sS --noproxy '*' --max-time 10 http://93.184.215.14/", check=False)
-    assert proc.returncode != 0
+    code, _ = curl_status("--noproxy '*' http://93.184.215.14/")
+    assert code in REFUSED, code
 
 
 # curl's exit codes for a connection refused (7), closed before a reply
@@ -158,8 +154,8 @@ def test_a_tls_hello_for_another_name_is_refused():
 
 
 def test_connect_through_the_proxy_to_a_denied_host_is_refused():
-    code, status = curl_status("-p -x http://api.anthropic.com:80 https://example.com/")
-    assert code != 0 and status in ("000", "421"), (code, status)
+    proc = run("curl -s -o /dev/null -w '%{http_connect}' --max-time 20 -p -x http://api.anthropic.com:80 https://example.com/", check=False)
+    assert (proc.returncode, proc.stdout) == (56, "421")
 
 
 def test_an_allowed_name_on_another_port_is_refused():
@@ -193,8 +189,3 @@ def test_dns_over_tcp_to_an_outside_resolver_is_refused():
     with pytest.raises((ConnectionResetError, BrokenPipeError)):
         sock.sendall(len(query).to_bytes(2, "big") + query)
         sock.recv(1)
-
-
-def test_icmp_ping_gets_no_answer():
-    proc = subprocess.run(["python3", "-c", "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); s.settimeout(3); s.sendto(bytes([8,0,0xf7,0xff,0,0,0,0]), ('1.1.1.1', 0)); s.recv(100)"], capture_output=True, text=True)
-    assert proc.returncode != 0

@@ -59,17 +59,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let current_json = assets::build()?;
     proc::run(cargo(&current_json).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
     let capsem = workspace().join("target/release/capsem");
-    let current = CurrentAssets::parse(&fs::read_to_string(&current_json)?)?;
     let scratch = tempdir("capsem-bench")?;
-    let floor_initrd = build_floor(&scratch)?;
     let home = scratch.join("home");
-    let vm = VmSettings::default();
-    let accel = vm::accel::choose(AccelSetting::Auto)?.accel;
     if args.network_only {
         let report = json!({ "network": network::measure(&capsem, &home)? });
         print_network(&report["network"]);
         return write_report(&report, &args.out, &scratch);
     }
+    let current = CurrentAssets::parse(&fs::read_to_string(&current_json)?)?;
+    let floor_initrd = build_floor(&scratch)?;
+    let vm = VmSettings::default();
+    let accel = vm::accel::choose(AccelSetting::Auto)?.accel;
 
     eprintln!("xtask: warming up (first run hashes the assets)");
     run_capsem(&capsem, &home, "true")?;
@@ -85,11 +85,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let mut report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
     report["session_recording"] = recording(&report, &scratch)?;
-    eprintln!("xtask: terminal latency and throughput");
     eprintln!("xtask: AI CLI cold starts");
     report["ai_cli_cold_start_ms"] = agents::cold_starts(&capsem, &home)?;
     eprintln!("xtask: network proxy latency and throughput");
     report["network"] = network::measure(&capsem, &home)?;
+    eprintln!("xtask: terminal latency and throughput");
     report["terminal"] = json!({
         "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
         "output": terminal::throughput(&capsem, &home)?,

@@ -63,7 +63,6 @@ pub async fn run(channel: Channel, req: ExecRequest, reaper: &Reaper, running: &
     let _ = sink.close().await;
 }
 
-/// Moves data until the command has exited and its output is drained.
 /// The host's side of a command's input.
 struct Input<S> {
     /// Messages from the host on the exec stream.
@@ -74,6 +73,7 @@ struct Input<S> {
     hangup: Option<Pid>,
 }
 
+/// Moves data until the command has exited and its output is drained.
 async fn supervise(
     sink: &mut (impl futures::Sink<GuestToHost> + Unpin),
     input: Input<impl Stream<Item = Result<HostToGuest, capsem_proto::FrameError>> + Unpin>,

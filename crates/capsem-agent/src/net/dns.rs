@@ -84,7 +84,7 @@ fn question(query: &Packet<'_>) -> Option<(String, QTYPE)> {
     }
     let q = &query.questions[0];
     let name = q.qname.to_string();
-    Some((name.trim_end_matches('.').to_owned(), q.qtype))
+    Some((name.strip_suffix('.').unwrap_or(&name).to_owned(), q.qtype))
 }
 
 async fn resolve(streams: &Streams, name: &str) -> Result<Vec<[u8; 4]>> {

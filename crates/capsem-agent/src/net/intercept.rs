@@ -41,10 +41,12 @@ pub async fn serve(listener: TcpListener, streams: Streams) {
 
 async fn handle(socket: TcpStream, peer: SocketAddr, streams: &Streams) -> Result<()> {
     let dst = original_destination(&socket)?;
+    // Scanning /proc blocks; the agent's runtime has one thread.
+    let owner = tokio::task::spawn_blocking(move || process::owner_of(peer, dst));
     let request = ConnectRequest {
         addr: dst.ip().octets(),
         port: dst.port(),
-        process: process::owner_of(peer, dst),
+        process: owner.await.ok().flatten(),
     };
     let (stream, _place) = streams
         .open()

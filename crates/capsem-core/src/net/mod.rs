@@ -2,7 +2,7 @@
 //! the proxy every guest connection goes through.
 //!
 //! The guest agent opens one stream per caught connection or DNS query
-//! (see `capsem-agent`'s `net` module). [`Network::serve`] takes those
+//! (see `capsem-agent`'s `net` module). [`Network::start`] serves those
 //! streams: a name the policy allows gets a synthetic address ([`names`]);
 //! a connection to such an address on port 443 is TLS-terminated with a
 //! certificate from the installation's CA ([`ca`]), checked request by
@@ -24,11 +24,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use capsem_proto::mux;
 use capsem_proto::{GuestToHost, HostCodec, HostToGuest};
-use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 
+use crate::channel::Inbound;
 use crate::session::EventLog;
 use crate::session::events::{DnsEvent, Event, NetEvent, Verdict};
 use crate::settings::{Settings, SettingsError};
@@ -91,7 +91,7 @@ impl Network {
 
     /// Serves the streams the guest opens, until the channel ends or the
     /// returned guard is dropped.
-    pub fn start(self, mut inbound: mpsc::Receiver<mux::Stream>) -> Running {
+    pub fn start(self, mut inbound: Inbound) -> Running {
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
             let mut streams = tokio::task::JoinSet::new();
@@ -127,43 +127,34 @@ impl Drop for Running {
         if let Some(count) = unreported {
             self.shared.log(unlogged(count));
         }
-        *self
-            .shared
-            .events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        *lock(&self.shared.events) = None;
     }
 }
 
 impl Shared {
-    /// The policy's decision for `name`, with settings read now. Settings
-    /// that cannot be read deny everything.
-    fn decide(&self, name: &str) -> Decision {
-        self.admit(name).0
+    /// The policy's decision for `name`, with the settings in effect now
+    /// (returned for what else the caller needs of them). Settings that
+    /// cannot be read deny everything.
+    fn decide(&self, name: &str) -> (Decision, Option<Settings>) {
+        match (self.settings)() {
+            Ok(settings) => (Policy::new(&settings).decide(name), Some(settings)),
+            Err(e) => (Decision::deny(format!("settings unreadable: {e}")), None),
+        }
     }
 
     /// The decision for a connection to `name` and what its requests get,
     /// from one reading of the settings.
     fn admit(&self, name: &str) -> (Decision, Grant) {
-        match (self.settings)() {
-            Ok(settings) => {
-                let decision = Policy::new(&settings).decide(name);
-                let grant = match decision.allowed {
-                    true => Grant::new(&settings, name),
-                    false => Grant::default(),
-                };
-                (decision, grant)
-            }
-            Err(e) => (
-                Decision::deny(format!("settings unreadable: {e}")),
-                Grant::default(),
-            ),
-        }
+        let (decision, settings) = self.decide(name);
+        let grant = match settings {
+            Some(settings) if decision.allowed => Grant::new(&settings, name),
+            _ => Grant::default(),
+        };
+        (decision, grant)
     }
 
     fn name_of(&self, addr: Ipv4Addr) -> Option<String> {
-        let names = lock(&self.names);
-        names.name(addr).map(str::to_owned)
+        lock(&self.names).name(addr).map(str::to_owned)
     }
 
     fn record(&self, event: NetEvent) {
@@ -188,8 +179,7 @@ impl Shared {
     }
 
     fn log(&self, event: Event) {
-        let events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(events) = events.as_ref() {
+        if let Some(events) = lock(&self.events).as_ref() {
             events.record(event);
         }
     }
@@ -260,10 +250,9 @@ async fn handle(mut stream: GuestStream, shared: Arc<Shared>) {
 /// Answers a DNS query: an allowed name gets its synthetic address.
 async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
     let name = policy::normalize(name);
-    let mut decision = shared.decide(&name);
+    let (mut decision, _) = shared.decide(&name);
     let address = if decision.allowed {
-        let mut names = shared.names.lock().unwrap_or_else(PoisonError::into_inner);
-        names.address(&name)
+        lock(&shared.names).address(&name)
     } else {
         None
     };

@@ -3,7 +3,7 @@
 //! against the name and forwarded upstream on a connection of its own.
 
 use std::convert::Infallible;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -217,36 +217,13 @@ async fn forward(
         |meter, data| meter.request(data),
     );
     let body = Metered::new(body, sent.clone(), request_tap, None).boxed();
-    let mut guard = upstream.lock().await;
-    if !guard.as_ref().is_some_and(|c| c.sender.is_usable()) {
-        match shared
-            .upstream
-            .connect(&conn.name, conn.port, conn.tls)
-            .await
-        {
-            Ok(connected) => *guard = Some(connected),
-            Err(e) => return failed(&shared, event, started, e.to_string()),
+    let response = match round_trip(parts, body, conn, &shared, upstream).await {
+        Ok((response, addr)) => {
+            event.ip = Some(addr.ip().to_string());
+            response
         }
-    }
-    let connected = guard.as_mut().expect("connected above");
-    event.ip = Some(connected.addr.ip().to_string());
-    let request = upstream_request(parts, body, conn, &connected.sender);
-    // HTTP/1.1 carries one request at a time, so the connection stays
-    // locked until the answer starts; HTTP/2 multiplexes, so requests of
-    // one guest connection go out side by side.
-    let response = match &mut connected.sender {
-        Sender::H1(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
-        Sender::H2(s) => {
-            let mut s = s.clone();
-            drop(guard);
-            tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await
-        }
-    };
-    let response = match response {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => return failed(&shared, event, started, e.to_string()),
-        Err(_) => {
-            let why = format!("no response within {} s", RESPONSE_WAIT.as_secs());
+        Err((addr, why)) => {
+            event.ip = addr.map(|a| a.ip().to_string());
             return failed(&shared, event, started, why);
         }
     };
@@ -274,7 +251,7 @@ async fn forward(
             (event.request_body, event.response_body) = bodies.text();
         }
         if let Some((provider, meter)) = call {
-            let usage = std::mem::replace(&mut *lock(&meter), Meter::new("")).finish();
+            let usage = lock(&meter).finish();
             shared.log(Event::Model(Box::new(ModelCall {
                 provider: provider.name().to_owned(),
                 cost_usd: usage::cost(&usage),
@@ -292,6 +269,46 @@ async fn forward(
     });
     let body = Metered::new(body, received, response_tap, Some(done));
     Response::from_parts(parts, body.boxed())
+}
+
+/// Sends a request upstream on the guest connection's own upstream
+/// connection, connecting first when there is none (or it closed). Returns
+/// the answer and the server's address, or why not (with the address when
+/// it got that far).
+async fn round_trip(
+    parts: http::request::Parts,
+    body: Body,
+    conn: &Conn,
+    shared: &Shared,
+    upstream: &Mutex<Option<Connected>>,
+) -> Result<(Response<Incoming>, SocketAddr), (Option<SocketAddr>, String)> {
+    let mut guard = upstream.lock().await;
+    if !guard.as_ref().is_some_and(|c| c.sender.is_usable()) {
+        let connected = shared.upstream.connect(&conn.name, conn.port, conn.tls);
+        *guard = Some(connected.await.map_err(|e| (None, e.to_string()))?);
+    }
+    let connected = guard.as_mut().expect("connected above");
+    let addr = connected.addr;
+    let request = upstream_request(parts, body, conn, &connected.sender);
+    // HTTP/1.1 carries one request at a time, so the connection stays
+    // locked until the answer starts; HTTP/2 multiplexes, so requests of
+    // one guest connection go out side by side.
+    let response = match &mut connected.sender {
+        Sender::H1(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
+        Sender::H2(s) => {
+            let mut s = s.clone();
+            drop(guard);
+            tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await
+        }
+    };
+    match response {
+        Ok(Ok(response)) => Ok((response, addr)),
+        Ok(Err(e)) => Err((Some(addr), e.to_string())),
+        Err(_) => {
+            let why = format!("no response within {} s", RESPONSE_WAIT.as_secs());
+            Err((Some(addr), why))
+        }
+    }
 }
 
 /// The meter of a model API call, when the request is one.
@@ -513,18 +530,18 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.count.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    let data = data.clone();
-                    if let Some(tap) = self.tap.as_mut() {
-                        tap(&data);
+                    this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if let Some(tap) = this.tap.as_mut() {
+                        tap(data);
                     }
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.finish(),
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
             Poll::Pending => {}
         }
         polled

@@ -148,8 +148,9 @@ impl Meter {
         }
     }
 
-    /// What the call used.
-    pub fn finish(mut self) -> Usage {
+    /// What the call used. The meter is spent: it may still be fed (the
+    /// body it watched can outlive the call's record) but says no more.
+    pub fn finish(&mut self) -> Usage {
         if self.sse {
             self.sse_line();
         } else if !self.overflow
@@ -161,9 +162,9 @@ impl Meter {
             let requested = serde_json::from_slice::<Value>(&self.request).ok();
             self.usage.model = requested
                 .and_then(|r| r["model"].as_str().map(str::to_owned))
-                .or(self.path_model);
+                .or(self.path_model.take());
         }
-        self.usage
+        std::mem::take(&mut self.usage)
     }
 }
 
@@ -205,15 +206,18 @@ fn absorb(json: &Value, usage: &mut Usage) {
     }
 }
 
-/// The checked-in price table, USD per million tokens.
-const PRICES: &str = include_str!("prices.toml");
+/// The checked-in price table, USD per million tokens, parsed once.
+static PRICES: std::sync::LazyLock<toml::Table> = std::sync::LazyLock::new(|| {
+    include_str!("prices.toml")
+        .parse()
+        .expect("prices.toml is checked by the tests")
+});
 
 /// The estimated cost of `usage` in USD, when the model is in the table
 /// (the longest matching prefix wins).
 pub fn cost(usage: &Usage) -> Option<f64> {
     let model = usage.model.as_deref()?;
-    let table: toml::Table = PRICES.parse().ok()?;
-    let (_, price) = table
+    let (_, price) = PRICES
         .iter()
         .filter(|(prefix, _)| model.starts_with(prefix.as_str()))
         .max_by_key(|(prefix, _)| prefix.len())?;
@@ -278,7 +282,7 @@ mod tests {
         meter.request(br#"{"model":"claude-haiku-4-5","max_tokens":5}"#);
         meter.response(b"not json");
         assert_eq!(meter.finish().model.as_deref(), Some("claude-haiku-4-5"));
-        let meter = Meter::new("/v1beta/models/gemini-2.5-flash:generateContent?key=k");
+        let mut meter = Meter::new("/v1beta/models/gemini-2.5-flash:generateContent?key=k");
         assert_eq!(meter.finish().model.as_deref(), Some("gemini-2.5-flash"));
     }
 

@@ -10,19 +10,16 @@ use rusqlite::Connection;
 /// from a newer capsem, which this one must not touch.
 pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<u32> {
     let latest = migrations.len() as u32;
+    // Up to date (the common case): no write lock, so opening a database
+    // never waits for a running session's writes.
+    if version(conn, latest)? == latest {
+        return Ok(latest);
+    }
     // IMMEDIATE takes the write lock up front, so concurrent capsem
     // processes wait on the busy timeout instead of failing to upgrade a
-    // read transaction.
+    // read transaction; the version is read again under the lock.
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let current: u32 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if current > latest {
-        return Err(rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
-            Some(format!(
-                "schema version {current} is newer than this capsem understands ({latest})"
-            )),
-        ));
-    }
+    let current = version(&tx, latest)?;
     if current == latest {
         return Ok(latest);
     }
@@ -32,6 +29,21 @@ pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> rusqlite::Result<u
     tx.pragma_update(None, "user_version", latest)?;
     tx.commit()?;
     Ok(latest)
+}
+
+/// The schema version; an error if it is newer than `latest`, which this
+/// capsem must not touch.
+fn version(conn: &Connection, latest: u32) -> rusqlite::Result<u32> {
+    let current: u32 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > latest {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ERROR),
+            Some(format!(
+                "schema version {current} is newer than this capsem understands ({latest})"
+            )),
+        ));
+    }
+    Ok(current)
 }
 
 /// Opens with the settings every Capsem database uses: WAL (readers never

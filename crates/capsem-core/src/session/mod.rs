@@ -1,7 +1,7 @@
 //! Sessions: every VM run is one, recorded on disk.
 //!
-//! - [`dirs`]: the session's directories (boot log, QEMU log, event
-//!   database) and its runtime directory (the channel socket);
+//! - [`dirs`]: the session's directory (boot log, QEMU log, event
+//!   database, transcript);
 //! - [`store`]: the index `~/.capsem/sessions.db`, one row per session;
 //! - [`events`]: the session's own event database and its writer thread;
 //! - [`migrate`]: schema versions for both;

@@ -309,6 +309,56 @@ impl Settings {
     }
 }
 
+/// The settings files as they stand: what changes when one is edited or
+/// replaced (length, modification time, inode); `None` when absent.
+type Stamp = [Option<(u64, std::time::SystemTime, u64)>; 2];
+
+/// Settings consulted again and again (the network policy, at every
+/// connection): the files are parsed again only when one of them changed.
+pub struct Live {
+    user: PathBuf,
+    corp: PathBuf,
+    last: std::sync::Mutex<Option<(Stamp, Settings)>>,
+}
+
+impl Live {
+    /// The default files (see [`crate::paths`]).
+    pub fn new() -> Live {
+        Live {
+            user: crate::paths::user_settings(),
+            corp: crate::paths::corp_settings(),
+            last: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The settings in effect now.
+    pub fn load(&self) -> Result<Settings, SettingsError> {
+        use std::os::unix::fs::MetadataExt;
+        let stamp = [&self.user, &self.corp].map(|path| {
+            let meta = fs::metadata(path).ok()?;
+            Some((meta.len(), meta.modified().ok()?, meta.ino()))
+        });
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((seen, settings)) = last.as_ref()
+            && *seen == stamp
+        {
+            return Ok(settings.clone());
+        }
+        let settings = Settings::load_from(&self.user, &self.corp)?;
+        *last = Some((stamp, settings.clone()));
+        Ok(settings)
+    }
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live::new()
+    }
+}
+
 /// Settings with `user` as the user file's text and no corporate file.
 #[cfg(test)]
 pub(crate) fn from_user_text(user: &str) -> Settings {
@@ -474,6 +524,29 @@ pub fn display(kind: Kind, value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_settings_follow_edits_and_removal_of_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("user.toml");
+        let live = Live {
+            user: user.clone(),
+            corp: dir.path().join("corp.toml"),
+            last: std::sync::Mutex::default(),
+        };
+        assert_eq!(live.load().unwrap().vm().cpus, 2);
+        fs::write(&user, "[vm]\ncpus = 3\n").unwrap();
+        assert_eq!(live.load().unwrap().vm().cpus, 3);
+        fs::write(&user, "[vm]\ncpus = 12\n").unwrap();
+        assert_eq!(live.load().unwrap().vm().cpus, 12);
+        fs::write(&user, "[vm]\ncpus = \"many\"\n").unwrap();
+        assert!(
+            live.load().is_err(),
+            "a broken file is an error, not the old values"
+        );
+        fs::remove_file(&user).unwrap();
+        assert_eq!(live.load().unwrap().vm().cpus, 2);
+    }
 
     fn files(user: Option<&str>, corp: Option<&str>) -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

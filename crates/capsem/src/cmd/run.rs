@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use capsem_core::ai;
 use capsem_core::channel::{Control, ExecIo};
-use capsem_core::settings::Settings;
+use capsem_core::settings::{Live, Settings};
 use capsem_core::vm::QemuBackend;
 use capsem_core::{Outcome, RunRequest, Sandbox, paths};
 use capsem_proto::{Command, TtySize};
@@ -128,7 +128,10 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
         backend: Arc::new(backend),
         home: paths::capsem_home(),
         started,
-        settings: Arc::new(Settings::load),
+        settings: {
+            let live = Live::new();
+            Arc::new(move || live.load())
+        },
     };
     let io = ExecIo {
         stdin: Some(Box::new(tokio::io::stdin())),

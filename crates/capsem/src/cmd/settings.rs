@@ -77,10 +77,7 @@ fn list(settings: &Settings, json: bool) -> Result<i32, Failure> {
     let mut rows: Vec<(String, String, String, Source, &str)> = settings
         .entries()
         .map(|(def, entry)| {
-            let full = match def.kind {
-                Kind::Secret => display(def.kind, &entry.value),
-                _ => edit::shown(def.kind, &entry.value),
-            };
+            let full = edit::shown(def.kind, &entry.value);
             let short = brief(def.kind, &entry.value);
             (
                 def.key.to_owned(),

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::support::{Capsem, assert_code, stdout};
+use crate::support::{Capsem, RSS_LIMIT_KIB, assert_code, stdout, wait_with_peak_kib};
 use crate::upstream::{Request, TestCa, Upstream};
 
 /// A capsem that allows `allowed.test` (HTTPS) and `plain.test` (HTTP),
@@ -327,7 +327,8 @@ fn claude_code_talks_to_its_api_through_the_proxy() {
 
 #[test]
 fn uploads_stream_with_bounded_memory_even_to_a_server_that_stalls() {
-    let (capsem, _https, http) = world();
+    let capsem = Capsem::new();
+    let http = Upstream::http();
     // A server that accepts and then neither reads nor answers.
     let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let stall_port = stall.local_addr().unwrap().port();
@@ -345,18 +346,13 @@ fn uploads_stream_with_bounded_memory_even_to_a_server_that_stalls() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let mut peak = 0;
-    while child.try_wait().unwrap().is_none() {
-        peak = peak.max(crate::security::peak_kib(pid));
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let (_, peak) = wait_with_peak_kib(&mut child);
     let out = child.wait_with_output().unwrap();
     let text = stdout(&out);
     assert!(text.contains("code=200"), "{text}");
     assert!(text.contains("stalled=28"), "{text}");
     assert!(
-        peak < 64 * 1024,
+        peak < RSS_LIMIT_KIB,
         "capsem grew to {peak} KiB during 64 MiB uploads"
     );
     let log = net_log(&capsem);

@@ -118,12 +118,15 @@ fn pip_and_npm_reach_their_registries_when_allowed() {
         .iter()
         .map(|n| format!("{n}=127.0.0.1:{}", server.port))
         .collect();
-    capsem.user_settings(&format!(
-        "[network]\nresolve_override = \"{}\"\nextra_upstream_ca = \"{}\"\n\
-         [registry.pypi]\nallow = true\n[registry.npm]\nallow = true\n",
-        overrides.join(", "),
-        ca.pem.display()
-    ));
+    let settings = |npm: bool| {
+        format!(
+            "[network]\nresolve_override = \"{}\"\nextra_upstream_ca = \"{}\"\n\
+             [registry.pypi]\nallow = true\n[registry.npm]\nallow = {npm}\n",
+            overrides.join(", "),
+            ca.pem.display()
+        )
+    };
+    capsem.user_settings(&settings(true));
     let script = "cd /tmp && pip download --no-deps --disable-pip-version-check -q capsem-demo \
         && ls capsem_demo-1.0-py3-none-any.whl && npm view capsem-demo version";
     let out = capsem.run(&["run", "--timeout", "300", "--", "sh", "-c", script]);
@@ -132,8 +135,14 @@ fn pip_and_npm_reach_their_registries_when_allowed() {
     assert!(text.contains(WHEEL), "{text}");
     assert!(text.trim_end().ends_with("1.2.3"), "{text}");
 
-    // With the registries off again, the same commands cannot resolve them.
-    capsem.user_settings("");
+    // With npm switched off, all else equal, its registry does not resolve.
+    capsem.user_settings(&settings(false));
     let out = capsem.run(&["-q", "npm view capsem-demo version --fetch-retries=0"]);
     assert_ne!(out.status.code(), Some(0));
+    let log = stdout(&capsem.run(&["net", "log", "--json"]));
+    let refused = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["data"].clone())
+        .any(|row| row["name"] == "registry.npmjs.org" && row["allowed"] == false);
+    assert!(refused, "no refused lookup of the registry in:\n{log}");
 }

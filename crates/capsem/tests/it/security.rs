@@ -5,27 +5,10 @@ use std::fs;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{Capsem, alive, assert_code, children_of, read_line, stdout, wait_until};
-
-/// A `/proc/PID/status` field.
-fn status_field(pid: u32, name: &str) -> String {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{name}:"))
-                .map(|v| v.trim().to_owned())
-        })
-        .unwrap_or_default()
-}
-
-/// Peak RSS of a process in KiB.
-pub(crate) fn peak_kib(pid: u32) -> u64 {
-    status_field(pid, "VmHWM")
-        .trim_end_matches(" kB")
-        .parse()
-        .unwrap_or(0)
-}
+use crate::support::{
+    Capsem, RSS_LIMIT_KIB, alive, assert_code, children_of, peak_kib, read_line, status_field,
+    stdout, wait_until, wait_with_peak_kib,
+};
 
 #[test]
 fn qemu_runs_confined_and_sees_only_what_it_was_given() {
@@ -91,14 +74,10 @@ fn an_output_flood_keeps_capsem_small() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let mut peak = 0;
-    while child.try_wait().unwrap().is_none() {
-        peak = peak.max(peak_kib(pid));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (status, peak) = wait_with_peak_kib(&mut child);
+    assert_eq!(status.code(), Some(124), "the flood ran until the timeout");
     assert!(
-        peak < 64 * 1024,
+        peak < RSS_LIMIT_KIB,
         "capsem grew to {peak} KiB under an output flood"
     );
 }
@@ -120,7 +99,7 @@ fn a_reader_that_stops_reading_stalls_the_guest_not_capsem_memory() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        peak < 64 * 1024,
+        peak < RSS_LIMIT_KIB,
         "capsem grew to {peak} KiB with a stalled reader"
     );
 }

@@ -159,3 +159,38 @@ pub fn asset_dir() -> PathBuf {
         .expect("capsem version names its asset directory");
     PathBuf::from(line)
 }
+
+/// A `/proc/PID/status` field.
+pub fn status_field(pid: u32, name: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name}:"))
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// Peak RSS of a process in KiB.
+pub fn peak_kib(pid: u32) -> u64 {
+    status_field(pid, "VmHWM")
+        .trim_end_matches(" kB")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// What capsem's peak RSS must stay under, whatever the guest does.
+pub const RSS_LIMIT_KIB: u64 = 64 * 1024;
+
+/// Waits for `child`, watching its peak RSS (KiB) while it runs.
+pub fn wait_with_peak_kib(child: &mut Child) -> (std::process::ExitStatus, u64) {
+    let mut peak = 0;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        peak = peak.max(peak_kib(child.id()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
