@@ -2,6 +2,7 @@
 //! the guest's excesses contained (docs/security.md, claims 6 and 7).
 
 use std::fs;
+use std::io::Read;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -94,6 +95,14 @@ fn a_reader_that_stops_reading_stalls_the_guest_not_capsem_memory() {
         .spawn()
         .unwrap();
     let pid = child.id();
+    // Read a little, so the flood has surely begun, then stop reading.
+    let mut first = vec![0; 1 << 20];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut first)
+        .unwrap();
     std::thread::sleep(Duration::from_secs(8));
     let peak = peak_kib(pid);
     child.kill().unwrap();

@@ -54,11 +54,14 @@ fn a_shell_runs_commands_and_follows_resizes() {
     shell.expect("xterm-256color").unwrap();
     shell.expect(PROMPT).unwrap();
     shell.get_process_mut().set_window_size(120, 40).unwrap();
-    // The guest hears of it through SIGWINCH; give the resize a moment.
-    std::thread::sleep(Duration::from_millis(500));
-    shell.send("stty size\r").unwrap();
-    shell.expect("40 120").unwrap();
-    shell.expect(PROMPT).unwrap();
+    // The resize travels beside the typed input, not in order with it:
+    // ask until the guest's terminal has it.
+    let resized = (0..20).any(|_| {
+        shell.send("stty size\r").unwrap();
+        let size = shell.expect(PROMPT).unwrap();
+        String::from_utf8_lossy(size.before()).contains("40 120")
+    });
+    assert!(resized, "the guest never saw the new size");
     shell
         .send("printf '\\xe2\\x9c\\x93 \\e[38;5;196mred\\e[0m\\n'\r")
         .unwrap();
@@ -77,24 +80,29 @@ fn ctrl_c_interrupts_the_foreground_command_and_the_shell_survives() {
     let dir = tempfile::tempdir().unwrap();
     let mut shell = spawn_shell(&capsem, dir.path());
     shell.expect(PROMPT).unwrap();
-    shell.send("sleep 100\r").unwrap();
-    shell.expect("sleep 100").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // A job that says when it has the terminal: when it starts, and when
+    // it is continued (bash hands the terminal over before SIGCONT).
+    shell
+        .send(
+            "job() ( trap 'echo resumed-$1' CONT; echo started-$1; while :; do sleep 0.2; done )\r",
+        )
+        .unwrap();
+    shell.expect(PROMPT).unwrap();
+    shell.send("job a\r").unwrap();
+    shell.expect("started-a").unwrap();
     shell.send("\x03").unwrap();
     shell.expect(PROMPT).unwrap();
-    shell.send("echo sleep-status=$?\r").unwrap();
-    shell.expect("sleep-status=130").unwrap();
+    shell.send("echo job-status=$?\r").unwrap();
+    shell.expect("job-status=130").unwrap();
     shell.expect(PROMPT).unwrap();
     // Ctrl-Z stops the foreground job; fg brings it back for Ctrl-C.
-    shell.send("sleep 200\r").unwrap();
-    shell.expect("sleep 200").unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    shell.send("job b\r").unwrap();
+    shell.expect("started-b").unwrap();
     shell.send("\x1a").unwrap();
     shell.expect("Stopped").unwrap();
     shell.expect(PROMPT).unwrap();
     shell.send("fg\r").unwrap();
-    shell.expect("sleep 200").unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    shell.expect("resumed-b").unwrap();
     shell.send("\x03").unwrap();
     shell.expect(PROMPT).unwrap();
     shell.send("echo fg-status=$?\r").unwrap();
