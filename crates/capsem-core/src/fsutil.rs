@@ -13,12 +13,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
+        let mut file = private_options().create(true).truncate(true).open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, path)
@@ -27,6 +22,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates a new private (0600) file; an existing one is an error, so
+/// nothing planted at `path` is ever written through.
+pub fn create_private(path: &Path) -> io::Result<fs::File> {
+    private_options().create_new(true).open(path)
+}
+
+/// Opens `path` for writing, creating it private (0600) if it is missing;
+/// existing content is kept.
+pub fn open_private(path: &Path) -> io::Result<fs::File> {
+    private_options().create(true).truncate(false).open(path)
+}
+
+fn private_options() -> fs::OpenOptions {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    options
 }
 
 /// Creates `path` (and missing parents) as a directory only its owner can
@@ -76,6 +89,20 @@ mod tests {
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
         let mode = fs::metadata(&path).unwrap().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn private_files_are_0600_and_never_reused_when_created_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("boot.log");
+        create_private(&path).unwrap().write_all(b"log").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert!(
+            create_private(&path).is_err(),
+            "an existing file was reused"
+        );
+        open_private(&path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"log", "open_private truncated");
     }
 
     #[test]

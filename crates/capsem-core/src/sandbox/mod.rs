@@ -302,8 +302,8 @@ impl Sandbox {
             StdUnixStream::pair().map_err(io_err("creating the channel socket pair"))?;
         let (console_host, console_vm) =
             StdUnixStream::pair().map_err(io_err("creating the console socket pair"))?;
-        let boot_log =
-            vm::create_log(&session.boot_log()).map_err(io_err("creating the boot log"))?;
+        let boot_log = crate::fsutil::create_private(&session.boot_log())
+            .map_err(io_err("creating the boot log"))?;
         let config = VmConfig {
             name: format!("capsem-{}", session.id()),
             assets,
@@ -312,7 +312,7 @@ impl Sandbox {
             memory_mib: self.vm.memory_mib,
             channel: channel_vm.into(),
             console: console_vm.into(),
-            monitor_log: vm::create_log(&session.monitor_log())
+            monitor_log: crate::fsutil::create_private(&session.monitor_log())
                 .map_err(io_err("creating the QEMU log"))?,
         };
         tracing::info!(

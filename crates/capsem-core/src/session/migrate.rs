@@ -52,14 +52,7 @@ fn version(conn: &Connection, latest: u32) -> rusqlite::Result<u32> {
 /// The file is created private (0600); SQLite gives its WAL and shared-memory
 /// files the same mode.
 pub fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_error)?;
+    crate::fsutil::open_private(path).map_err(io_error)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;

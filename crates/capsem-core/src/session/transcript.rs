@@ -44,12 +44,7 @@ pub struct Transcript {
 impl Transcript {
     /// Creates the transcript file (private, 0600).
     pub fn create(path: &Path) -> io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
+        let file = crate::fsutil::create_private(path)?;
         let mut writer = BufWriter::with_capacity(64 * 1024, file);
         writer.write_all(MAGIC)?;
         Ok(Transcript {
