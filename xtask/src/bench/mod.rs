@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use capsem_core::assets::CurrentAssets;
 use capsem_core::session::store::Store;
-use capsem_core::session::{Event, events};
+use capsem_core::session::{ExecEvent, events};
 use capsem_core::settings::VmSettings;
 use capsem_core::vm::{self, AccelSetting, qemu};
 use clap::Args;
@@ -356,10 +356,8 @@ fn recording(report: &Value, scratch: &Path) -> Result<Value> {
     let (log, writer) = events::start(&path)?;
     let started = Instant::now();
     for i in 0..EVENTS {
-        log.record(Event::Stdout {
-            exec: 1,
-            bytes: (i % 65536) as usize,
-        });
+        let bytes = (i % 65536) as usize;
+        log.exec(1, ExecEvent::Stdout { bytes });
     }
     drop(log);
     let counts = writer.finish();

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::{Channel, ChannelError};
 use crate::session::transcript::{Record, Transcript};
-use crate::session::{Event, EventLog};
+use crate::session::{EventLog, ExecEvent};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -86,10 +86,12 @@ pub async fn run(
         tty: spec.tty,
     };
     req.validate()?;
-    recording.events.record(Event::Started {
-        exec: id,
-        command: req.command.to_string(),
-    });
+    recording.events.exec(
+        id,
+        ExecEvent::Started {
+            command: req.command.to_string(),
+        },
+    );
     if let Some(size) = spec.tty {
         recording.transcribe(|| Record::Resize {
             rows: size.rows,
@@ -122,10 +124,12 @@ pub async fn run(
         result = receive => result?,
         never = background => match never {},
     };
-    recording.events.record(Event::Exited {
-        exec: id,
-        code: status.shell_code(),
-    });
+    recording.events.exec(
+        id,
+        ExecEvent::Exited {
+            code: status.shell_code(),
+        },
+    );
     Ok(status)
 }
 
@@ -141,7 +145,7 @@ async fn feed_stdin(
             match stdin.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    recording.events.record(Event::Stdin { exec, bytes: n });
+                    recording.events.exec(exec, ExecEvent::Stdin { bytes: n });
                     recording.transcribe(|| Record::Input(buf[..n].to_vec()));
                     if tx
                         .send(HostToGuest::Stdin(buf[..n].to_vec()))
@@ -181,7 +185,7 @@ async fn receive(
                 match msg {
                     GuestToHost::Stdout(data) => {
                         let events = out.recording.events;
-                        events.record(Event::Stdout { exec: id, bytes: data.len() });
+                        events.exec(id, ExecEvent::Stdout { bytes: data.len() });
                         out.recording.transcribe(|| Record::Output(data.clone()));
                         if stdout_open && write_chunk(&mut out.stdout, &data).await.is_err() {
                             stdout_open = false;
@@ -190,7 +194,7 @@ async fn receive(
                     }
                     GuestToHost::Stderr(data) => {
                         let events = out.recording.events;
-                        events.record(Event::Stderr { exec: id, bytes: data.len() });
+                        events.exec(id, ExecEvent::Stderr { bytes: data.len() });
                         // A closed stderr is no reason to disturb the command.
                         let _ = write_chunk(&mut out.stderr, &data).await;
                     }
@@ -207,7 +211,7 @@ async fn receive(
             Some(control) = controls.recv() => {
                 let msg = match control {
                     Control::Signal(signal) => {
-                        out.recording.events.record(Event::Signal { exec: id, signal });
+                        out.recording.events.exec(id, ExecEvent::Signal { signal });
                         HostToGuest::Signal { exec: id, signal }
                     }
                     Control::Resize(size) => {

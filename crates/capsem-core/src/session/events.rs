@@ -85,47 +85,12 @@ const MIGRATIONS: &[&str] = &[
 /// Something that happened in a session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A command started.
-    Started {
+    /// Something a command did.
+    Exec {
         /// Its exec id.
         exec: u32,
-        /// The command as typed.
-        command: String,
-    },
-    /// Bytes sent to the command's stdin.
-    Stdin {
-        /// Exec id.
-        exec: u32,
-        /// How many.
-        bytes: usize,
-    },
-    /// Bytes the command wrote to stdout.
-    Stdout {
-        /// Exec id.
-        exec: u32,
-        /// How many.
-        bytes: usize,
-    },
-    /// Bytes the command wrote to stderr.
-    Stderr {
-        /// Exec id.
-        exec: u32,
-        /// How many.
-        bytes: usize,
-    },
-    /// A signal forwarded to the command.
-    Signal {
-        /// Exec id.
-        exec: u32,
-        /// Signal number.
-        signal: u8,
-    },
-    /// The command ended with this shell exit code.
-    Exited {
-        /// Exec id.
-        exec: u32,
-        /// Exit code (128+N for signal N).
-        code: u8,
+        /// What.
+        what: ExecEvent,
     },
     /// A guest connection or request, allowed or not.
     Net(Box<NetEvent>),
@@ -133,6 +98,41 @@ pub enum Event {
     Dns(DnsEvent),
     /// A call to a model API.
     Model(Box<ModelCall>),
+}
+
+/// What a command did: one row of `exec_events`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    /// It started.
+    Started {
+        /// The command as typed.
+        command: String,
+    },
+    /// Bytes sent to its stdin.
+    Stdin {
+        /// How many.
+        bytes: usize,
+    },
+    /// Bytes it wrote to stdout.
+    Stdout {
+        /// How many.
+        bytes: usize,
+    },
+    /// Bytes it wrote to stderr.
+    Stderr {
+        /// How many.
+        bytes: usize,
+    },
+    /// A signal forwarded to it.
+    Signal {
+        /// Signal number.
+        signal: u8,
+    },
+    /// It ended with this shell exit code (128+N for signal N).
+    Exited {
+        /// The code.
+        code: u8,
+    },
 }
 
 /// One row of `model_calls`.
@@ -256,6 +256,11 @@ impl EventLog {
             lost: Arc::default(),
             start: Instant::now(),
         }
+    }
+
+    /// Records what command `exec` did.
+    pub fn exec(&self, exec: u32, what: ExecEvent) {
+        self.record(Event::Exec { exec, what });
     }
 
     /// Records an event without ever blocking.
@@ -386,8 +391,8 @@ fn write_batch(conn: &mut Connection, batch: &mut Vec<(u64, Event)>) -> rusqlite
                             dns.address
                         ])?;
                     }
-                    exec => {
-                        let (exec, kind, bytes, value, detail) = columns(exec);
+                    Event::Exec { exec, what } => {
+                        let (kind, bytes, value, detail) = columns(what);
                         insert.execute(params![at_us, exec, kind, bytes, value, detail])?;
                     }
                 }
@@ -451,20 +456,17 @@ fn insert_model(tx: &rusqlite::Transaction<'_>, at_us: i64, c: &ModelCall) -> ru
     Ok(())
 }
 
-type Columns = (u32, &'static str, Option<i64>, Option<i64>, Option<String>);
+type Columns = (&'static str, Option<i64>, Option<i64>, Option<String>);
 
-/// The `exec_events` columns of an exec event.
-fn columns(event: Event) -> Columns {
-    match event {
-        Event::Started { exec, command } => (exec, "started", None, None, Some(command)),
-        Event::Stdin { exec, bytes } => (exec, "stdin", Some(bytes as i64), None, None),
-        Event::Stdout { exec, bytes } => (exec, "stdout", Some(bytes as i64), None, None),
-        Event::Stderr { exec, bytes } => (exec, "stderr", Some(bytes as i64), None, None),
-        Event::Signal { exec, signal } => (exec, "signal", None, Some(signal.into()), None),
-        Event::Exited { exec, code } => (exec, "exited", None, Some(code.into()), None),
-        Event::Net(_) | Event::Dns(_) | Event::Model(_) => {
-            unreachable!("network events have tables of their own")
-        }
+/// The `exec_events` columns (kind, bytes, value, detail) of an exec event.
+fn columns(what: ExecEvent) -> Columns {
+    match what {
+        ExecEvent::Started { command } => ("started", None, None, Some(command)),
+        ExecEvent::Stdin { bytes } => ("stdin", Some(bytes as i64), None, None),
+        ExecEvent::Stdout { bytes } => ("stdout", Some(bytes as i64), None, None),
+        ExecEvent::Stderr { bytes } => ("stderr", Some(bytes as i64), None, None),
+        ExecEvent::Signal { signal } => ("signal", None, Some(signal.into()), None),
+        ExecEvent::Exited { code } => ("exited", None, Some(code.into()), None),
     }
 }
 
@@ -516,37 +518,6 @@ pub struct ModelRow {
     pub call: ModelCall,
 }
 
-/// The model calls of the database at `path`, oldest first.
-pub fn model_calls(path: &Path) -> rusqlite::Result<Vec<ModelRow>> {
-    let (conn, has_net) = open_read_only(path)?;
-    if !has_net || !has_table(&conn, "model_calls")? {
-        return Ok(Vec::new());
-    }
-    let mut stmt = conn.prepare(
-        "SELECT at_us, provider, model, path, status, input_tokens, output_tokens,
-                stop_reason, duration_us, cost_usd, key_fingerprint
-         FROM model_calls ORDER BY seq",
-    )?;
-    stmt.query_map([], |r| {
-        Ok(ModelRow {
-            at_us: r.get::<_, i64>(0)? as u64,
-            call: ModelCall {
-                provider: r.get(1)?,
-                model: r.get(2)?,
-                path: r.get(3)?,
-                status: r.get(4)?,
-                input_tokens: r.get::<_, i64>(5)? as u64,
-                output_tokens: r.get::<_, i64>(6)? as u64,
-                stop_reason: r.get(7)?,
-                duration_us: r.get::<_, i64>(8)? as u64,
-                cost_usd: r.get(9)?,
-                key_fingerprint: r.get(10)?,
-            },
-        })
-    })?
-    .collect()
-}
-
 /// A `dns_events` row with its time.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DnsRow {
@@ -555,36 +526,6 @@ pub struct DnsRow {
     /// The query.
     #[serde(flatten)]
     pub query: DnsEvent,
-}
-
-/// The DNS queries of the database at `path`, oldest first.
-pub fn dns_log(path: &Path) -> rusqlite::Result<Vec<DnsRow>> {
-    let (conn, has_net) = open_read_only(path)?;
-    if !has_net {
-        return Ok(Vec::new());
-    }
-    let mut stmt =
-        conn.prepare("SELECT at_us, name, decision, rule, address FROM dns_events ORDER BY seq")?;
-    stmt.query_map([], |r| {
-        Ok(DnsRow {
-            at_us: r.get::<_, i64>(0)? as u64,
-            query: DnsEvent {
-                name: r.get(1)?,
-                allowed: r.get::<_, String>(2)? == "allowed",
-                rule: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
-                address: r.get(4)?,
-            },
-        })
-    })?
-    .collect()
-}
-
-fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-        [name],
-        |row| row.get(0),
-    )
 }
 
 /// A `net_events` row with its time.
@@ -597,6 +538,14 @@ pub struct NetRow {
     pub event: NetEvent,
 }
 
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |row| row.get(0),
+    )
+}
+
 /// Opens a session database read-only. Databases written before the
 /// network existed lack its tables; they read as having no such events.
 fn open_read_only(path: &Path) -> rusqlite::Result<(Connection, bool)> {
@@ -605,49 +554,108 @@ fn open_read_only(path: &Path) -> rusqlite::Result<(Connection, bool)> {
     Ok((conn, has_net))
 }
 
-/// The network events of the database at `path`, oldest first.
-pub fn net_log(path: &Path) -> rusqlite::Result<Vec<NetRow>> {
+/// A session's network activity, each kind oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkLog {
+    /// Connections and requests.
+    pub requests: Vec<NetRow>,
+    /// DNS queries.
+    pub dns: Vec<DnsRow>,
+    /// Calls to model APIs.
+    pub model_calls: Vec<ModelRow>,
+}
+
+/// Reads the network activity of the database at `path`.
+pub fn network_log(path: &Path) -> rusqlite::Result<NetworkLog> {
     let (conn, has_net) = open_read_only(path)?;
     if !has_net {
-        return Ok(Vec::new());
+        return Ok(NetworkLog::default());
     }
-    let mut stmt = conn.prepare(
-        "SELECT at_us, pid, process, protocol, domain, ip, port, method, path, status,
-                bytes_up, bytes_down, duration_us, decision, rule, error, key_fingerprint,
-                request_body, response_body
-         FROM net_events ORDER BY seq",
-    )?;
-    stmt.query_map([], |r| {
-        let decision = match r.get::<_, String>(13)?.as_str() {
-            "allowed" => Verdict::Allowed,
-            "error" => Verdict::Error,
-            _ => Verdict::Denied,
-        };
-        Ok(NetRow {
-            at_us: r.get::<_, i64>(0)? as u64,
-            event: NetEvent {
-                pid: r.get(1)?,
-                process: r.get(2)?,
-                protocol: r.get(3)?,
-                domain: r.get(4)?,
-                ip: r.get(5)?,
-                port: r.get(6)?,
-                method: r.get(7)?,
-                path: r.get(8)?,
-                status: r.get(9)?,
-                bytes_up: r.get::<_, i64>(10)? as u64,
-                bytes_down: r.get::<_, i64>(11)? as u64,
-                duration_us: r.get::<_, Option<i64>>(12)?.map(|d| d as u64),
-                decision,
-                rule: r.get(14)?,
-                error: r.get(15)?,
-                key_fingerprint: r.get(16)?,
-                request_body: r.get(17)?,
-                response_body: r.get(18)?,
-            },
-        })
-    })?
-    .collect()
+    let model_calls = if has_table(&conn, "model_calls")? {
+        read_all(&conn, "model_calls", model_row)?
+    } else {
+        Vec::new()
+    };
+    Ok(NetworkLog {
+        requests: read_all(&conn, "net_events", net_row)?,
+        dns: read_all(&conn, "dns_events", dns_row)?,
+        model_calls,
+    })
+}
+
+fn read_all<T>(
+    conn: &Connection,
+    table: &str,
+    from_row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    conn.prepare(&format!("SELECT * FROM {table} ORDER BY seq"))?
+        .query_map([], from_row)?
+        .collect()
+}
+
+fn count(row: &rusqlite::Row<'_>, column: &str) -> rusqlite::Result<u64> {
+    Ok(row.get::<_, i64>(column)? as u64)
+}
+
+fn net_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NetRow> {
+    let decision = match r.get::<_, String>("decision")?.as_str() {
+        "allowed" => Verdict::Allowed,
+        "error" => Verdict::Error,
+        _ => Verdict::Denied,
+    };
+    Ok(NetRow {
+        at_us: count(r, "at_us")?,
+        event: NetEvent {
+            pid: r.get("pid")?,
+            process: r.get("process")?,
+            protocol: r.get("protocol")?,
+            domain: r.get("domain")?,
+            ip: r.get("ip")?,
+            port: r.get("port")?,
+            method: r.get("method")?,
+            path: r.get("path")?,
+            status: r.get("status")?,
+            bytes_up: count(r, "bytes_up")?,
+            bytes_down: count(r, "bytes_down")?,
+            duration_us: r.get::<_, Option<i64>>("duration_us")?.map(|d| d as u64),
+            decision,
+            rule: r.get("rule")?,
+            error: r.get("error")?,
+            key_fingerprint: r.get("key_fingerprint")?,
+            request_body: r.get("request_body")?,
+            response_body: r.get("response_body")?,
+        },
+    })
+}
+
+fn dns_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DnsRow> {
+    Ok(DnsRow {
+        at_us: count(r, "at_us")?,
+        query: DnsEvent {
+            name: r.get("name")?,
+            allowed: r.get::<_, String>("decision")? == "allowed",
+            rule: r.get::<_, Option<String>>("rule")?.unwrap_or_default(),
+            address: r.get("address")?,
+        },
+    })
+}
+
+fn model_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ModelRow> {
+    Ok(ModelRow {
+        at_us: count(r, "at_us")?,
+        call: ModelCall {
+            provider: r.get("provider")?,
+            model: r.get("model")?,
+            path: r.get("path")?,
+            status: r.get("status")?,
+            input_tokens: count(r, "input_tokens")?,
+            output_tokens: count(r, "output_tokens")?,
+            stop_reason: r.get("stop_reason")?,
+            duration_us: count(r, "duration_us")?,
+            cost_usd: r.get("cost_usd")?,
+            key_fingerprint: r.get("key_fingerprint")?,
+        },
+    })
 }
 
 fn net_summary(conn: &Connection) -> rusqlite::Result<NetSummary> {
@@ -728,19 +736,32 @@ pub fn summarize(path: &Path) -> rusqlite::Result<EventSummary> {
 mod tests {
     use super::*;
 
+    const STDIN: Event = Event::Exec {
+        exec: 1,
+        what: ExecEvent::Stdin { bytes: 1 },
+    };
+
     #[test]
     fn events_are_written_in_order_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(EVENTS_FILE);
         let (log, writer) = start(&path).unwrap();
-        log.record(Event::Started {
+        log.record(Event::Exec {
             exec: 1,
-            command: "cat".into(),
+            what: ExecEvent::Started {
+                command: "cat".into(),
+            },
         });
         for _ in 0..1000 {
-            log.record(Event::Stdout { exec: 1, bytes: 10 });
+            log.record(Event::Exec {
+                exec: 1,
+                what: ExecEvent::Stdout { bytes: 10 },
+            });
         }
-        log.record(Event::Exited { exec: 1, code: 0 });
+        log.record(Event::Exec {
+            exec: 1,
+            what: ExecEvent::Exited { code: 0 },
+        });
         drop(log);
         let counts = writer.finish();
         assert_eq!(
@@ -756,11 +777,59 @@ mod tests {
     }
 
     #[test]
+    fn network_events_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_FILE);
+        let net = NetEvent {
+            pid: Some(7),
+            protocol: "https".into(),
+            domain: Some("api.example.com".into()),
+            port: 443,
+            status: Some(200),
+            bytes_up: 3,
+            bytes_down: 5,
+            duration_us: Some(9),
+            decision: Verdict::Allowed,
+            request_body: Some("{}".into()),
+            ..NetEvent::default()
+        };
+        let dns = DnsEvent {
+            name: "denied.example".into(),
+            allowed: false,
+            rule: "network.default_action".into(),
+            address: None,
+        };
+        let call = ModelCall {
+            provider: "anthropic".into(),
+            model: Some("m".into()),
+            path: None,
+            status: Some(200),
+            input_tokens: 25,
+            output_tokens: 7,
+            stop_reason: Some("end_turn".into()),
+            duration_us: 11,
+            cost_usd: Some(0.5),
+            key_fingerprint: None,
+        };
+        let (log, writer) = start(&path).unwrap();
+        log.record(Event::Net(Box::new(net.clone())));
+        log.record(Event::Dns(dns.clone()));
+        log.record(Event::Model(Box::new(call.clone())));
+        drop(log);
+        assert_eq!(writer.finish().written, 3);
+        let read = network_log(&path).unwrap();
+        assert_eq!(read.requests.len(), 1);
+        assert_eq!(read.requests[0].event, net);
+        assert_eq!(read.dns[0].query, dns);
+        assert_eq!(read.model_calls[0].call, call);
+    }
+
+    #[test]
     fn an_unwritable_database_counts_every_event_as_lost() {
         let dir = tempfile::tempdir().unwrap();
         let (log, writer) = start(&dir.path().join("missing/dir/session.db")).unwrap();
         for _ in 0..10 {
-            log.record(Event::Stdin { exec: 1, bytes: 1 });
+            log.record(STDIN);
         }
         drop(log);
         assert_eq!(
@@ -782,9 +851,9 @@ mod tests {
             start: Instant::now(),
         };
         for _ in 0..5 {
-            log.record(Event::Stdin { exec: 1, bytes: 1 });
+            log.record(STDIN);
         }
         assert_eq!(lost.load(Ordering::Relaxed), 4);
-        EventLog::disabled().record(Event::Stdin { exec: 1, bytes: 1 });
+        EventLog::disabled().record(STDIN);
     }
 }

@@ -14,5 +14,5 @@ pub mod store;
 pub mod transcript;
 
 pub use dirs::{Session, SessionError, log_tail};
-pub use events::{Event, EventCounts, EventLog, EventWriter};
+pub use events::{Event, EventCounts, EventLog, EventWriter, ExecEvent};
 pub use store::{Ending, NewSession, SessionRow, Status, Store, StoreError};

@@ -23,9 +23,8 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
     };
     let path = store.dir_of(&id).join(EVENTS_FILE);
     let reading = |e| Failure::new(format!("reading {}: {e}", path.display()));
-    let rows = events::net_log(&path).map_err(reading)?;
-    let calls = events::model_calls(&path).map_err(reading)?;
-    let queries = events::dns_log(&path).map_err(reading)?;
+    let log = events::network_log(&path).map_err(reading)?;
+    let (rows, calls, queries) = (log.requests, log.model_calls, log.dns);
     if json {
         for row in &queries {
             println!("{}", json!({ "type": "dns", "data": row }));
