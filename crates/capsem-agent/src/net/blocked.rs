@@ -2,57 +2,46 @@
 //! sockets) to the host, from the kernel's log lines.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 
+use anyhow::{Context, Result};
 use capsem_proto::{GuestCodec, GuestToHost};
 use futures::SinkExt;
-use tokio::sync::mpsc;
 use tokio_util::codec::FramedWrite;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::{BLOCKED_PREFIX, Streams};
+use crate::pipe::PipeReader;
 
-/// Reports queued before new ones are dropped: a guest flooding UDP costs
-/// the host a bounded number of log rows per send to it, not memory.
-const QUEUE: usize = 64;
-
-/// Follows the kernel log and sends each rejected packet on one stream.
+/// Follows the kernel log from now on and sends each rejected packet on
+/// one stream. While the host is slow to take reports, the kernel's ring
+/// overwrites the records not yet read: a guest flooding UDP costs the
+/// host a bounded number of log rows, not memory.
 pub async fn serve(streams: Streams) {
-    let (tx, mut rx) = mpsc::channel(QUEUE);
-    std::thread::spawn(move || follow_kmsg(&tx));
-    let Ok((stream, _place)) = streams.open().await else {
-        return;
-    };
-    let mut sink = FramedWrite::new(stream.compat(), GuestCodec::new());
-    while let Some(report) = rx.recv().await {
-        if sink.send(report).await.is_err() {
-            return;
-        }
+    if let Err(e) = follow_kmsg(streams).await {
+        tracing::warn!("reporting rejected packets stopped: {e:#}");
     }
 }
 
-/// Reads `/dev/kmsg` (one record per read) from now on, forever.
-fn follow_kmsg(tx: &mpsc::Sender<GuestToHost>) {
-    let mut kmsg = match File::open("/dev/kmsg") {
-        Ok(file) => file,
-        Err(e) => {
-            tracing::warn!("cannot follow the kernel log: {e}");
-            return;
-        }
-    };
-    let _ = kmsg.seek(SeekFrom::End(0));
+async fn follow_kmsg(streams: Streams) -> Result<()> {
+    let mut kmsg = File::open("/dev/kmsg").context("opening the kernel log")?;
+    kmsg.seek(SeekFrom::End(0))?;
+    let kmsg = PipeReader::new(kmsg)?;
+    let (stream, _place) = streams.open().await?;
+    let mut sink = FramedWrite::new(stream.compat(), GuestCodec::new());
+    // One record per read.
     let mut record = vec![0u8; 8192];
     loop {
-        match kmsg.read(&mut record) {
-            Ok(0) => return,
+        match kmsg.read(&mut record).await {
+            Ok(0) => return Ok(()),
             Ok(len) => {
                 if let Some(report) = parse(&String::from_utf8_lossy(&record[..len])) {
-                    let _ = tx.try_send(report);
+                    sink.send(report).await?;
                 }
             }
             // EPIPE: records were overwritten before we read them.
             Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
-            Err(_) => return,
+            Err(e) => return Err(e).context("reading the kernel log"),
         }
     }
 }

@@ -12,13 +12,14 @@ use futures::{SinkExt, StreamExt};
 use simple_dns::rdata::{A, RData};
 use simple_dns::{CLASS, OPCODE, Packet, PacketFlag, QTYPE, RCODE, ResourceRecord, TYPE};
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::codec::Framed;
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 
 use super::Streams;
 
-/// Queries answered at once; more wait (and the client retries).
+/// Queries answered at once (their share of the stream budget); more wait
+/// (and the client retries).
 pub const CONCURRENT: usize = 15;
 /// Seconds a guest may cache an answer. Short, so a policy change is seen
 /// soon; the host keeps a name's address for the whole session anyway.
@@ -29,7 +30,6 @@ const ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// Answers queries until the socket fails.
 pub async fn serve(socket: UdpSocket, streams: Streams) {
     let socket = Arc::new(socket);
-    let limit = Arc::new(Semaphore::new(CONCURRENT));
     let mut buf = vec![0u8; 1500];
     loop {
         let (len, client) = match socket.recv_from(&mut buf).await {
@@ -39,15 +39,15 @@ pub async fn serve(socket: UdpSocket, streams: Streams) {
                 return;
             }
         };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
+        // Waiting here for a stream place bounds the queries in flight.
+        let Ok(place) = streams.place().await else {
             return;
         };
         let (query, socket, streams) = (buf[..len].to_vec(), socket.clone(), streams.clone());
         tokio::spawn(async move {
-            if let Err(e) = answer(&query, client, &socket, &streams).await {
+            if let Err(e) = answer(&query, client, &socket, &streams, place).await {
                 tracing::debug!("DNS query from {client}: {e:#}");
             }
-            drop(permit);
         });
     }
 }
@@ -57,19 +57,20 @@ async fn answer(
     client: SocketAddr,
     socket: &UdpSocket,
     streams: &Streams,
+    place: OwnedSemaphorePermit,
 ) -> Result<()> {
     let query = Packet::parse(query).context("malformed query")?;
     let reply = match question(&query) {
         // A name the protocol cannot carry exists nowhere.
         Some((name, qtype)) if capsem_proto::validate_name(&name).is_err() => {
-            reply(&query, &[], qtype)
+            reply(&query, None, qtype)
         }
         Some((name, qtype)) => {
-            let addrs = resolve(streams, &name).await.unwrap_or_else(|e| {
+            let addr = resolve(streams, place, &name).await.unwrap_or_else(|e| {
                 tracing::debug!("resolving {name}: {e:#}");
-                Vec::new()
+                None
             });
-            reply(&query, &addrs, qtype)
+            reply(&query, addr, qtype)
         }
         None => refusal(&query, RCODE::NotImplemented),
     };
@@ -87,8 +88,12 @@ fn question(query: &Packet<'_>) -> Option<(String, QTYPE)> {
     Some((name.strip_suffix('.').unwrap_or(&name).to_owned(), q.qtype))
 }
 
-async fn resolve(streams: &Streams, name: &str) -> Result<Vec<[u8; 4]>> {
-    let (stream, _place) = streams.open().await?;
+async fn resolve(
+    streams: &Streams,
+    place: OwnedSemaphorePermit,
+    name: &str,
+) -> Result<Option<[u8; 4]>> {
+    let (stream, _place) = streams.open_in(place).await?;
     let mut framed = Framed::new(stream.compat(), GuestCodec::new());
     framed
         .send(GuestToHost::Resolve {
@@ -96,29 +101,26 @@ async fn resolve(streams: &Streams, name: &str) -> Result<Vec<[u8; 4]>> {
         })
         .await?;
     match tokio::time::timeout(ANSWER_WAIT, framed.next()).await {
-        Ok(Some(Ok(HostToGuest::Resolved(addrs)))) => Ok(addrs),
+        Ok(Some(Ok(HostToGuest::Resolved(addr)))) => Ok(addr),
         _ => bail!("no answer from the host"),
     }
 }
 
-/// The answer: addresses for A queries; for any other type, an empty
+/// The answer: the address for A queries; for any other type, an empty
 /// answer if the name exists (so AAAA lookups fall back to IPv4).
-fn reply<'a>(query: &Packet<'a>, addrs: &[[u8; 4]], qtype: QTYPE) -> Packet<'a> {
+fn reply<'a>(query: &Packet<'a>, addr: Option<[u8; 4]>, qtype: QTYPE) -> Packet<'a> {
+    let Some(addr) = addr else {
+        return refusal(query, RCODE::NameError);
+    };
     let mut reply = base_reply(query);
-    if addrs.is_empty() {
-        *reply.rcode_mut() = RCODE::NameError;
-        return reply;
-    }
     if qtype == QTYPE::TYPE(TYPE::A) {
         let name = query.questions[0].qname.clone();
-        for addr in addrs {
-            let rdata = RData::A(A {
-                address: Ipv4Addr::from(*addr).into(),
-            });
-            reply
-                .answers
-                .push(ResourceRecord::new(name.clone(), CLASS::IN, TTL, rdata));
-        }
+        let rdata = RData::A(A {
+            address: Ipv4Addr::from(addr).into(),
+        });
+        reply
+            .answers
+            .push(ResourceRecord::new(name, CLASS::IN, TTL, rdata));
     }
     reply
 }

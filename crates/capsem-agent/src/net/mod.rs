@@ -92,7 +92,19 @@ impl Streams {
     /// budget is held until the returned permit drops: keep it as long as
     /// the stream.
     pub async fn open(&self) -> Result<(mux::Stream, OwnedSemaphorePermit)> {
-        let place = self.budget.clone().acquire_owned().await?;
+        self.open_in(self.place().await?).await
+    }
+
+    /// Waits for a place in the budget, to open a stream in later.
+    pub async fn place(&self) -> Result<OwnedSemaphorePermit> {
+        Ok(self.budget.clone().acquire_owned().await?)
+    }
+
+    /// Opens a stream in a place taken with [`Streams::place`].
+    pub async fn open_in(
+        &self,
+        place: OwnedSemaphorePermit,
+    ) -> Result<(mux::Stream, OwnedSemaphorePermit)> {
         let stream = self.opener.clone().open().await?;
         Ok((stream, place))
     }

@@ -269,7 +269,7 @@ async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
             address: address.map(|a| a.to_string()),
         }),
     );
-    let answer = address.map(|a| a.octets()).into_iter().collect();
+    let answer = address.map(|a| a.octets());
     let _ = stream.send(HostToGuest::Resolved(answer)).await;
 }
 
