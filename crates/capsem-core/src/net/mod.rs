@@ -27,6 +27,7 @@ use capsem_proto::{GuestToHost, HostCodec, HostToGuest};
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::task::TaskTracker;
 
 use crate::channel::Inbound;
 use crate::session::EventLog;
@@ -64,6 +65,9 @@ struct Shared {
     events: Mutex<Option<EventLog>>,
     /// How many refusals are logged.
     refusals: Mutex<quota::Quota>,
+    /// Every task serving the guest (streams, tunnels), so the end of the
+    /// VM can wait for them to record what they did.
+    tasks: TaskTracker,
 }
 
 impl Network {
@@ -85,6 +89,7 @@ impl Network {
                 settings,
                 events: Mutex::new(Some(events)),
                 refusals: Mutex::new(quota::Quota::new()),
+                tasks: TaskTracker::new(),
             }),
         })
     }
@@ -94,17 +99,13 @@ impl Network {
     pub fn start(self, mut inbound: Inbound) -> Running {
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
-            let mut streams = tokio::task::JoinSet::new();
             while let Some(stream) = inbound.next().await {
                 let shared = shared.clone();
-                streams.spawn(async move {
+                shared.tasks.clone().spawn(async move {
                     let framed = Framed::new(stream.compat(), HostCodec::new());
                     handle(framed, shared).await;
                 });
-                // Reap the finished ones as we go.
-                while streams.try_join_next().is_some() {}
             }
-            streams.join_all().await;
         });
         Running {
             shared: self.shared,
@@ -114,10 +115,27 @@ impl Network {
 }
 
 /// A running network service; dropping it stops the service and its
-/// recording.
+/// recording at once ([`Running::finish`] lets it record what is in
+/// flight first).
 pub struct Running {
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Once the VM is gone, waits up to `grace` for the requests and
+    /// tunnels still in flight to end (their guest side ended with the
+    /// VM) and be recorded, then stops.
+    pub async fn finish(self, grace: std::time::Duration) {
+        self.task.abort();
+        self.shared.tasks.close();
+        if tokio::time::timeout(grace, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("network tasks still running after the VM; not recorded");
+        }
+    }
 }
 
 impl Drop for Running {

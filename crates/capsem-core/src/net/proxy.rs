@@ -1,6 +1,8 @@
 //! One guest connection: decided on its name and port, then served as
 //! HTTP (port 80) or TLS-terminated HTTPS (port 443), each request checked
 //! against the name and forwarded upstream on a connection of its own.
+//! An HTTP/1.1 upgrade (WebSocket) answered with 101 turns the guest
+//! connection into a tunnel to an upstream connection of its own.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,8 +21,9 @@ use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
 use super::keys;
@@ -32,6 +35,8 @@ use crate::session::events::{Event, ModelCall, NetEvent, Verdict};
 /// How long a server may take to start answering (model APIs think
 /// before their first byte).
 const RESPONSE_WAIT: Duration = Duration::from_secs(600);
+/// How long the other direction of a tunnel may go on once one has ended.
+const LINGER: Duration = Duration::from_secs(1);
 /// How long a guest may take to send its TLS hello.
 const HELLO_WAIT: Duration = Duration::from_secs(30);
 
@@ -176,14 +181,15 @@ where
         async move { Ok::<_, Infallible>(forward(req, &conn, shared, &upstream).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = served.await {
         tracing::debug!("guest HTTP connection: {e}");
     }
 }
 
 /// Forwards one request, or answers it with an error the user can read.
 async fn forward(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: &Conn,
     shared: Arc<Shared>,
     upstream: &Mutex<Option<Connected>>,
@@ -206,6 +212,7 @@ async fn forward(
         shared.record(event);
         return text(StatusCode::MISDIRECTED_REQUEST, &format!("capsem: {why}\n"));
     }
+    let upgrade = upgrade_of(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let sent = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = req.into_parts();
     event.key_fingerprint = keys::swap(&mut parts, &conn.grant.secrets);
@@ -217,7 +224,8 @@ async fn forward(
         |meter, data| meter.request(data),
     );
     let body = Metered::new(body, sent.clone(), request_tap, None).boxed();
-    let response = match round_trip(parts, body, conn, &shared, upstream).await {
+    let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
+    let response = match round_trip(parts, body, conn, &shared, upstream, protocol).await {
         Ok((response, addr)) => {
             event.ip = Some(addr.ip().to_string());
             response
@@ -229,6 +237,11 @@ async fn forward(
     };
     event.status = Some(response.status().as_u16());
     event.decision = Verdict::Allowed;
+    if let Some((protocol, guest)) = upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return tunnel(guest, response, protocol, event, started, shared);
+    }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let received = Arc::new(AtomicU64::new(0));
@@ -272,24 +285,37 @@ async fn forward(
 }
 
 /// Sends a request upstream on the guest connection's own upstream
-/// connection, connecting first when there is none (or it closed). Returns
-/// the answer and the server's address, or why not (with the address when
-/// it got that far).
+/// connection, connecting first when there is none (or it closed); an
+/// upgrade (`upgrade` is its protocol) gets a connection of its own, as the
+/// tunnel will take it over. Returns the answer and the server's address,
+/// or why not (with the address when it got that far).
 async fn round_trip(
     parts: http::request::Parts,
     body: Body,
     conn: &Conn,
     shared: &Shared,
     upstream: &Mutex<Option<Connected>>,
+    upgrade: Option<HeaderValue>,
 ) -> Result<(Response<Incoming>, SocketAddr), (Option<SocketAddr>, String)> {
-    let mut guard = upstream.lock().await;
-    if !guard.as_ref().is_some_and(|c| c.sender.is_usable()) {
-        let connected = shared.upstream.connect(&conn.name, conn.port, conn.tls);
-        *guard = Some(connected.await.map_err(|e| (None, e.to_string()))?);
+    let mut own = None;
+    let mut guard = match upgrade {
+        None => Some(upstream.lock().await),
+        Some(_) => None,
+    };
+    let slot = guard.as_deref_mut().unwrap_or(&mut own);
+    if !slot.as_ref().is_some_and(|c| c.sender.is_usable()) {
+        let h1_only = upgrade.is_some();
+        let connected = shared
+            .upstream
+            .connect(&conn.name, conn.port, conn.tls, h1_only);
+        *slot = Some(connected.await.map_err(|e| (None, e.to_string()))?);
     }
-    let connected = guard.as_mut().expect("connected above");
+    let connected = slot.as_mut().expect("connected above");
     let addr = connected.addr;
-    let request = upstream_request(parts, body, conn, &connected.sender);
+    let mut request = upstream_request(parts, body, conn, &connected.sender);
+    if let Some(protocol) = upgrade {
+        set_upgrade(request.headers_mut(), protocol);
+    }
     // HTTP/1.1 carries one request at a time, so the connection stays
     // locked until the answer starts; HTTP/2 multiplexes, so requests of
     // one guest connection go out side by side.
@@ -374,6 +400,114 @@ fn tap(
             kept.extend_from_slice(&data[..data.len().min(room)]);
         }
     }))
+}
+
+/// The `Upgrade` header of an HTTP/1.1 request that asks for a WebSocket
+/// (`Connection: upgrade`, `Upgrade: websocket`). Other upgrades are not
+/// passed on: after a switch to, say, h2c the bytes would be HTTP requests
+/// for any name the server fronts, past the checks made per request.
+fn upgrade_of<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = req.headers().get(header::UPGRADE)?;
+    let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
+    (req.version() == http::Version::HTTP_11 && asks && websocket).then(|| protocol.clone())
+}
+
+/// Puts back the headers of an upgrade that hop-by-hop stripping removed.
+fn set_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocol);
+}
+
+/// Answers the guest's upgrade with the server's 101 and, once both sides
+/// have switched, carries bytes between them until either ends. The event
+/// is recorded then, with the bytes each way.
+fn tunnel(
+    guest: OnUpgrade,
+    mut response: Response<Incoming>,
+    protocol: HeaderValue,
+    mut event: NetEvent,
+    started: Instant,
+    shared: Arc<Shared>,
+) -> Response<Body> {
+    let server = hyper::upgrade::on(&mut response);
+    event.protocol = format!(
+        "{}+{}",
+        event.protocol,
+        protocol.to_str().unwrap_or("upgrade").to_ascii_lowercase()
+    );
+    shared.tasks.clone().spawn(async move {
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        if let Err(e) = relay(guest, server, &up, &down).await {
+            event.error = Some(e);
+        }
+        event.bytes_up = up.into_inner();
+        event.bytes_down = down.into_inner();
+        event.duration_us = Some(started.elapsed().as_micros() as u64);
+        shared.record(event);
+    });
+    let (mut parts, _) = response.into_parts();
+    let protocol = parts
+        .headers
+        .get(header::UPGRADE)
+        .cloned()
+        .unwrap_or(protocol);
+    strip_hop_by_hop(&mut parts.headers);
+    set_upgrade(&mut parts.headers, protocol);
+    let empty = Full::new(Bytes::new()).map_err(|never| match never {});
+    Response::from_parts(parts, empty.boxed())
+}
+
+/// Relays an upgraded connection both ways. A side that ends its sending
+/// is passed on as a half close, and the other direction then has
+/// [`LINGER`] to finish; an error ends both.
+async fn relay(
+    guest: OnUpgrade,
+    server: OnUpgrade,
+    up: &AtomicU64,
+    down: &AtomicU64,
+) -> Result<(), String> {
+    let guest = guest.await.map_err(|e| format!("guest upgrade: {e}"))?;
+    let server = server.await.map_err(|e| format!("server upgrade: {e}"))?;
+    let (guest_read, guest_write) = tokio::io::split(TokioIo::new(guest));
+    let (server_read, server_write) = tokio::io::split(TokioIo::new(server));
+    let to_server = pump(guest_read, server_write, up);
+    let to_guest = pump(server_read, guest_write, down);
+    tokio::pin!(to_server, to_guest);
+    let rest = |other| async move { tokio::time::timeout(LINGER, other).await.unwrap_or(Ok(())) };
+    let result = tokio::select! {
+        r = &mut to_server => match r { Ok(()) => rest(to_guest).await, e => e },
+        r = &mut to_guest => match r { Ok(()) => rest(to_server).await, e => e },
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Copies `from` to `to` until `from` ends, then ends `to`, counting. A
+/// TLS peer that closes without `close_notify` has ended too: WebSocket
+/// peers often do, after their own close handshake.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    count: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            read => read?,
+        };
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// Records a request that could not be forwarded and answers 502.
@@ -573,6 +707,26 @@ mod tests {
         assert_eq!(request_host(&req).as_deref(), Some("api.example.com"));
         let req = Request::get("/v1").body(()).unwrap();
         assert_eq!(request_host(&req), None);
+    }
+
+    #[test]
+    fn only_http1_websocket_upgrades_are_recognised() {
+        let request = |version, connection: &str, upgrade: &str| {
+            Request::builder()
+                .version(version)
+                .header(header::CONNECTION, connection)
+                .header(header::UPGRADE, upgrade)
+                .body(())
+                .unwrap()
+        };
+        let ws = request(http::Version::HTTP_11, "keep-alive, Upgrade", "WebSocket");
+        assert_eq!(upgrade_of(&ws).unwrap(), "WebSocket");
+        let h2c = request(http::Version::HTTP_11, "Upgrade", "h2c");
+        assert_eq!(upgrade_of(&h2c), None);
+        let unasked = request(http::Version::HTTP_11, "keep-alive", "websocket");
+        assert_eq!(upgrade_of(&unasked), None);
+        let h2 = request(http::Version::HTTP_2, "upgrade", "websocket");
+        assert_eq!(upgrade_of(&h2), None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! The host resolves the name itself (or takes it from the test/debug
 //! `network.resolve_override`), verifies the server with rustls against the
 //! platform's roots (plus `network.extra_upstream_ca`), and speaks HTTP/2
-//! when the server offers it, HTTP/1.1 otherwise.
+//! when the server offers it, HTTP/1.1 otherwise. A connection for an
+//! upgrade (WebSocket) asks for HTTP/1.1 only: upgrades exist only there.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -68,7 +69,10 @@ pub enum UpstreamError {
 
 /// How to reach upstream servers.
 pub struct Upstream {
+    /// Offers HTTP/2 and HTTP/1.1.
     tls: Arc<ClientConfig>,
+    /// Offers HTTP/1.1 only.
+    tls_h1: Arc<ClientConfig>,
     overrides: HashMap<String, SocketAddr>,
 }
 
@@ -88,6 +92,16 @@ impl Sender {
             Sender::H2(s) => !s.is_closed(),
         }
     }
+}
+
+/// HTTP/1.1 on `io`, able to hand the connection over after a 101.
+async fn h1<I>(io: I) -> Result<Sender, hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::handshake(io).await?;
+    tokio::spawn(conn.with_upgrades());
+    Ok(Sender::H1(sender))
 }
 
 /// A connected server: its address and the sender.
@@ -116,21 +130,26 @@ impl Upstream {
             .map_err(|e| UpstreamError::Trust(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls_h1 = Arc::new(tls.clone());
+        tls.alpn_protocols.insert(0, b"h2".to_vec());
         let overrides = parse_overrides(settings.text("network.resolve_override"))
             .map_err(UpstreamError::Trust)?;
         Ok(Upstream {
             tls: Arc::new(tls),
+            tls_h1,
             overrides,
         })
     }
 
-    /// Connects to `name`:`port`, over TLS when `tls`.
+    /// Connects to `name`:`port`, over TLS when `tls`; HTTP/1.1 only when
+    /// `h1_only` (for an upgrade).
     pub async fn connect(
         &self,
         name: &str,
         port: u16,
         tls: bool,
+        h1_only: bool,
     ) -> Result<Connected, UpstreamError> {
         let addr = self.resolve(name, port).await?;
         let connect_err = |source| UpstreamError::Connect { addr, source };
@@ -141,16 +160,13 @@ impl Upstream {
             .map_err(connect_err)?;
         let _ = tcp.set_nodelay(true);
         if !tls {
-            let (sender, conn) = http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            return Ok(Connected {
-                addr,
-                sender: Sender::H1(sender),
-            });
+            let sender = h1(TokioIo::new(tcp)).await?;
+            return Ok(Connected { addr, sender });
         }
         let server = ServerName::try_from(name.to_owned())
             .map_err(|_| UpstreamError::Resolve(name.to_owned()))?;
-        let handshake = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(server, tcp);
+        let config = if h1_only { &self.tls_h1 } else { &self.tls };
+        let handshake = tokio_rustls::TlsConnector::from(config.clone()).connect(server, tcp);
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| timed_out())?
@@ -162,9 +178,7 @@ impl Upstream {
             tokio::spawn(conn);
             Sender::H2(sender)
         } else {
-            let (sender, conn) = http1::handshake(io).await?;
-            tokio::spawn(conn);
-            Sender::H1(sender)
+            h1(io).await?
         };
         Ok(Connected { addr, sender })
     }

@@ -34,6 +34,9 @@ use vm::RunningVm;
 /// How long a powered-off guest may take to end its VM before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Lines of the boot log shown when a boot fails.
+/// How long the network may take, once the VM is gone, to record the
+/// requests that were in flight.
+const NETWORK_GRACE: Duration = Duration::from_secs(2);
 const BOOT_LOG_LINES: usize = 20;
 
 /// A run could not complete.
@@ -330,8 +333,7 @@ impl Sandbox {
         let ca_pem = job.ca.cert_pem().to_owned();
         let (mut channel, inbound) = self.boot(session, socket, &mut vm, ca_pem).await?;
         let network = Network::new(job.ca.clone(), self.settings.clone(), job.events.clone());
-        // Dropped when this function returns: the network stops with the VM.
-        let _network = match network {
+        let network = match network {
             Ok(network) => network.start(inbound),
             Err(e) => {
                 kill(&mut vm).await;
@@ -360,6 +362,7 @@ impl Sandbox {
             kill(&mut vm).await;
         }
         phases.vm_gone = Some(self.mark("VM gone"));
+        network.finish(NETWORK_GRACE).await;
         outcome
     }
 

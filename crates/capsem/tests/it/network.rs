@@ -30,9 +30,16 @@ fn world() -> (Capsem, Upstream, Upstream) {
     world_with("")
 }
 
-/// The session's network log.
+/// The last session's network log.
 fn net_log(capsem: &Capsem) -> Vec<Value> {
-    let out = capsem.run(&["net", "log", "--json"]);
+    net_log_of(capsem, "")
+}
+
+/// A session's network log (the last one's for "").
+fn net_log_of(capsem: &Capsem, id: &str) -> Vec<Value> {
+    let mut args = vec!["net", "log", "--json"];
+    args.extend((!id.is_empty()).then_some(id));
+    let out = capsem.run(&args);
     assert_code(&out, 0);
     stdout(&out)
         .lines()
@@ -427,4 +434,64 @@ for i in range(20000):
             .unwrap()
             .starts_with(char::is_numeric)
     );
+}
+
+#[test]
+fn websockets_work_and_are_logged_with_their_traffic() {
+    let capsem = Capsem::new();
+    let ca = TestCa::new(capsem.home());
+    let server = Upstream::websocket(&ca, &["ws.test"]);
+    capsem.user_settings(&format!(
+        "[network]\nallow = \"ws.test\"\n\
+         resolve_override = \"ws.test=127.0.0.1:{}\"\nextra_upstream_ca = \"{}\"\n",
+        server.port,
+        ca.pem.display()
+    ));
+    // Node's own WebSocket client, trusting capsem's CA like any program.
+    // The first socket is closed; the second is still open when the
+    // command exits; the third when the VM is stopped by a timeout.
+    let script = r#"
+function chat(room, then) {
+  const ws = new WebSocket('wss://ws.test/chat?room=' + room);
+  ws.onopen = () => ws.send('hello from room ' + room);
+  ws.onmessage = (e) => { console.log(e.data); then(ws); };
+  ws.onerror = (e) => { console.log('error: ' + e.message); process.exit(3); };
+  return ws;
+}
+const room = process.argv[1];
+if (room == '1') {
+  chat(1, (ws) => { ws.onclose = () => chat(2, () => process.exit(0)); ws.close(); });
+} else {
+  chat(room, () => {});
+}
+"#;
+    let out = capsem.run(&["run", "--", "node", "-e", script, "1"]);
+    assert_code(&out, 0);
+    assert_eq!(
+        stdout(&out),
+        "echo: hello from room 1\necho: hello from room 2\n"
+    );
+    let first = session_id(&capsem);
+    let out = capsem.run(&["run", "--timeout", "15", "--", "node", "-e", script, "3"]);
+    assert_code(&out, 124);
+    assert_eq!(stdout(&out), "echo: hello from room 3\n");
+    let head = &server.requests()[0];
+    assert!(head.starts_with("get /chat?room=1\r\n"), "{head}");
+    assert!(head.contains("host: ws.test\r\n"), "{head}");
+
+    let mut log = net_log(&capsem);
+    log.extend(net_log_of(&capsem, &first));
+    for room in ["1", "2", "3"] {
+        let path = format!("/chat?room={room}");
+        let row = find(&log, |r| r["path"] == path.as_str());
+        assert_eq!(row["domain"], "ws.test");
+        assert_eq!(row["protocol"], "https+websocket", "{row}");
+        assert_eq!(row["status"], 101);
+        assert_eq!(row["decision"], "allowed");
+        // The masked message frame up (2 + 4 + 17 bytes), the echo down.
+        assert!(row["bytes_up"].as_u64().unwrap() >= 23, "{row}");
+        assert!(row["bytes_down"].as_u64().unwrap() >= 25, "{row}");
+        // Room 3 ended because the VM was stopped, and says so.
+        assert_eq!(row["error"].is_null(), room != "3", "{row}");
+    }
 }

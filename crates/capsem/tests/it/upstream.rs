@@ -32,6 +32,13 @@ fn echo(req: &Request) -> (u16, &'static str, Vec<u8>) {
     (200, "text/plain", text.into_bytes())
 }
 
+/// A connection from the proxy, plain or TLS.
+trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// Serves one connection, noting the request heads it receives.
+type Serve = Arc<dyn Fn(Box<dyn Conn>, &Mutex<Vec<String>>) + Send + Sync>;
+
 /// A server and the request heads it received.
 pub struct Upstream {
     pub port: u16,
@@ -41,28 +48,35 @@ pub struct Upstream {
 impl Upstream {
     /// Plain HTTP.
     pub fn http() -> Upstream {
-        Upstream::start(None, echo)
+        Upstream::start(None, Arc::new(|conn, seen| answer(conn, seen, echo)))
     }
 
     /// HTTPS with a certificate for `names` signed by `ca`.
     pub fn https(ca: &TestCa, names: &[&str]) -> Upstream {
-        Upstream::start(Some(ca.server_config(names)), echo)
+        Upstream::https_with(ca, names, echo)
     }
 
     /// HTTPS answering with `handler`.
     pub fn https_with(ca: &TestCa, names: &[&str], handler: Handler) -> Upstream {
-        Upstream::start(Some(ca.server_config(names)), handler)
+        let serve = Arc::new(move |conn, seen: &_| answer(conn, seen, handler));
+        Upstream::start(Some(ca.server_config(names)), serve)
     }
 
-    fn start(tls: Option<Arc<rustls::ServerConfig>>, handler: Handler) -> Upstream {
+    /// A WebSocket server over TLS that answers each text message `m` with
+    /// `echo: m`.
+    pub fn websocket(ca: &TestCa, names: &[&str]) -> Upstream {
+        Upstream::start(Some(ca.server_config(names)), Arc::new(echo_websocket))
+    }
+
+    fn start(tls: Option<Arc<rustls::ServerConfig>>, serve: Serve) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
         std::thread::spawn(move || {
             for socket in listener.incoming().flatten() {
-                let (tls, seen) = (tls.clone(), seen.clone());
-                std::thread::spawn(move || serve(socket, tls, &seen, handler));
+                let (tls, seen, serve) = (tls.clone(), seen.clone(), serve.clone());
+                std::thread::spawn(move || serve(wrap(socket, tls), &seen));
             }
         });
         Upstream { port, requests }
@@ -74,18 +88,42 @@ impl Upstream {
     }
 }
 
-fn serve(
-    socket: TcpStream,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    seen: &Mutex<Vec<String>>,
-    handler: Handler,
-) {
+fn wrap(socket: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) -> Box<dyn Conn> {
     match tls {
         Some(config) => {
             let conn = rustls::ServerConnection::new(config).unwrap();
-            answer(rustls::StreamOwned::new(conn, socket), seen, handler);
+            Box::new(rustls::StreamOwned::new(conn, socket))
         }
-        None => answer(socket, seen, handler),
+        None => Box::new(socket),
+    }
+}
+
+// The handshake callback's error type is tungstenite's, large or not.
+#[allow(clippy::result_large_err)]
+fn echo_websocket(conn: Box<dyn Conn>, seen: &Mutex<Vec<String>>) {
+    use tungstenite::handshake::server::{Request, Response};
+    let note = |req: &Request, res: Response| {
+        let mut head = format!("{} {}\r\n", req.method(), req.uri());
+        for (name, value) in req.headers() {
+            head += &format!("{name}: {}\r\n", value.to_str().unwrap_or("?"));
+        }
+        seen.lock().unwrap().push(head.to_ascii_lowercase());
+        Ok(res)
+    };
+    let Ok(mut ws) = tungstenite::accept_hdr(conn, note) else {
+        return;
+    };
+    while let Ok(message) = ws.read() {
+        match message {
+            tungstenite::Message::Text(text) => {
+                let reply = format!("echo: {}", text.as_str());
+                if ws.send(reply.into()).is_err() {
+                    return;
+                }
+            }
+            tungstenite::Message::Close(_) => return,
+            _ => {}
+        }
     }
 }
 
