@@ -27,6 +27,7 @@ use capsem_proto::{GuestToHost, HostCodec, HostToGuest};
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::Framed;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::channel::Inbound;
@@ -68,6 +69,8 @@ struct Shared {
     /// Every task serving the guest (streams, tunnels), so the end of the
     /// VM can wait for them to record what they did.
     tasks: TaskTracker,
+    /// Cancels the stream tasks that outlive the VM's grace.
+    stop: CancellationToken,
 }
 
 impl Network {
@@ -90,6 +93,7 @@ impl Network {
                 events: Mutex::new(Some(events)),
                 refusals: Mutex::new(quota::Quota::new()),
                 tasks: TaskTracker::new(),
+                stop: CancellationToken::new(),
             }),
         })
     }
@@ -103,7 +107,11 @@ impl Network {
                 let shared = shared.clone();
                 shared.tasks.clone().spawn(async move {
                     let framed = Framed::new(stream.compat(), HostCodec::new());
-                    handle(framed, shared).await;
+                    let stop = shared.stop.clone();
+                    tokio::select! {
+                        () = handle(framed, shared) => {}
+                        () = stop.cancelled() => {}
+                    }
                 });
             }
         });
@@ -125,15 +133,17 @@ pub struct Running {
 impl Running {
     /// Once the VM is gone, waits up to `grace` for the requests and
     /// tunnels still in flight to end (their guest side ended with the
-    /// VM) and be recorded, then stops.
+    /// VM) and be recorded; then cancels the rest (a request still waiting
+    /// for its server is recorded as cut short) and stops.
     pub async fn finish(self, grace: std::time::Duration) {
         self.task.abort();
-        self.shared.tasks.close();
-        if tokio::time::timeout(grace, self.shared.tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("network tasks still running after the VM; not recorded");
+        let tasks = &self.shared.tasks;
+        tasks.close();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            self.shared.stop.cancel();
+            if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+                tracing::warn!("network tasks still running after the VM; not recorded");
+            }
         }
     }
 }

@@ -225,7 +225,14 @@ async fn forward(
     );
     let body = Metered::new(body, sent.clone(), request_tap, None).boxed();
     let protocol = upgrade.as_ref().map(|(protocol, _)| protocol.clone());
-    let response = match round_trip(parts, body, conn, &shared, upstream, protocol).await {
+    let waiting = Unanswered {
+        shared: &shared,
+        event: &event,
+        started,
+    };
+    let answer = round_trip(parts, body, conn, &shared, upstream, protocol).await;
+    std::mem::forget(waiting);
+    let response = match answer {
         Ok((response, addr)) => {
             event.ip = Some(addr.ip().to_string());
             response
@@ -334,6 +341,22 @@ async fn round_trip(
             let why = format!("no response within {} s", RESPONSE_WAIT.as_secs());
             Err((Some(addr), why))
         }
+    }
+}
+
+/// Records a request as cut short if it is dropped while it waits for its
+/// answer (the guest connection or the VM ended first). Forgotten once the
+/// answer arrives: from there the request is recorded by its own path.
+struct Unanswered<'a> {
+    shared: &'a Shared,
+    event: &'a NetEvent,
+    started: Instant,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        let error = "cut short: the guest went away before the server answered";
+        record_failure(self.shared, self.event.clone(), self.started, error.into());
     }
 }
 
@@ -511,16 +534,20 @@ async fn pump(
 }
 
 /// Records a request that could not be forwarded and answers 502.
-fn failed(shared: &Shared, mut event: NetEvent, started: Instant, error: String) -> Response<Body> {
-    event.decision = Verdict::Error;
-    event.duration_us = Some(started.elapsed().as_micros() as u64);
+fn failed(shared: &Shared, event: NetEvent, started: Instant, error: String) -> Response<Body> {
     let message = format!(
         "capsem: cannot reach {}: {error}\n",
         event.domain.as_deref().unwrap_or("?")
     );
+    record_failure(shared, event, started, error);
+    text(StatusCode::BAD_GATEWAY, &message)
+}
+
+fn record_failure(shared: &Shared, mut event: NetEvent, started: Instant, error: String) {
+    event.decision = Verdict::Error;
+    event.duration_us = Some(started.elapsed().as_micros() as u64);
     event.error = Some(error);
     shared.record(event);
-    text(StatusCode::BAD_GATEWAY, &message)
 }
 
 /// The host a request is for: the authority of an absolute URI (HTTP/2,

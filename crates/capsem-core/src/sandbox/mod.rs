@@ -36,7 +36,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// Lines of the boot log shown when a boot fails.
 /// How long the network may take, once the VM is gone, to record the
 /// requests that were in flight.
-const NETWORK_GRACE: Duration = Duration::from_secs(2);
+const NETWORK_GRACE: Duration = Duration::from_secs(1);
 const BOOT_LOG_LINES: usize = 20;
 
 /// A run could not complete.

@@ -365,6 +365,14 @@ fn uploads_stream_with_bounded_memory_even_to_a_server_that_stalls() {
     let log = net_log(&capsem);
     let upload = find(&log, |r| r["domain"] == "plain.test");
     assert_eq!(upload["bytes_up"], 64 * 1024 * 1024);
+    // The stalled request was still waiting when the VM stopped: it is in
+    // the log all the same, as cut short.
+    let stalled = find(&log, |r| r["domain"] == "stall.test");
+    assert_eq!(stalled["decision"], "error", "{stalled}");
+    assert!(
+        stalled["error"].as_str().unwrap().starts_with("cut short"),
+        "{stalled}"
+    );
     drop(held);
 }
 
