@@ -14,7 +14,7 @@ use crate::node::{self, Toolchain};
 use crate::{deps, proc, workspace};
 
 /// Bump when the recipe below changes the image it produces.
-const RECIPE: u32 = 3;
+const RECIPE: u32 = 4;
 const SUITE: &str = "bookworm";
 const MIRRORS: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm main",
@@ -216,14 +216,12 @@ fn clean(tree: &Path) -> Result<()> {
     trust_store_in_run(tree)
 }
 
-/// The guest's CA bundle is written at boot (the distribution's bundle plus
-/// the host's interception CA) to `/run/capsem`; the read-only image keeps
-/// the distribution's copy and points the usual path there.
+/// The guest's CA bundle is written at boot to `/run/capsem`, and holds
+/// only the host's interception CA (every guest TLS connection ends at the
+/// proxy); the read-only image points the usual path there.
 fn trust_store_in_run(tree: &Path) -> Result<()> {
     let bundle = tree.join("etc/ssl/certs/ca-certificates.crt");
-    let distro = tree.join("usr/share/capsem/ca-certificates.crt");
-    fs::create_dir_all(distro.parent().expect("has a parent"))?;
-    fs::rename(&bundle, &distro).context("moving the CA bundle")?;
+    fs::remove_file(&bundle).context("removing the distribution's CA bundle")?;
     std::os::unix::fs::symlink("/run/capsem/ca-certificates.crt", &bundle)
         .context("linking the CA bundle")
 }

@@ -101,3 +101,12 @@ def test_hosts_file_resolves_localhost():
 
 def test_shell_is_bash():
     assert os.environ.get("SHELL") == "/bin/bash"
+
+
+def test_tls_clients_trust_capsems_ca_alone():
+    bundle = "/etc/ssl/certs/ca-certificates.crt"
+    assert os.path.realpath(bundle) == "/run/capsem/ca-certificates.crt"
+    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"):
+        assert os.path.realpath(os.environ[var]) == os.path.realpath(bundle), var
+    with open(bundle) as f:
+        assert f.read().count("BEGIN CERTIFICATE") == 1

@@ -27,7 +27,7 @@ const DEFAULT_ENV: &[(&str, &str)] = &[
     // Clients that bring their own CA list still trust the host's proxy.
     ("SSL_CERT_FILE", crate::net::trust::BUNDLE),
     ("REQUESTS_CA_BUNDLE", crate::net::trust::BUNDLE),
-    ("NODE_EXTRA_CA_CERTS", crate::net::trust::CAPSEM_CA),
+    ("NODE_EXTRA_CA_CERTS", crate::net::trust::BUNDLE),
 ];
 const WORKDIR: &str = "/root";
 
