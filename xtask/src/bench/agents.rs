@@ -2,12 +2,11 @@
 //! by the guest's clock from just before it starts to just after it exits.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Result, bail};
 use serde_json::{Map, Value};
 
-use super::stats;
+use super::{in_guest, stats};
 
 /// The CLIs and how each is asked for its version.
 const CLIS: &[&str] = &["claude", "gemini", "codex"];
@@ -31,17 +30,9 @@ fn once(capsem: &Path, home: &Path, cli: &str) -> Result<f64> {
     let script = format!(
         "s=$(date +%s%N); {cli} --version >/dev/null; e=$(date +%s%N); echo $(( (e - s) / 1000 ))"
     );
-    let out = Command::new(capsem)
-        .args(["-q", &script])
-        .env("CAPSEM_HOME", home)
-        .env("CAPSEM_CORP_CONFIG", home.join("no-corp.toml"))
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = in_guest(capsem, home, &script)?;
     match text.trim().parse::<f64>() {
-        Ok(us) if out.status.success() => Ok(us / 1000.0),
-        _ => bail!(
-            "{cli} --version failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        Ok(us) => Ok(us / 1000.0),
+        _ => bail!("{cli} --version printed no time: {text}"),
     }
 }

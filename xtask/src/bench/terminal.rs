@@ -3,28 +3,19 @@
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use expectrl::{Expect, Session};
 use serde_json::{Value, json};
 
-use super::{ratio, stats};
+use super::{capsem_cmd, ratio, stats};
 
 /// Keystrokes timed per run.
 const KEYSTROKES: usize = 40;
 /// Bytes of output for the throughput runs.
 const OUTPUT_BYTES: u64 = 32 * 1024 * 1024;
-
-fn capsem_cmd(capsem: &Path, home: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(capsem);
-    cmd.args(args)
-        .env("CAPSEM_HOME", home)
-        .env("CAPSEM_CORP_CONFIG", home.join("no-corp.toml"))
-        .env("TERM", "xterm-256color");
-    cmd
-}
 
 /// Median round trip of a key typed at a guest shell prompt: host terminal
 /// to guest line discipline (which echoes it) and back.
