@@ -180,6 +180,8 @@ fn serve(tls: Option<Arc<rustls::ServerConfig>>) -> Result<u16> {
     let port = listener.local_addr()?.port();
     std::thread::spawn(move || {
         for socket in listener.incoming().flatten() {
+            // Headers and body go out in separate writes.
+            let _ = socket.set_nodelay(true);
             let tls = tls.clone();
             std::thread::spawn(move || {
                 let _ = match tls.map(rustls::ServerConnection::new) {

@@ -69,6 +69,9 @@ async fn handle(socket: TcpStream, peer: SocketAddr, streams: &Streams) -> Resul
     let parts = framed.into_parts();
     let (mut host, early) = (parts.io, parts.read_buf);
     let mut socket = socket;
+    // Bytes arrive in frames already sized by the host: send each at once
+    // (an SSE token must not wait for Nagle).
+    socket.set_nodelay(true)?;
     // Bytes the host sent right behind its answer belong to the connection.
     socket.write_all(&early).await?;
     tokio::io::copy_bidirectional(&mut socket, &mut host).await?;
