@@ -4,10 +4,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{Capsem, assert_code, asset_dir, children_of, read_line, stderr, wait_until};
+use crate::support::{Capsem, assert_code, asset_dir, stderr, wait_until};
 
 /// Asserts a capsem failure: 125, one `capsem:` message containing `what`,
 /// and nothing that looks like a Rust panic.
@@ -257,18 +256,9 @@ fn malformed_frames_from_the_guest_are_refused() {
 #[test]
 fn a_vm_killed_mid_command_is_reported() {
     let capsem = Capsem::new();
-    let mut child = capsem
-        .cmd(&["-q", "echo ready; exec sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert_eq!(read_line(&mut child), "ready\n");
-    let qemu = children_of(child.id());
-    assert_eq!(qemu.len(), 1);
+    let (mut child, qemu) = capsem.spawn_idle();
     std::process::Command::new("kill")
-        .args(["-KILL", &qemu[0].to_string()])
+        .args(["-KILL", &qemu.to_string()])
         .status()
         .unwrap();
     assert!(wait_until(Duration::from_secs(30), || child

@@ -3,9 +3,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::support::{
-    Capsem, alive, assert_code, children_of, read_line, stderr, stdout, wait_until,
-};
+use crate::support::{Capsem, alive, assert_code, read_line, stderr, stdout, wait_until};
 
 #[test]
 fn output_is_streamed_while_the_command_runs() {
@@ -37,16 +35,7 @@ fn timeout_destroys_the_vm_and_exits_124() {
 #[test]
 fn sigint_reaches_the_guest_command_and_nothing_keeps_running() {
     let capsem = Capsem::new();
-    let mut child = capsem
-        .cmd(&["-q", "echo ready; exec sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert_eq!(read_line(&mut child), "ready\n");
-    let qemu = children_of(child.id());
-    assert_eq!(qemu.len(), 1, "one VM monitor expected: {qemu:?}");
+    let (mut child, qemu) = capsem.spawn_idle();
     // What a terminal's Ctrl-C does to the foreground process.
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -55,28 +44,18 @@ fn sigint_reaches_the_guest_command_and_nothing_keeps_running() {
     let status = child.wait().unwrap();
     // sleep died of SIGINT in the guest: 128 + 2.
     assert_eq!(status.code(), Some(130));
-    assert!(!alive(qemu[0]), "QEMU {} outlived capsem", qemu[0]);
+    assert!(!alive(qemu), "QEMU {qemu} outlived capsem");
 }
 
 #[test]
 fn sigkill_of_capsem_takes_the_vm_down() {
     let capsem = Capsem::new();
-    let mut child = capsem
-        .cmd(&["-q", "echo ready; exec sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert_eq!(read_line(&mut child), "ready\n");
-    let qemu = children_of(child.id());
-    assert_eq!(qemu.len(), 1, "one VM monitor expected: {qemu:?}");
+    let (mut child, qemu) = capsem.spawn_idle();
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || !alive(qemu[0])),
-        "QEMU {} survived SIGKILL of capsem",
-        qemu[0]
+        wait_until(Duration::from_secs(10), || !alive(qemu)),
+        "QEMU {qemu} survived SIGKILL of capsem"
     );
 }
 

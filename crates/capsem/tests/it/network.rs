@@ -39,12 +39,8 @@ fn net_log(capsem: &Capsem) -> Vec<Value> {
 fn net_log_of(capsem: &Capsem, id: &str) -> Vec<Value> {
     let mut args = vec!["net", "log", "--json"];
     args.extend((!id.is_empty()).then_some(id));
-    let out = capsem.run(&args);
-    assert_code(&out, 0);
-    stdout(&out)
-        .lines()
-        .map(|line| serde_json::from_str::<Value>(line).unwrap()["data"].clone())
-        .collect()
+    let records = capsem.json_lines(&args);
+    records.into_iter().map(|r| r["data"].clone()).collect()
 }
 
 fn find(log: &[Value], pred: impl Fn(&Value) -> bool) -> &Value {
@@ -99,7 +95,7 @@ fn allowed_requests_reach_their_servers_and_are_logged() {
     );
     assert_eq!(plain["response_body"], "he");
 
-    let show = capsem.run(&["sessions", "show", &session_id(&capsem)]);
+    let show = capsem.run(&["sessions", "show", &capsem.last_session_id()]);
     assert!(
         stdout(&show).contains("network   2 allowed, 0 denied"),
         "{}",
@@ -156,16 +152,10 @@ fn refused_traffic_fails_in_the_guest_and_is_logged() {
         (query["allowed"].as_bool(), query["rule"].as_str()),
         (Some(false), Some("network.default_action"))
     );
-    let show = capsem.run(&["sessions", "show", "--json", &session_id(&capsem)]);
+    let show = capsem.run(&["sessions", "show", "--json", &capsem.last_session_id()]);
     let show: Value = serde_json::from_str(&stdout(&show)).unwrap();
     let network = &show["data"]["events"]["network"];
     assert!(network["dns_denied"].as_u64().unwrap() >= 1, "{network}");
-}
-
-fn session_id(capsem: &Capsem) -> String {
-    let out = capsem.run(&["sessions", "--json", "-n", "1"]);
-    let row: Value = serde_json::from_str(stdout(&out).lines().next().unwrap()).unwrap();
-    row["data"]["id"].as_str().unwrap().to_owned()
 }
 
 const REAL_KEY: &str = "sk-ant-api03-the-real-key-only-the-host-knows";
@@ -479,7 +469,7 @@ if (room == '1') {
         stdout(&out),
         "echo: hello from room 1\necho: hello from room 2\n"
     );
-    let first = session_id(&capsem);
+    let first = capsem.last_session_id();
     let out = capsem.run(&["run", "--timeout", "15", "--", "node", "-e", script, "3"]);
     assert_code(&out, 124);
     assert_eq!(stdout(&out), "echo: hello from room 3\n");

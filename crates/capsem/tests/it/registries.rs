@@ -139,10 +139,10 @@ fn pip_and_npm_reach_their_registries_when_allowed() {
     capsem.user_settings(&settings(false));
     let out = capsem.run(&["-q", "npm view capsem-demo version --fetch-retries=0"]);
     assert_ne!(out.status.code(), Some(0));
-    let log = stdout(&capsem.run(&["net", "log", "--json"]));
+    let log = capsem.json_lines(&["net", "log", "--json"]);
     let refused = log
-        .lines()
-        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["data"].clone())
+        .iter()
+        .map(|record| &record["data"])
         .any(|row| row["name"] == "registry.npmjs.org" && row["allowed"] == false);
-    assert!(refused, "no refused lookup of the registry in:\n{log}");
+    assert!(refused, "no refused lookup of the registry in:\n{log:#?}");
 }

@@ -7,22 +7,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::{
-    Capsem, RSS_LIMIT_KIB, alive, assert_code, children_of, peak_kib, read_line, status_field,
-    stdout, wait_until, wait_with_peak_kib,
+    Capsem, RSS_LIMIT_KIB, alive, assert_code, children_of, peak_kib, status_field, stdout,
+    wait_until, wait_with_peak_kib,
 };
 
 #[test]
 fn qemu_runs_confined_and_sees_only_what_it_was_given() {
     let capsem = Capsem::new();
-    let mut child = capsem
-        .cmd(&["-q", "echo ready; exec sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert_eq!(read_line(&mut child), "ready\n");
-    let qemu = children_of(child.id())[0];
+    let (mut child, qemu) = capsem.spawn_idle();
     assert_eq!(
         status_field(qemu, "Seccomp"),
         "2",

@@ -6,19 +6,15 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Capsem, alive, assert_code, children_of, read_line, stdout, wait_until};
+use crate::support::{Capsem, alive, assert_code, stdout, wait_until};
 
 /// `capsem sessions --json`, parsed: newest first.
 fn sessions(capsem: &Capsem) -> Vec<Value> {
-    let out = capsem.run(&["sessions", "--json"]);
-    assert_code(&out, 0);
-    stdout(&out)
-        .lines()
-        .map(|line| {
-            let record: Value = serde_json::from_str(line).unwrap();
-            assert_eq!(record["type"], "session");
-            record["data"].clone()
-        })
+    let records = capsem.json_lines(&["sessions", "--json"]);
+    records
+        .into_iter()
+        .inspect(|record| assert_eq!(record["type"], "session"))
+        .map(|record| record["data"].clone())
         .collect()
 }
 
@@ -82,20 +78,10 @@ fn failures_and_timeouts_are_recorded_as_such() {
 #[test]
 fn a_killed_capsem_leaves_a_session_repaired_to_killed() {
     let capsem = Capsem::new();
-    let mut child = capsem
-        .cmd(&["-q", "echo ready; exec sleep 600"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    assert_eq!(read_line(&mut child), "ready\n");
-    let qemu = children_of(child.id());
+    let (mut child, qemu) = capsem.spawn_idle();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(wait_until(Duration::from_secs(10), || qemu
-        .iter()
-        .all(|p| !alive(*p))));
+    assert!(wait_until(Duration::from_secs(10), || !alive(qemu)));
     let rows = sessions(&capsem);
     assert_eq!(rows[0]["status"], "killed");
     assert!(rows[0]["ended_at_ms"].is_number());

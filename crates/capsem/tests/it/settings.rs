@@ -14,15 +14,12 @@ fn set_get_list_and_reset_round_trip() {
         0,
     );
     assert_eq!(stdout(&capsem.run(&["settings", "get", "vm.cpus"])), "1\n");
-    let list = stdout(&capsem.run(&["settings", "list", "--json"]));
-    let cpus = list
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|r| r["data"]["key"] == "vm.cpus")
-        .unwrap();
+    let list = capsem.json_lines(&["settings", "list", "--json"]);
+    let setting = |key: &str| list.iter().find(|r| r["data"]["key"] == key);
+    let cpus = setting("vm.cpus").unwrap();
     assert_eq!(cpus["data"]["source"], "user");
     assert_eq!(cpus["data"]["value"], "1");
-    assert!(list.contains("guest.env.EDITOR"));
+    assert!(setting("guest.env.EDITOR").is_some());
     let file = fs::read_to_string(capsem.home().join("user.toml")).unwrap();
     assert!(file.contains("[vm]\ncpus = 1"), "{file}");
     assert_code(&capsem.run(&["settings", "reset", "vm.cpus"]), 0);

@@ -169,7 +169,7 @@ fn the_session_keeps_a_transcript_that_replays() {
     shell.expect("transcript-42").unwrap();
     shell.send("exit\r").unwrap();
     shell.expect("capsem-status=0").unwrap();
-    let replay = capsem.run(&["sessions", "replay", &session_id(&capsem)]);
+    let replay = capsem.run(&["sessions", "replay", &capsem.last_session_id()]);
     assert_code(&replay, 0);
     assert!(
         stdout(&replay).contains("transcript-42"),
@@ -180,14 +180,6 @@ fn the_session_keeps_a_transcript_that_replays() {
     assert!(raw.starts_with(b"CAPSEM-TTY-REC1\n"));
     // What was typed is there too, as input records.
     assert!(raw.windows(6).any(|w| w == b"echo t"));
-}
-
-fn session_id(capsem: &Capsem) -> String {
-    capsem.sessions()[0]
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned()
 }
 
 #[test]

@@ -50,6 +50,39 @@ impl Capsem {
         self.run_with_stdin(args, b"")
     }
 
+    /// `capsem ARGS` with JSON Lines output, parsed (`{"type", "data"}`
+    /// records).
+    pub fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self.run(args);
+        assert_code(&out, 0);
+        stdout(&out)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The newest session's id.
+    pub fn last_session_id(&self) -> String {
+        let rows = self.json_lines(&["sessions", "--json", "-n", "1"]);
+        rows[0]["data"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts `capsem -q` with a guest command that prints `ready` and then
+    /// sleeps; returns once it is ready, with QEMU's pid.
+    pub fn spawn_idle(&self) -> (Child, u32) {
+        let mut child = self
+            .cmd(&["-q", "echo ready; exec sleep 600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert_eq!(read_line(&mut child), "ready\n");
+        let qemu = children_of(child.id());
+        assert_eq!(qemu.len(), 1, "one VM monitor expected: {qemu:?}");
+        (child, qemu[0])
+    }
+
     /// The session directories created so far.
     pub fn sessions(&self) -> Vec<PathBuf> {
         fs::read_dir(self.home().join("sessions"))
