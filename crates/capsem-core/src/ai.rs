@@ -139,7 +139,8 @@ pub const API_KEYS: &[ApiKey] = &[
     },
     ApiKey {
         prefix: "ai.openai",
-        vars: &["OPENAI_API_KEY"],
+        // `codex exec` reads CODEX_API_KEY, not OPENAI_API_KEY.
+        vars: &["OPENAI_API_KEY", "CODEX_API_KEY"],
         placeholder: "sk-capsem-placeholder-the-host-holds-the-key",
     },
     ApiKey {

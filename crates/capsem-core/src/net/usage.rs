@@ -199,6 +199,8 @@ fn absorb(json: &Value, usage: &mut Usage) {
             &scope["delta"]["stop_reason"],
             &scope["choices"][0]["finish_reason"],
             &scope["candidates"][0]["finishReason"],
+            // OpenAI's Responses API: `completed`, `incomplete`, `failed`.
+            &scope["status"],
         ];
         if let Some(reason) = stop.iter().find_map(|v| v.as_str()) {
             usage.stop_reason = Some(reason.to_owned());
@@ -274,6 +276,16 @@ mod tests {
         );
         assert_eq!(usage.model.as_deref(), Some("gemini-2.5-pro"));
         assert_eq!((usage.input_tokens, usage.output_tokens), (7, 4));
+    }
+
+    #[test]
+    fn an_openai_responses_stream_is_read() {
+        let stream = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\",\"model\":\"gpt-5\"}}\n\n\
+            event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\",\"model\":\"gpt-5\",\"usage\":{\"input_tokens\":25,\"output_tokens\":7}}}\n\n";
+        let usage = metered("/v1/responses", "text/event-stream", &[stream]);
+        assert_eq!(usage.model.as_deref(), Some("gpt-5"));
+        assert_eq!((usage.input_tokens, usage.output_tokens), (25, 7));
+        assert_eq!(usage.stop_reason.as_deref(), Some("completed"));
     }
 
     #[test]

@@ -169,7 +169,7 @@ pub const REGISTRY: &[Def] = &[
         key: "ai.openai.api_key",
         kind: Kind::Secret,
         default: Default::Str(""),
-        description: "OpenAI API key, held on the host: the guest sees a placeholder in OPENAI_API_KEY",
+        description: "OpenAI API key, held on the host: the guest sees a placeholder in OPENAI_API_KEY and CODEX_API_KEY",
     },
     Def {
         key: "ai.google.api_key",

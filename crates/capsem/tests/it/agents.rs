@@ -57,7 +57,7 @@ fn settings_and_flags_shape_the_guest_environment() {
         "[ai.gemini]\napproval_mode = \"yolo\"\n[ai.openai]\napi_key = \"sk-from-settings\"\n[guest.env]\nEDITOR = \"nano\"\n",
     );
     let out = capsem
-        .cmd(&["-q", "--pass-env", "PASSED", "env | sort | grep -E '^(CAPSEM_GEMINI|OPENAI|ANTHROPIC|EDITOR|IS_SANDBOX|PASSED|HOST_ONLY)'"])
+        .cmd(&["-q", "--pass-env", "PASSED", "env | sort | grep -E '^(CAPSEM_GEMINI|CODEX|OPENAI|ANTHROPIC|EDITOR|IS_SANDBOX|PASSED|HOST_ONLY)'"])
         .env("CAPSEM_CORP_CONFIG", &corp)
         .env("ANTHROPIC_API_KEY", "sk-host-must-not-leak")
         .env("HOST_ONLY", "x")
@@ -67,7 +67,10 @@ fn settings_and_flags_shape_the_guest_environment() {
     assert_code(&out, 0);
     assert_eq!(
         stdout(&out),
-        "CAPSEM_GEMINI_APPROVAL_MODE=plan\nEDITOR=nano\nIS_SANDBOX=1\nOPENAI_API_KEY=sk-capsem-placeholder-the-host-holds-the-key\nPASSED=yes\n"
+        "CAPSEM_GEMINI_APPROVAL_MODE=plan\n\
+         CODEX_API_KEY=sk-capsem-placeholder-the-host-holds-the-key\n\
+         EDITOR=nano\nIS_SANDBOX=1\n\
+         OPENAI_API_KEY=sk-capsem-placeholder-the-host-holds-the-key\nPASSED=yes\n"
     );
 }
 

@@ -493,3 +493,103 @@ if (room == '1') {
         assert_eq!(row["error"].is_null(), room != "3", "{row}");
     }
 }
+
+const REAL_OPENAI_KEY: &str = "sk-proj-the-real-openai-key-only-the-host-knows";
+
+/// A stand-in for OpenAI's Responses API, streaming (SSE) as Codex asks.
+fn fake_openai(req: &Request) -> (u16, &'static str, Vec<u8>) {
+    if !req.line().starts_with("post /v1/responses") {
+        let error = r#"{"error":{"message":"not here","type":"invalid_request_error"}}"#;
+        return (404, "application/json", error.into());
+    }
+    let request: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+    let model = request["model"].as_str().unwrap_or("gpt-5");
+    let text = "Hello from the fake API";
+    let message = |status: &str, content: Value| {
+        serde_json::json!({"type": "message", "id": "msg_fake", "role": "assistant",
+            "status": status, "content": content})
+    };
+    let done = serde_json::json!([{"type": "output_text", "text": text, "annotations": []}]);
+    let events = [
+        serde_json::json!({"type": "response.created", "response": {"id": "resp_fake",
+            "object": "response", "status": "in_progress", "model": model, "output": []}}),
+        serde_json::json!({"type": "response.output_item.added", "output_index": 0,
+            "item": message("in_progress", serde_json::json!([]))}),
+        serde_json::json!({"type": "response.output_text.delta", "item_id": "msg_fake",
+            "output_index": 0, "content_index": 0, "delta": text}),
+        serde_json::json!({"type": "response.output_item.done", "output_index": 0,
+            "item": message("completed", done.clone())}),
+        serde_json::json!({"type": "response.completed", "response": {"id": "resp_fake",
+            "object": "response", "status": "completed", "model": model,
+            "output": [message("completed", done)],
+            "usage": {"input_tokens": 25, "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 32}}}),
+    ];
+    let stream: String = events
+        .iter()
+        .map(|data| {
+            format!(
+                "event: {}\ndata: {data}\n\n",
+                data["type"].as_str().unwrap()
+            )
+        })
+        .collect();
+    (200, "text/event-stream", stream.into_bytes())
+}
+
+#[test]
+fn codex_talks_to_its_api_through_the_proxy() {
+    let capsem = Capsem::new();
+    let ca = TestCa::new(capsem.home());
+    let api = Upstream::https_with(&ca, &["api.openai.com"], fake_openai);
+    capsem.user_settings(&format!(
+        "[network]\n\
+         resolve_override = \"api.openai.com=127.0.0.1:{}\"\n\
+         extra_upstream_ca = \"{}\"\n\
+         [ai.openai]\n\
+         api_key = \"{REAL_OPENAI_KEY}\"\n",
+        api.port,
+        ca.pem.display(),
+    ));
+    let out = capsem.run(&[
+        "run",
+        "--timeout",
+        "300",
+        "--",
+        "codex",
+        "exec",
+        "--skip-git-repo-check",
+        "say hello",
+    ]);
+    let requests = api.requests();
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("Hello from the fake API"),
+        "{}",
+        stdout(&out)
+    );
+    let calls: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("post /v1/responses"))
+        .collect();
+    assert!(!calls.is_empty(), "{requests:?}");
+    for request in &calls {
+        let auth = format!(
+            "authorization: bearer {}",
+            REAL_OPENAI_KEY.to_ascii_lowercase()
+        );
+        assert!(request.contains(&auth), "{request}");
+    }
+    let log = net_log(&capsem);
+    let call = find(&log, |r| r["provider"] == "openai");
+    assert_eq!(
+        (
+            call["input_tokens"].as_u64(),
+            call["output_tokens"].as_u64()
+        ),
+        (Some(25), Some(7))
+    );
+    assert_eq!(call["stop_reason"], "completed", "{call}");
+    assert!(!log.iter().any(|r| r.to_string().contains(REAL_OPENAI_KEY)));
+}
