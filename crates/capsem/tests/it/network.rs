@@ -593,3 +593,89 @@ fn codex_talks_to_its_api_through_the_proxy() {
     assert_eq!(call["stop_reason"], "completed", "{call}");
     assert!(!log.iter().any(|r| r.to_string().contains(REAL_OPENAI_KEY)));
 }
+
+const REAL_GOOGLE_KEY: &str = "AIza-the-real-google-key-only-the-host-knows";
+
+/// A stand-in for the Gemini API: `generateContent`, streamed (SSE) or
+/// not, and `countTokens`.
+fn fake_gemini(req: &Request) -> (u16, &'static str, Vec<u8>) {
+    let line = req.line();
+    let model = line
+        .split("/models/")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or("gemini-2.5-pro");
+    if line.starts_with("post ") && line.contains(":counttokens") {
+        return (200, "application/json", br#"{"totalTokens": 25}"#.to_vec());
+    }
+    if !line.starts_with("post ") || !line.contains("generatecontent") {
+        let error = r#"{"error":{"code":404,"message":"not here","status":"NOT_FOUND"}}"#;
+        return (404, "application/json", error.into());
+    }
+    // Unstreamed calls are Gemini CLI's model router, which wants JSON.
+    let text = if line.contains("alt=sse") {
+        "Hello from the fake API"
+    } else {
+        r#"{"reasoning": "a greeting", "model_choice": "flash"}"#
+    };
+    let answer = serde_json::json!({
+        "candidates": [{"content": {"parts": [{"text": text}], "role": "model"},
+            "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 25, "candidatesTokenCount": 7, "totalTokenCount": 32},
+        "modelVersion": model,
+    });
+    if line.contains("alt=sse") {
+        let stream = format!("data: {answer}\r\n\r\n");
+        return (200, "text/event-stream", stream.into_bytes());
+    }
+    (200, "application/json", answer.to_string().into_bytes())
+}
+
+#[test]
+fn gemini_cli_talks_to_its_api_through_the_proxy() {
+    let capsem = Capsem::new();
+    let ca = TestCa::new(capsem.home());
+    let api = Upstream::https_with(&ca, &["generativelanguage.googleapis.com"], fake_gemini);
+    capsem.user_settings(&format!(
+        "[network]\n\
+         resolve_override = \"generativelanguage.googleapis.com=127.0.0.1:{}\"\n\
+         extra_upstream_ca = \"{}\"\n\
+         [ai.google]\n\
+         api_key = \"{REAL_GOOGLE_KEY}\"\n",
+        api.port,
+        ca.pem.display(),
+    ));
+    let out = capsem.run(&["run", "--timeout", "400", "--", "gemini", "-p", "hello"]);
+    let requests = api.requests();
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("Hello from the fake API"),
+        "{}",
+        stdout(&out)
+    );
+    let calls: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.contains("generatecontent"))
+        .collect();
+    assert!(!calls.is_empty(), "{requests:?}");
+    for request in &calls {
+        let key = format!("x-goog-api-key: {}", REAL_GOOGLE_KEY.to_ascii_lowercase());
+        assert!(request.contains(&key), "{request}");
+    }
+    let log = net_log(&capsem);
+    let call = find(&log, |r| {
+        r["provider"] == "google"
+            && r["path"]
+                .as_str()
+                .is_some_and(|p| p.contains(":streamGenerateContent"))
+    });
+    assert_eq!(
+        (
+            call["input_tokens"].as_u64(),
+            call["output_tokens"].as_u64()
+        ),
+        (Some(25), Some(7))
+    );
+    assert_eq!(call["stop_reason"], "STOP", "{call}");
+    assert!(!log.iter().any(|r| r.to_string().contains(REAL_GOOGLE_KEY)));
+}
