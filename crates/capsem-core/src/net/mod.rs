@@ -170,8 +170,8 @@ impl Shared {
         }
     }
 
-    /// The decision for a connection to `name` and what its requests get,
-    /// from one reading of the settings.
+    /// The decision for a request to `name` and what it gets (keys, body
+    /// logging), from one reading of the settings.
     fn admit(&self, name: &str) -> (Decision, Grant) {
         let (decision, settings) = self.decide(name);
         let grant = match settings {

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 use super::keys;
 use super::upstream::{Body, Connected, Sender};
 use super::usage::{self, Meter, Provider};
-use super::{Decision, Grant, GuestStream, Shared};
+use super::{Decision, GuestStream, Shared};
 use crate::session::events::{Event, ModelCall, NetEvent, Verdict};
 
 /// How long a server may take to start answering (model APIs think
@@ -49,8 +49,6 @@ struct Conn {
     rule: String,
     pid: Option<u32>,
     process: Option<String>,
-    /// What its requests get.
-    grant: Grant,
 }
 
 impl Conn {
@@ -71,16 +69,12 @@ impl Conn {
 pub(super) async fn connect(mut stream: GuestStream, req: ConnectRequest, shared: Arc<Shared>) {
     let addr = Ipv4Addr::from(req.addr);
     let name = shared.name_of(addr);
-    let (decision, grant) = match (&name, req.port) {
-        (None, _) => (
-            Decision::deny("raw IP address: only names the guest resolved are reachable"),
-            Grant::default(),
-        ),
-        (Some(_), port) if port != 80 && port != 443 => (
-            Decision::deny("only ports 80 (HTTP) and 443 (HTTPS) are proxied"),
-            Grant::default(),
-        ),
-        (Some(name), _) => shared.admit(name),
+    let decision = match (&name, req.port) {
+        (None, _) => Decision::deny("raw IP address: only names the guest resolved are reachable"),
+        (Some(_), port) if port != 80 && port != 443 => {
+            Decision::deny("only ports 80 (HTTP) and 443 (HTTPS) are proxied")
+        }
+        (Some(name), _) => shared.decide(name).0,
     };
     let (pid, process) = req.process.map(|p| (p.pid, p.command)).unzip();
     if !decision.allowed {
@@ -114,7 +108,6 @@ pub(super) async fn connect(mut stream: GuestStream, req: ConnectRequest, shared
         rule: decision.rule,
         pid,
         process,
-        grant,
     };
     if conn.tls {
         serve_tls(parts.io, conn, shared).await;
@@ -212,12 +205,22 @@ async fn forward(
         shared.record(event);
         return text(StatusCode::MISDIRECTED_REQUEST, &format!("capsem: {why}\n"));
     }
+    // Each request is decided again, so that a policy change reaches the
+    // connections already open (agents keep theirs for the whole session).
+    let (decision, grant) = shared.admit(&conn.name);
+    event.rule = Some(decision.rule.clone());
+    if !decision.allowed {
+        event.decision = Verdict::Denied;
+        shared.record(event);
+        let why = format!("capsem: {} is not allowed ({})\n", conn.name, decision.rule);
+        return text(StatusCode::FORBIDDEN, &why);
+    }
     let upgrade = upgrade_of(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let sent = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = req.into_parts();
-    event.key_fingerprint = keys::swap(&mut parts, &conn.grant.secrets);
+    event.key_fingerprint = keys::swap(&mut parts, &grant.secrets);
     let call = model_call(&parts, conn);
-    let bodies = (conn.grant.body_limit > 0).then(|| Bodies::new(conn.grant.body_limit));
+    let bodies = (grant.body_limit > 0).then(|| Bodies::new(grant.body_limit));
     let request_tap = tap(
         call.as_ref().map(|(_, meter)| meter.clone()),
         bodies.as_ref().map(|b| (b.limit, b.request.clone())),

@@ -2,9 +2,11 @@
 //! proxy, and every decision lands in the session. The "internet" is local
 //! servers reached through `network.resolve_override`.
 
+use std::io::Write;
+
 use serde_json::Value;
 
-use crate::support::{Capsem, RSS_LIMIT_KIB, assert_code, stdout, wait_with_peak_kib};
+use crate::support::{Capsem, RSS_LIMIT_KIB, assert_code, read_line, stdout, wait_with_peak_kib};
 use crate::upstream::{Request, TestCa, Upstream};
 
 /// A capsem that allows `allowed.test` (HTTPS) and `plain.test` (HTTP),
@@ -678,4 +680,42 @@ fn gemini_cli_talks_to_its_api_through_the_proxy() {
     );
     assert_eq!(call["stop_reason"], "STOP", "{call}");
     assert!(!log.iter().any(|r| r.to_string().contains(REAL_GOOGLE_KEY)));
+}
+
+#[test]
+fn a_policy_change_reaches_a_connection_already_open() {
+    let (capsem, https, _http) = world();
+    // One kept-alive HTTPS connection: a request, then (once the host has
+    // changed the policy) another on the same connection.
+    let script = r#"
+import http.client, ssl, sys
+conn = http.client.HTTPSConnection("allowed.test", timeout=30, context=ssl.create_default_context())
+for turn in ("before", "after"):
+    conn.request("GET", "/" + turn)
+    response = conn.getresponse()
+    response.read()
+    print(turn, response.status, flush=True)
+    if turn == "before":
+        sys.stdin.readline()
+"#;
+    let mut child = capsem
+        .cmd(&["run", "--", "python3", "-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(read_line(&mut child), "before 200\n");
+    capsem.user_settings(&format!(
+        "[network]\nresolve_override = \"allowed.test=127.0.0.1:{}\"\n",
+        https.port
+    ));
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "after 403\n");
+    assert_eq!(https.requests().len(), 1, "the second request went out");
+    let log = net_log(&capsem);
+    let after = find(&log, |r| r["path"] == "/after");
+    assert_eq!(after["decision"], "denied", "{after}");
+    assert_eq!(after["rule"], "network.default_action", "{after}");
 }
