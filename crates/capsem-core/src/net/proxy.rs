@@ -463,11 +463,9 @@ fn tunnel(
     shared: Arc<Shared>,
 ) -> Response<Body> {
     let server = hyper::upgrade::on(&mut response);
-    event.protocol = format!(
-        "{}+{}",
-        event.protocol,
-        protocol.to_str().unwrap_or("upgrade").to_ascii_lowercase()
-    );
+    // WebSocket is the only upgrade passed on; its URI schemes.
+    let scheme = if event.protocol == "https" { "wss" } else { "ws" };
+    event.protocol = scheme.to_owned();
     shared.tasks.clone().spawn(async move {
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
         if let Err(e) = relay(guest, server, &up, &down).await {

@@ -485,7 +485,7 @@ if (room == '1') {
         let path = format!("/chat?room={room}");
         let row = find(&log, |r| r["path"] == path.as_str());
         assert_eq!(row["domain"], "ws.test");
-        assert_eq!(row["protocol"], "https+websocket", "{row}");
+        assert_eq!(row["protocol"], "wss", "{row}");
         assert_eq!(row["status"], 101);
         assert_eq!(row["decision"], "allowed");
         // The masked message frame up (2 + 4 + 17 bytes), the echo down.
