@@ -14,7 +14,7 @@ use crate::node::{self, Toolchain};
 use crate::{deps, proc, workspace};
 
 /// Bump when the recipe below changes the image it produces.
-const RECIPE: u32 = 4;
+const RECIPE: u32 = 5;
 const SUITE: &str = "bookworm";
 const MIRRORS: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm main",
@@ -218,12 +218,18 @@ fn clean(tree: &Path) -> Result<()> {
 
 /// The guest's CA bundle is written at boot to `/run/capsem`, and holds
 /// only the host's interception CA (every guest TLS connection ends at the
-/// proxy); the read-only image points the usual path there.
+/// proxy); the read-only image points the usual path there. The
+/// distribution's roots go, hashed directory links included, so that no
+/// TLS client in the guest trusts anything else.
 fn trust_store_in_run(tree: &Path) -> Result<()> {
-    let bundle = tree.join("etc/ssl/certs/ca-certificates.crt");
-    fs::remove_file(&bundle).context("removing the distribution's CA bundle")?;
-    std::os::unix::fs::symlink("/run/capsem/ca-certificates.crt", &bundle)
-        .context("linking the CA bundle")
+    let certs = tree.join("etc/ssl/certs");
+    fs::remove_dir_all(&certs).context("removing the distribution's roots")?;
+    fs::create_dir_all(&certs)?;
+    std::os::unix::fs::symlink(
+        "/run/capsem/ca-certificates.crt",
+        certs.join("ca-certificates.crt"),
+    )
+    .context("linking the CA bundle")
 }
 
 fn pack(tree: &Path, image: &Path, log: &Path) -> Result<()> {

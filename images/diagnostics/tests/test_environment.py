@@ -110,3 +110,5 @@ def test_tls_clients_trust_capsems_ca_alone():
         assert os.path.realpath(os.environ[var]) == os.path.realpath(bundle), var
     with open(bundle) as f:
         assert f.read().count("BEGIN CERTIFICATE") == 1
+    # No hashed links to other roots (OpenSSL's CA directory).
+    assert os.listdir("/etc/ssl/certs") == ["ca-certificates.crt"]
