@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -35,6 +35,8 @@ use crate::session::events::{Event, ModelCall, NetEvent, Verdict};
 /// How long a server may take to start answering (model APIs think
 /// before their first byte).
 const RESPONSE_WAIT: Duration = Duration::from_secs(600);
+/// How often an open tunnel's name is decided again.
+const REDECIDE: Duration = Duration::from_secs(5);
 /// How long the other direction of a tunnel may go on once one has ended.
 const LINGER: Duration = Duration::from_secs(1);
 /// How long a guest may take to send its TLS hello.
@@ -169,14 +171,36 @@ where
 {
     let conn = Arc::new(conn);
     let upstream: Arc<Mutex<Option<Connected>>> = Arc::default();
+    let executor = Tracked(shared.clone());
     let service = service_fn(move |req| {
         let (conn, shared, upstream) = (conn.clone(), shared.clone(), upstream.clone());
         async move { Ok::<_, Infallible>(forward(req, &conn, shared, &upstream).await) }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let builder = hyper_util::server::conn::auto::Builder::new(executor);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = served.await {
         tracing::debug!("guest HTTP connection: {e}");
+    }
+}
+
+/// Runs HTTP/2 streams as tasks of the network service, so that the end of
+/// the VM waits for (or cancels) them like the rest.
+#[derive(Clone)]
+struct Tracked(Arc<Shared>);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let stop = self.0.stop.clone();
+        self.0.tasks.spawn(async move {
+            tokio::select! {
+                _ = future => {}
+                () = stop.cancelled() => {}
+            }
+        });
     }
 }
 
@@ -250,6 +274,11 @@ async fn forward(
     if let Some((protocol, guest)) = upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
+        // The server must switch to what was asked, not to, say, h2c.
+        if response.headers().get(header::UPGRADE) != Some(&protocol) {
+            let why = "the server switched to another protocol than WebSocket";
+            return failed(&shared, event, started, why.to_owned());
+        }
         return tunnel(guest, response, protocol, event, started, shared);
     }
     let (mut parts, body) = response.into_parts();
@@ -265,7 +294,8 @@ async fn forward(
         bodies.as_ref().map(|b| (b.limit, b.response.clone())),
         |meter, data| meter.response(data),
     );
-    let done = Box::new(move || {
+    let done = Box::new(move |cut: Option<String>| {
+        event.error = cut;
         event.bytes_up = sent.load(Ordering::Relaxed);
         event.bytes_down = counted.load(Ordering::Relaxed);
         let duration = started.elapsed().as_micros() as u64;
@@ -464,11 +494,21 @@ fn tunnel(
 ) -> Response<Body> {
     let server = hyper::upgrade::on(&mut response);
     // WebSocket is the only upgrade passed on; its URI schemes.
-    let scheme = if event.protocol == "https" { "wss" } else { "ws" };
+    let scheme = if event.protocol == "https" {
+        "wss"
+    } else {
+        "ws"
+    };
     event.protocol = scheme.to_owned();
     shared.tasks.clone().spawn(async move {
         let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-        if let Err(e) = relay(guest, server, &up, &down).await {
+        let name = event.domain.clone().unwrap_or_default();
+        let ended = tokio::select! {
+            result = relay(guest, server, &up, &down) => result,
+            why = revoked(&shared, &name) => Err(why),
+            () = shared.stop.cancelled() => Err("cut short: the VM stopped".to_owned()),
+        };
+        if let Err(e) = ended {
             event.error = Some(e);
         }
         event.bytes_up = up.into_inner();
@@ -486,6 +526,18 @@ fn tunnel(
     set_upgrade(&mut parts.headers, protocol);
     let empty = Full::new(Bytes::new()).map_err(|never| match never {});
     Response::from_parts(parts, empty.boxed())
+}
+
+/// Returns once the policy no longer allows `name`: a tunnel is not made
+/// of requests, so it is decided again every [`REDECIDE`] instead.
+async fn revoked(shared: &Shared, name: &str) -> String {
+    loop {
+        tokio::time::sleep(REDECIDE).await;
+        let (decision, _) = shared.decide(name);
+        if !decision.allowed {
+            return format!("closed: the policy no longer allows it ({})", decision.rule);
+        }
+    }
 }
 
 /// Relays an upgraded connection both ways. A side that ends its sending
@@ -645,20 +697,21 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
     response
 }
 
-/// Runs once when a response ends, however it ends.
-type OnDone = Box<dyn FnOnce() + Send + Sync>;
+/// Runs once when a response ends, however it ends: with what cut it
+/// short, if it did not end cleanly.
+type OnDone = Box<dyn FnOnce(Option<String>) + Send + Sync>;
 /// Sees a copy of each data frame.
 type Tap = Box<dyn FnMut(&[u8]) + Send + Sync>;
 
 /// A body that counts its data bytes as they pass.
-struct Metered<B> {
+struct Metered<B: HttpBody> {
     inner: B,
     count: Arc<AtomicU64>,
     tap: Option<Tap>,
     done: Option<OnDone>,
 }
 
-impl<B> Metered<B> {
+impl<B: HttpBody> Metered<B> {
     fn new(inner: B, count: Arc<AtomicU64>, tap: Option<Tap>, done: Option<OnDone>) -> Self {
         Metered {
             inner,
@@ -668,16 +721,18 @@ impl<B> Metered<B> {
         }
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, cut: Option<String>) {
         if let Some(done) = self.done.take() {
-            done();
+            done(cut);
         }
     }
 }
 
-impl<B> Drop for Metered<B> {
+impl<B: HttpBody> Drop for Metered<B> {
     fn drop(&mut self) {
-        self.finish();
+        let cut = (!self.inner.is_end_stream())
+            .then(|| "cut short: the guest went away before the end of the body".to_owned());
+        self.finish(cut);
     }
 }
 
@@ -703,7 +758,8 @@ where
                     }
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.finish(),
+            Poll::Ready(None) => this.finish(None),
+            Poll::Ready(Some(Err(e))) => this.finish(Some(e.to_string())),
             Poll::Pending => {}
         }
         polled

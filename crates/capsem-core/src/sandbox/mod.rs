@@ -33,10 +33,10 @@ use vm::RunningVm;
 
 /// How long a powered-off guest may take to end its VM before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-/// Lines of the boot log shown when a boot fails.
 /// How long the network may take, once the VM is gone, to record the
-/// requests that were in flight.
+/// requests that were in flight (and again once the rest is cancelled).
 const NETWORK_GRACE: Duration = Duration::from_secs(1);
+/// Lines of the boot log shown when a boot fails.
 const BOOT_LOG_LINES: usize = 20;
 
 /// A run could not complete.

@@ -357,8 +357,8 @@ fn uploads_stream_with_bounded_memory_even_to_a_server_that_stalls() {
     let log = net_log(&capsem);
     let upload = find(&log, |r| r["domain"] == "plain.test");
     assert_eq!(upload["bytes_up"], 64 * 1024 * 1024);
-    // The stalled request was still waiting when the VM stopped: it is in
-    // the log all the same, as cut short.
+    // The stalled request was still waiting when curl gave up and the VM
+    // stopped: it is in the log all the same, as cut short.
     let stalled = find(&log, |r| r["domain"] == "stall.test");
     assert_eq!(stalled["decision"], "error", "{stalled}");
     assert!(
@@ -441,15 +441,17 @@ fn websockets_work_and_are_logged_with_their_traffic() {
     let capsem = Capsem::new();
     let ca = TestCa::new(capsem.home());
     let server = Upstream::websocket(&ca, &["ws.test"]);
-    capsem.user_settings(&format!(
+    let settings = format!(
         "[network]\nallow = \"ws.test\"\n\
          resolve_override = \"ws.test=127.0.0.1:{}\"\nextra_upstream_ca = \"{}\"\n",
         server.port,
         ca.pem.display()
-    ));
+    );
+    capsem.user_settings(&settings);
     // Node's own WebSocket client, trusting capsem's CA like any program.
-    // The first socket is closed; the second is still open when the
-    // command exits; the third when the VM is stopped by a timeout.
+    // Room 1 is closed by the guest; room 2 is still open when the command
+    // exits; room 3 is closed by the host when the policy drops its name;
+    // room 4 is open when the VM is killed.
     let script = r#"
 function chat(room, then) {
   const ws = new WebSocket('wss://ws.test/chat?room=' + room);
@@ -462,7 +464,7 @@ const room = process.argv[1];
 if (room == '1') {
   chat(1, (ws) => { ws.onclose = () => chat(2, () => process.exit(0)); ws.close(); });
 } else {
-  chat(room, () => {});
+  chat(room, (ws) => { ws.onclose = () => { console.log('closed'); process.exit(0); }; });
 }
 "#;
     let out = capsem.run(&["run", "--", "node", "-e", script, "1"]);
@@ -471,17 +473,44 @@ if (room == '1') {
         stdout(&out),
         "echo: hello from room 1\necho: hello from room 2\n"
     );
-    let first = capsem.last_session_id();
-    let out = capsem.run(&["run", "--timeout", "15", "--", "node", "-e", script, "3"]);
-    assert_code(&out, 124);
-    assert_eq!(stdout(&out), "echo: hello from room 3\n");
+    let open = |room: &str| {
+        let mut child = capsem
+            .cmd(&["run", "--", "node", "-e", script, room])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert_eq!(
+            read_line(&mut child),
+            format!("echo: hello from room {room}\n")
+        );
+        child
+    };
+    let room3 = open("3");
+    capsem.user_settings(&format!(
+        "[network]\nresolve_override = \"ws.test=127.0.0.1:{}\"\n",
+        server.port
+    ));
+    let out = room3.wait_with_output().unwrap();
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "closed\n");
+    capsem.user_settings(&settings);
+    let mut room4 = open("4");
+    let qemu = crate::support::children_of(room4.id())[0];
+    std::process::Command::new("kill")
+        .args(["-KILL", &qemu.to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(room4.wait().unwrap().code(), Some(125));
     let head = &server.requests()[0];
     assert!(head.starts_with("get /chat?room=1\r\n"), "{head}");
     assert!(head.contains("host: ws.test\r\n"), "{head}");
 
-    let mut log = net_log(&capsem);
-    log.extend(net_log_of(&capsem, &first));
-    for room in ["1", "2", "3"] {
+    let sessions = capsem.json_lines(&["sessions", "--json"]);
+    let log: Vec<Value> = sessions
+        .iter()
+        .flat_map(|s| net_log_of(&capsem, s["data"]["id"].as_str().unwrap()))
+        .collect();
+    for room in ["1", "2", "3", "4"] {
         let path = format!("/chat?room={room}");
         let row = find(&log, |r| r["path"] == path.as_str());
         assert_eq!(row["domain"], "ws.test");
@@ -491,8 +520,13 @@ if (room == '1') {
         // The masked message frame up (2 + 4 + 17 bytes), the echo down.
         assert!(row["bytes_up"].as_u64().unwrap() >= 23, "{row}");
         assert!(row["bytes_down"].as_u64().unwrap() >= 25, "{row}");
-        // Room 3 ended because the VM was stopped, and says so.
-        assert_eq!(row["error"].is_null(), room != "3", "{row}");
+        // Rooms 3 and 4 were ended by the host, and say why.
+        let error = row["error"].as_str().unwrap_or_default();
+        match room {
+            "3" => assert!(error.contains("no longer allows"), "{row}"),
+            "4" => assert!(!error.is_empty(), "{row}"),
+            _ => assert!(row["error"].is_null(), "{row}"),
+        }
     }
 }
 

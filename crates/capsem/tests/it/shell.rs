@@ -56,7 +56,7 @@ fn a_shell_runs_commands_and_follows_resizes() {
     shell.get_process_mut().set_window_size(120, 40).unwrap();
     // The resize travels beside the typed input, not in order with it:
     // ask until the guest's terminal has it.
-    let resized = (0..20).any(|_| {
+    let resized = wait_until(Duration::from_secs(20), || {
         shell.send("stty size\r").unwrap();
         let size = shell.expect(PROMPT).unwrap();
         String::from_utf8_lossy(size.before()).contains("40 120")
