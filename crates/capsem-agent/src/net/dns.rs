@@ -93,7 +93,7 @@ async fn resolve(
     place: OwnedSemaphorePermit,
     name: &str,
 ) -> Result<Option<[u8; 4]>> {
-    let (stream, _place) = streams.open_in(place).await?;
+    let stream = streams.open_in(&place).await?;
     let mut framed = Framed::new(stream.compat(), GuestCodec::new());
     framed
         .send(GuestToHost::Resolve {

@@ -92,7 +92,8 @@ impl Streams {
     /// budget is held until the returned permit drops: keep it as long as
     /// the stream.
     pub async fn open(&self) -> Result<(mux::Stream, OwnedSemaphorePermit)> {
-        self.open_in(self.place().await?).await
+        let place = self.place().await?;
+        Ok((self.open_in(&place).await?, place))
     }
 
     /// Waits for a place in the budget, to open a stream in later.
@@ -101,12 +102,9 @@ impl Streams {
     }
 
     /// Opens a stream in a place taken with [`Streams::place`].
-    pub async fn open_in(
-        &self,
-        place: OwnedSemaphorePermit,
-    ) -> Result<(mux::Stream, OwnedSemaphorePermit)> {
-        let stream = self.opener.clone().open().await?;
-        Ok((stream, place))
+    /// The place must be kept as long as the stream.
+    pub async fn open_in(&self, _place: &OwnedSemaphorePermit) -> Result<mux::Stream> {
+        Ok(self.opener.clone().open().await?)
     }
 }
 

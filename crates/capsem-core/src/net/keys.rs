@@ -31,25 +31,27 @@ pub fn fingerprint(key: &str) -> String {
     blake3::hash(key.as_bytes()).to_hex()[..16].to_owned()
 }
 
-/// The keys for a connection to `name`: those of allowed providers whose
-/// domains cover it.
+/// The keys for a request to `name`: those set, of allowed providers
+/// whose domains cover it.
 pub fn for_name(settings: &Settings, name: &str) -> Vec<Secret> {
     let name = normalize(name);
+    let covers = |prefix: &str| {
+        let domains = settings.text(&format!("{prefix}.domains"));
+        let patterns = parse_patterns(domains).unwrap_or_default();
+        patterns.iter().any(|pattern| matches(pattern, &name))
+    };
     API_KEYS
         .iter()
-        .filter(|k| settings.flag(&format!("{}.allow", k.prefix)))
-        .filter(|k| {
-            let domains = settings.text(&format!("{}.domains", k.prefix));
-            parse_patterns(domains)
-                .unwrap_or_default()
-                .iter()
-                .any(|pattern| matches(pattern, &name))
-        })
-        .filter(|k| !k.value(settings).is_empty())
-        .map(|k| Secret {
-            placeholder: k.placeholder,
-            key: k.value(settings).to_owned(),
-            fingerprint: fingerprint(k.value(settings)),
+        .filter_map(|k| {
+            let key = k.value(settings);
+            let usable = !key.is_empty()
+                && settings.flag(&format!("{}.allow", k.prefix))
+                && covers(k.prefix);
+            usable.then(|| Secret {
+                placeholder: k.placeholder,
+                key: key.to_owned(),
+                fingerprint: fingerprint(key),
+            })
         })
         .collect()
 }
@@ -69,10 +71,18 @@ pub fn swap(parts: &mut Parts, secrets: &[Secret]) -> Option<String> {
                 used = Some(secret.fingerprint.clone());
             }
         }
-        let uri = parts.uri.to_string();
-        if uri.contains(secret.placeholder)
-            && let Ok(real) = uri.replace(secret.placeholder, &secret.key).parse()
-        {
+        // Only the query can carry a key (Google's `?key=`).
+        let in_query = parts
+            .uri
+            .query()
+            .is_some_and(|q| q.contains(secret.placeholder));
+        let swapped = || {
+            parts
+                .uri
+                .to_string()
+                .replace(secret.placeholder, &secret.key)
+        };
+        if in_query && let Ok(real) = swapped().parse() {
             parts.uri = real;
             used = Some(secret.fingerprint.clone());
         }

@@ -29,7 +29,7 @@ use tokio::sync::Mutex;
 use super::keys;
 use super::upstream::{Body, Connected, Sender};
 use super::usage::{self, Meter, Provider};
-use super::{Decision, GuestStream, Shared};
+use super::{Decision, GuestStream, Shared, lock};
 use crate::session::events::{Event, ModelCall, NetEvent, Verdict};
 
 /// How long a server may take to start answering (model APIs think
@@ -406,12 +406,6 @@ fn model_call(
     Some((provider, Arc::new(StdMutex::new(Meter::new(path)))))
 }
 
-fn lock<T>(value: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
-    value
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The first bytes of a request's and its response's bodies, for the log
 /// (each capped at `limit` as it is captured).
 struct Bodies {
@@ -517,11 +511,6 @@ fn tunnel(
         shared.record(event);
     });
     let (mut parts, _) = response.into_parts();
-    let protocol = parts
-        .headers
-        .get(header::UPGRADE)
-        .cloned()
-        .unwrap_or(protocol);
     strip_hop_by_hop(&mut parts.headers);
     set_upgrade(&mut parts.headers, protocol);
     let empty = Full::new(Bytes::new()).map_err(|never| match never {});

@@ -44,7 +44,7 @@ impl Quota {
         if second != self.second {
             self.second = second;
             self.used = 0;
-            report = Some(std::mem::take(&mut self.unlogged)).filter(|n| *n > 0);
+            report = self.unreported();
         }
         let log = self.used < PER_SECOND;
         if log {

@@ -7,7 +7,7 @@ use std::io::Write;
 use serde_json::Value;
 
 use crate::support::{Capsem, RSS_LIMIT_KIB, assert_code, read_line, stdout, wait_with_peak_kib};
-use crate::upstream::{Request, TestCa, Upstream};
+use crate::upstream::{Handler, Request, TestCa, Upstream};
 
 /// A capsem that allows `allowed.test` (HTTPS) and `plain.test` (HTTP),
 /// both served locally; `network` adds settings under `[network]`.
@@ -214,23 +214,83 @@ fn fake_anthropic(req: &Request) -> (u16, &'static str, Vec<u8>) {
     (200, "text/event-stream", stream.into_bytes())
 }
 
-/// A capsem holding an Anthropic key, with api.anthropic.com served by
-/// [`fake_anthropic`].
-fn anthropic_world() -> (Capsem, Upstream) {
+/// A capsem holding `key` in settings `[section]`, with each of `names`
+/// served over HTTPS by `handler`; `allow` goes to `network.allow`.
+fn provider_world(
+    section: &str,
+    key: &str,
+    names: &[&str],
+    allow: &str,
+    handler: Handler,
+) -> (Capsem, Upstream) {
     let capsem = Capsem::new();
     let ca = TestCa::new(capsem.home());
-    let api = Upstream::https_with(&ca, &["api.anthropic.com", "allowed.test"], fake_anthropic);
+    let api = Upstream::https_with(&ca, names, handler);
+    let routes: Vec<String> = names
+        .iter()
+        .map(|name| format!("{name}=127.0.0.1:{}", api.port))
+        .collect();
     capsem.user_settings(&format!(
-        "[network]\n\
-         allow = \"allowed.test\"\n\
-         resolve_override = \"api.anthropic.com=127.0.0.1:{port}, allowed.test=127.0.0.1:{port}\"\n\
-         extra_upstream_ca = \"{}\"\n\
-         [ai.anthropic]\n\
-         api_key = \"{REAL_KEY}\"\n",
+        "[network]\nallow = \"{allow}\"\nresolve_override = \"{}\"\n\
+         extra_upstream_ca = \"{}\"\n[{section}]\napi_key = \"{key}\"\n",
+        routes.join(", "),
         ca.pem.display(),
-        port = api.port,
     ));
     (capsem, api)
+}
+
+/// A capsem holding an Anthropic key, with api.anthropic.com (and the
+/// allowed, non-provider allowed.test) served by [`fake_anthropic`].
+fn anthropic_world() -> (Capsem, Upstream) {
+    let names = ["api.anthropic.com", "allowed.test"];
+    provider_world(
+        "ai.anthropic",
+        REAL_KEY,
+        &names,
+        "allowed.test",
+        fake_anthropic,
+    )
+}
+
+/// Runs an AI CLI (`args`) against its provider's fake API and checks what
+/// every such run must show: the fake's answer, `key_header` then `key` on each
+/// request whose line contains `call`, and the key nowhere in the log,
+/// which is returned.
+fn cli_run(
+    capsem: &Capsem,
+    api: &Upstream,
+    args: &[&str],
+    call: &str,
+    key_header: &str,
+    key: &str,
+) -> Vec<Value> {
+    let out = capsem.run(args);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("Hello from the fake API"),
+        "{}",
+        stdout(&out)
+    );
+    let requests = api.requests();
+    let calls: Vec<&String> = requests.iter().filter(|r| r.contains(call)).collect();
+    assert!(!calls.is_empty(), "{requests:?}");
+    let sent = format!("{key_header}{}", key.to_ascii_lowercase());
+    for request in calls {
+        assert!(request.contains(&sent), "{request}");
+    }
+    let log = net_log(capsem);
+    assert!(!log.iter().any(|r| r.to_string().contains(key)));
+    log
+}
+
+/// Asserts the token counts every fake API reports.
+#[track_caller]
+fn assert_fake_tokens(call: &Value) {
+    let tokens = (
+        call["input_tokens"].as_u64(),
+        call["output_tokens"].as_u64(),
+    );
+    assert_eq!(tokens, (Some(25), Some(7)), "{call}");
 }
 
 #[test]
@@ -273,13 +333,7 @@ fn the_api_key_is_put_in_on_the_host_and_only_for_its_provider() {
     assert!(find(&log, |r| r["domain"] == "allowed.test")["key_fingerprint"].is_null());
     let model = find(&log, |r| r["provider"] == "anthropic");
     assert_eq!(model["model"], "claude-haiku-4-5");
-    assert_eq!(
-        (
-            model["input_tokens"].as_u64(),
-            model["output_tokens"].as_u64()
-        ),
-        (Some(25), Some(7))
-    );
+    assert_fake_tokens(model);
     assert_eq!(model["stop_reason"], "end_turn");
     assert_eq!(model["key_fingerprint"], fingerprint);
 }
@@ -287,36 +341,19 @@ fn the_api_key_is_put_in_on_the_host_and_only_for_its_provider() {
 #[test]
 fn claude_code_talks_to_its_api_through_the_proxy() {
     let (capsem, api) = anthropic_world();
-    let out = capsem.run(&["run", "--timeout", "300", "--", "claude", "-p", "hello"]);
-    let requests = api.requests();
-    assert_code(&out, 0);
-    assert!(
-        stdout(&out).contains("Hello from the fake API"),
-        "{}",
-        stdout(&out)
+    let args = ["run", "--timeout", "300", "--", "claude", "-p", "hello"];
+    let log = cli_run(
+        &capsem,
+        &api,
+        &args,
+        "post /v1/messages",
+        "x-api-key: ",
+        REAL_KEY,
     );
-    let messages: Vec<&String> = requests
-        .iter()
-        .filter(|r| r.starts_with("post /v1/messages"))
-        .collect();
-    assert!(!messages.is_empty(), "{requests:?}");
-    for request in &messages {
-        assert!(
-            request.contains(&format!("x-api-key: {REAL_KEY}")),
-            "{request}"
-        );
-    }
-    let log = net_log(&capsem);
     let call = find(&log, |r| {
         r["provider"] == "anthropic" && r["stop_reason"] == "end_turn"
     });
-    assert_eq!(
-        (
-            call["input_tokens"].as_u64(),
-            call["output_tokens"].as_u64()
-        ),
-        (Some(25), Some(7))
-    );
+    assert_fake_tokens(call);
     assert!(
         call["model"].as_str().unwrap().starts_with("claude-"),
         "{call}"
@@ -576,19 +613,9 @@ fn fake_openai(req: &Request) -> (u16, &'static str, Vec<u8>) {
 
 #[test]
 fn codex_talks_to_its_api_through_the_proxy() {
-    let capsem = Capsem::new();
-    let ca = TestCa::new(capsem.home());
-    let api = Upstream::https_with(&ca, &["api.openai.com"], fake_openai);
-    capsem.user_settings(&format!(
-        "[network]\n\
-         resolve_override = \"api.openai.com=127.0.0.1:{}\"\n\
-         extra_upstream_ca = \"{}\"\n\
-         [ai.openai]\n\
-         api_key = \"{REAL_OPENAI_KEY}\"\n",
-        api.port,
-        ca.pem.display(),
-    ));
-    let out = capsem.run(&[
+    let names = ["api.openai.com"];
+    let (capsem, api) = provider_world("ai.openai", REAL_OPENAI_KEY, &names, "", fake_openai);
+    let args = [
         "run",
         "--timeout",
         "300",
@@ -597,37 +624,19 @@ fn codex_talks_to_its_api_through_the_proxy() {
         "exec",
         "--skip-git-repo-check",
         "say hello",
-    ]);
-    let requests = api.requests();
-    assert_code(&out, 0);
-    assert!(
-        stdout(&out).contains("Hello from the fake API"),
-        "{}",
-        stdout(&out)
+    ];
+    let auth = "authorization: bearer ";
+    let log = cli_run(
+        &capsem,
+        &api,
+        &args,
+        "post /v1/responses",
+        auth,
+        REAL_OPENAI_KEY,
     );
-    let calls: Vec<&String> = requests
-        .iter()
-        .filter(|r| r.starts_with("post /v1/responses"))
-        .collect();
-    assert!(!calls.is_empty(), "{requests:?}");
-    for request in &calls {
-        let auth = format!(
-            "authorization: bearer {}",
-            REAL_OPENAI_KEY.to_ascii_lowercase()
-        );
-        assert!(request.contains(&auth), "{request}");
-    }
-    let log = net_log(&capsem);
     let call = find(&log, |r| r["provider"] == "openai");
-    assert_eq!(
-        (
-            call["input_tokens"].as_u64(),
-            call["output_tokens"].as_u64()
-        ),
-        (Some(25), Some(7))
-    );
+    assert_fake_tokens(call);
     assert_eq!(call["stop_reason"], "completed", "{call}");
-    assert!(!log.iter().any(|r| r.to_string().contains(REAL_OPENAI_KEY)));
 }
 
 const REAL_GOOGLE_KEY: &str = "AIza-the-real-google-key-only-the-host-knows";
@@ -669,51 +678,25 @@ fn fake_gemini(req: &Request) -> (u16, &'static str, Vec<u8>) {
 
 #[test]
 fn gemini_cli_talks_to_its_api_through_the_proxy() {
-    let capsem = Capsem::new();
-    let ca = TestCa::new(capsem.home());
-    let api = Upstream::https_with(&ca, &["generativelanguage.googleapis.com"], fake_gemini);
-    capsem.user_settings(&format!(
-        "[network]\n\
-         resolve_override = \"generativelanguage.googleapis.com=127.0.0.1:{}\"\n\
-         extra_upstream_ca = \"{}\"\n\
-         [ai.google]\n\
-         api_key = \"{REAL_GOOGLE_KEY}\"\n",
-        api.port,
-        ca.pem.display(),
-    ));
-    let out = capsem.run(&["run", "--timeout", "400", "--", "gemini", "-p", "hello"]);
-    let requests = api.requests();
-    assert_code(&out, 0);
-    assert!(
-        stdout(&out).contains("Hello from the fake API"),
-        "{}",
-        stdout(&out)
+    let names = ["generativelanguage.googleapis.com"];
+    let (capsem, api) = provider_world("ai.google", REAL_GOOGLE_KEY, &names, "", fake_gemini);
+    let args = ["run", "--timeout", "400", "--", "gemini", "-p", "hello"];
+    let log = cli_run(
+        &capsem,
+        &api,
+        &args,
+        "generatecontent",
+        "x-goog-api-key: ",
+        REAL_GOOGLE_KEY,
     );
-    let calls: Vec<&String> = requests
-        .iter()
-        .filter(|r| r.contains("generatecontent"))
-        .collect();
-    assert!(!calls.is_empty(), "{requests:?}");
-    for request in &calls {
-        let key = format!("x-goog-api-key: {}", REAL_GOOGLE_KEY.to_ascii_lowercase());
-        assert!(request.contains(&key), "{request}");
-    }
-    let log = net_log(&capsem);
     let call = find(&log, |r| {
         r["provider"] == "google"
             && r["path"]
                 .as_str()
                 .is_some_and(|p| p.contains(":streamGenerateContent"))
     });
-    assert_eq!(
-        (
-            call["input_tokens"].as_u64(),
-            call["output_tokens"].as_u64()
-        ),
-        (Some(25), Some(7))
-    );
+    assert_fake_tokens(call);
     assert_eq!(call["stop_reason"], "STOP", "{call}");
-    assert!(!log.iter().any(|r| r.to_string().contains(REAL_GOOGLE_KEY)));
 }
 
 #[test]
