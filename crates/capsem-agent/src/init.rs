@@ -20,6 +20,20 @@ const NEW_ROOT: &str = "/newroot";
 const ROOT_WAIT: Duration = Duration::from_secs(5);
 const HOSTNAME: &str = "capsem";
 
+/// Makes the agent's own descriptors (the channel to the host above all)
+/// hard to take from guest processes, which run as root: PID 1 becomes
+/// non-dumpable, so `ptrace`, `pidfd_getfd`, `/proc/1/fd` and
+/// `/proc/1/mem` need `CAP_SYS_PTRACE`, and that capability leaves the
+/// bounding set, so no command this agent starts (nor anything they
+/// execute) can hold it. Commands can still trace their own children.
+/// Runs before any thread exists: the bounding set is per thread, and
+/// threads and children inherit it.
+pub fn protect_self() -> Result<()> {
+    nix::sys::prctl::set_dumpable(false).context("making PID 1 non-dumpable")?;
+    rustix::thread::remove_capability_from_bounding_set(rustix::thread::CapabilitySet::SYS_PTRACE)
+        .context("dropping CAP_SYS_PTRACE from the bounding set")
+}
+
 /// Mounts everything and switches into the real root.
 pub fn setup() -> Result<()> {
     mount_fs(

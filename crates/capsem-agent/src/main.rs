@@ -47,6 +47,7 @@ fn main() {
 }
 
 fn run(init_started: Duration) -> anyhow::Result<()> {
+    init::protect_self()?;
     init::setup()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
