@@ -40,8 +40,11 @@ pub enum Fd {
 /// The machine: accelerator, CPUs, RAM, and the lockdown flags; no devices.
 pub fn machine_args(accel: Accel, cpus: u32, memory_mib: u32) -> Vec<OsString> {
     let (accel, cpu) = match accel {
-        Accel::Kvm => ("kvm".to_owned(), "host"),
-        Accel::Tcg => (format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "max"),
+        // No virtual PMU: with `-cpu host` on KVM it would hand the guest
+        // the host CPU's performance counters (perf events cannot be
+        // compiled out of an x86 kernel).
+        Accel::Kvm => ("kvm".to_owned(), "host,pmu=off"),
+        Accel::Tcg => (format!("tcg,tb-size={TCG_TB_SIZE_MIB}"), "max,pmu=off"),
     };
     to_args(&[
         "-M",
@@ -192,8 +195,8 @@ mod tests {
 
     #[test]
     fn accelerator_selects_cpu_model_and_bounds_tcg_cache() {
-        assert!(joined(Accel::Tcg).contains("-accel tcg,tb-size=64 -cpu max"));
-        assert!(joined(Accel::Kvm).contains("-accel kvm -cpu host"));
+        assert!(joined(Accel::Tcg).contains("-accel tcg,tb-size=64 -cpu max,pmu=off"));
+        assert!(joined(Accel::Kvm).contains("-accel kvm -cpu host,pmu=off"));
     }
 
     #[test]

@@ -51,9 +51,11 @@ pub fn launch(binary: &Path, config: VmConfig) -> std::io::Result<VmHandle> {
     let parent = std::process::id();
     // SAFETY: runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed: fcntl(2), dup2(2), prctl(2) and
-    // getppid(2) are plain system calls that neither allocate nor lock. The
-    // descriptors in `map` stay open in the parent until spawn returns,
-    // because `config` outlives the spawn below.
+    // getppid(2) are plain system calls that neither allocate nor lock, and
+    // every error is made from an errno code (`from_raw_os_error`, nix's
+    // `Errno` conversion), which allocates nothing either. The descriptors
+    // in `map` stay open in the parent until spawn returns, because
+    // `config` outlives the spawn below.
     unsafe {
         cmd.pre_exec(move || {
             place_fds(&map)?;
@@ -61,7 +63,7 @@ pub fn launch(binary: &Path, config: VmConfig) -> std::io::Result<VmHandle> {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             // The parent may have died before the death signal was armed.
             if nix::unistd::getppid().as_raw() as u32 != parent {
-                return Err(std::io::Error::other("parent exited"));
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         });
