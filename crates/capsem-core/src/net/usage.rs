@@ -33,25 +33,71 @@ impl Provider {
     }
 }
 
-/// The provider of a model call, from the host and path of a POST.
+/// The provider of a model call, from the host and path of a POST. The
+/// path is read the way the providers' servers route it ([`route`]), so a
+/// trailing slash, `%3A` for `:`, a doubled `/` or a dot segment does not
+/// take a call past the meter.
 pub fn provider_of(host: &str, path: &str) -> Option<Provider> {
-    let path = path.split('?').next().unwrap_or_default();
+    let path = route(path);
     if host == "api.anthropic.com" && path == "/v1/messages" {
         Some(Provider::Anthropic)
     } else if host == "api.openai.com"
         && matches!(
-            path,
+            path.as_str(),
             "/v1/chat/completions" | "/v1/responses" | "/v1/completions"
         )
     {
         Some(Provider::OpenAi)
     } else if host == "generativelanguage.googleapis.com"
-        && (path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent"))
+        && (path.ends_with(":generatecontent") || path.ends_with(":streamgeneratecontent"))
     {
         Some(Provider::Google)
     } else {
         None
     }
+}
+
+/// A request path as a router compares it: the query dropped,
+/// percent-escapes decoded, empty and `.` segments dropped, `..` applied,
+/// no trailing slash, lower case.
+fn route(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or_default();
+    let decoded = percent_decode(path);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    format!("/{}", segments.join("/")).to_ascii_lowercase()
+}
+
+/// `%XX` escapes decoded (invalid ones kept as they are).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What a call used.
@@ -83,10 +129,9 @@ pub struct Meter {
 impl Meter {
     /// A meter for a call to `path`.
     pub fn new(path: &str) -> Meter {
+        let path = percent_decode(path.split('?').next().unwrap_or_default());
         let path_model = path
-            .split('?')
-            .next()
-            .and_then(|p| p.rsplit_once("/models/"))
+            .rsplit_once("/models/")
             .and_then(|(_, rest)| rest.split(':').next())
             .map(str::to_owned);
         Meter {
@@ -320,6 +365,43 @@ mod tests {
             Some(Provider::Google)
         );
         assert_eq!(provider_of("example.com", "/v1/messages"), None);
+    }
+
+    #[test]
+    fn spellings_a_router_accepts_are_metered_too() {
+        for path in [
+            "/v1/messages/",
+            "//v1//messages",
+            "/v1/./messages",
+            "/v2/../v1/messages",
+            "/v1/%6Dessages",
+            "/V1/Messages",
+        ] {
+            assert_eq!(
+                provider_of("api.anthropic.com", path),
+                Some(Provider::Anthropic),
+                "{path}"
+            );
+        }
+        for path in [
+            "/v1beta/models/g%3AgenerateContent",
+            "/v1beta/models/g:generateContent/",
+            "/v1beta/models/g%3astreamGenerateContent?alt=sse",
+        ] {
+            assert_eq!(
+                provider_of("generativelanguage.googleapis.com", path),
+                Some(Provider::Google),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            provider_of("api.openai.com", "/v1/responses/"),
+            Some(Provider::OpenAi)
+        );
+        assert_eq!(
+            provider_of("api.anthropic.com", "/v1/messages/batches"),
+            None
+        );
     }
 
     #[test]
