@@ -118,16 +118,31 @@ pub fn guest_files(settings: &Settings) -> Vec<GuestFile> {
     ]
 }
 
-/// A provider's API key: the settings prefix of its switch, domains and
-/// key, and the variables the CLIs read it from.
+/// A provider's API key: the settings prefix of its switch, domains, API
+/// hosts and key, the variables the CLIs read it from, and where in a
+/// request the provider's API takes it.
 pub struct ApiKey {
     /// `ai.anthropic` etc.: `PREFIX.api_key`, `PREFIX.allow`,
-    /// `PREFIX.domains`.
+    /// `PREFIX.domains`, `PREFIX.api_hosts`.
     pub prefix: &'static str,
     /// Environment variables that carry it.
     pub vars: &'static [&'static str],
     /// What the guest sees instead of the key.
     pub placeholder: &'static str,
+    /// The places of a request the provider reads its key from; the
+    /// placeholder is replaced there and nowhere else.
+    pub carriers: &'static [Carrier],
+}
+
+/// Where a provider's API reads its key from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carrier {
+    /// A header whose whole value is the key (`x-api-key`).
+    Header(&'static str),
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+    /// A query parameter whose value is the key (`?key=`).
+    Query(&'static str),
 }
 
 /// The providers whose keys capsem holds for the guest.
@@ -136,17 +151,20 @@ pub const API_KEYS: &[ApiKey] = &[
         prefix: "ai.anthropic",
         vars: &["ANTHROPIC_API_KEY"],
         placeholder: "sk-ant-capsem-placeholder-the-host-holds-the-key",
+        carriers: &[Carrier::Header("x-api-key"), Carrier::Bearer],
     },
     ApiKey {
         prefix: "ai.openai",
         // `codex exec` reads CODEX_API_KEY, not OPENAI_API_KEY.
         vars: &["OPENAI_API_KEY", "CODEX_API_KEY"],
         placeholder: "sk-capsem-placeholder-the-host-holds-the-key",
+        carriers: &[Carrier::Bearer],
     },
     ApiKey {
         prefix: "ai.google",
         vars: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
         placeholder: "capsem-placeholder-the-host-holds-the-key",
+        carriers: &[Carrier::Header("x-goog-api-key"), Carrier::Query("key")],
     },
 ];
 

@@ -24,6 +24,7 @@ pub mod paths;
 pub mod sandbox;
 pub mod session;
 pub mod settings;
+pub mod text;
 pub mod vm;
 
 pub use sandbox::{Outcome, Phases, RunError, RunReport, RunRequest, Sandbox};

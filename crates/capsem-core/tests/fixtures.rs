@@ -26,7 +26,11 @@ fn the_v1_session_index_opens_and_reads_back() {
     assert!(rows.iter().all(|r| r.command.starts_with("demo command")));
     let report = store.inspect().unwrap();
     assert_eq!(report.integrity, ["ok"]);
-    assert_eq!(report.schema_version, 1);
+    assert_eq!(report.schema_version, 2, "migrated from version 1");
+    assert!(
+        rows.iter()
+            .all(|r| r.over_budget_events == 0 && r.transcript_cut_bytes == 0)
+    );
     // The fixture has rows but no session directories.
     assert_eq!(report.rows_without_dir.len(), 7);
     // Prefix lookup works on old rows too.

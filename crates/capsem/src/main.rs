@@ -9,6 +9,7 @@ mod cli;
 mod cmd;
 mod embedded;
 mod exit;
+mod report;
 mod terminal;
 
 use std::time::Instant;
@@ -17,6 +18,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{AssetsAction, Cli, GlobalArgs, Subcmd};
+use crate::cmd::run::Output;
 
 fn main() {
     let started = Instant::now();
@@ -32,9 +34,11 @@ fn main() {
         None if cli.run.command.is_empty() && terminal::stdin_is_terminal() => {
             cmd::shell::run(cli.run, &cli.global, started)
         }
-        None => cmd::run::run(cli.run, &cli.global, started),
+        None => cmd::run::run(cli.run, &cli.global, started, Output::Raw),
         Some(Subcmd::Shell) => cmd::shell::run(cli.run, &cli.global, started),
-        Some(Subcmd::Run(args)) => cmd::run::run(args.with_outer(cli.run), &cli.global, started),
+        Some(Subcmd::Run(args)) => {
+            cmd::run::run(args.with_outer(cli.run), &cli.global, started, Output::Raw)
+        }
         Some(Subcmd::Assets {
             action: AssetsAction::Verify,
         }) => cmd::assets::verify().unwrap_or_else(|f| f.report()),
@@ -42,7 +46,7 @@ fn main() {
         Some(Subcmd::Doctor { filter, exit_first }) => {
             let args =
                 cmd::doctor::run_args(filter, exit_first, cli.global.verbose).with_outer(cli.run);
-            cmd::run::run(args, &cli.global, started)
+            cmd::run::run(args, &cli.global, started, Output::Report)
         }
         Some(Subcmd::Settings { action }) => {
             cmd::settings::run(action).unwrap_or_else(|f| f.report())

@@ -373,7 +373,7 @@ fn recording(report: &Value, scratch: &Path) -> Result<Value> {
     let cold = median_of(&report["cold_start"]["wall_ms"]);
     let on_path = median_of(&report["cold_start"]["phases_ms"]["recording"]);
     let path = scratch.join("throughput.db");
-    let (log, writer) = events::start(&path)?;
+    let (log, writer) = events::start(&path, std::sync::Arc::default())?;
     let started = Instant::now();
     for i in 0..EVENTS {
         let bytes = (i % 65536) as usize;

@@ -10,12 +10,15 @@
 //! ([`upstream`]); port 80 is the same without TLS. Everything else is
 //! refused. Every decision and request is recorded in the session.
 
+pub mod address;
 pub mod ca;
+pub mod config;
 pub mod keys;
 pub mod names;
 pub mod policy;
 mod proxy;
 mod quota;
+pub mod scrub;
 pub mod upstream;
 pub mod usage;
 
@@ -32,19 +35,20 @@ use tokio_util::task::TaskTracker;
 
 use crate::channel::Inbound;
 use crate::session::EventLog;
-use crate::session::events::{DnsEvent, Event, NetEvent, Verdict};
-use crate::settings::{Settings, SettingsError};
+use crate::session::events::{DnsEvent, Event, NetEvent, Reporter, Verdict};
+use crate::settings::SettingsError;
 use names::Names;
 
 pub use ca::{Ca, CaError};
+pub use config::NetSettings;
 pub use policy::{Decision, Policy};
 pub use upstream::{Upstream, UpstreamError};
 
 /// A guest stream framed with the host's codec.
 type GuestStream = Framed<Compat<mux::Stream>, HostCodec>;
 
-/// Reads the settings in effect now.
-pub type SettingsLoader = Arc<dyn Fn() -> Result<Settings, SettingsError> + Send + Sync>;
+/// Reads the network settings in effect now.
+pub type SettingsLoader = Arc<dyn Fn() -> Result<Arc<NetSettings>, SettingsError> + Send + Sync>;
 
 /// The crypto provider of every TLS configuration here.
 fn crypto() -> Arc<rustls::crypto::CryptoProvider> {
@@ -64,14 +68,23 @@ struct Shared {
     /// Taken when the VM is done, so that stray tasks cannot keep the
     /// session's event writer waiting.
     events: Mutex<Option<EventLog>>,
-    /// How many refusals are logged.
-    refusals: Mutex<quota::Quota>,
+    /// How many refusals, DNS answers and failures are logged.
+    quotas: Mutex<quota::Quotas>,
     /// Every task serving the guest (streams, tunnels), so the end of the
     /// VM can wait for them to record what they did.
     tasks: TaskTracker,
     /// Cancels the stream tasks that outlive the VM's grace.
     stop: CancellationToken,
+    /// Requests of the session in flight upstream, at most
+    /// [`MAX_IN_FLIGHT`]; more wait.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most requests of one session waiting for or streaming their answers at
+/// once. Each holds host memory (its state, flow-control buffers) for as
+/// long as its server and the guest take, so a guest opening streams to a
+/// server that never answers must not be able to hold more.
+pub const MAX_IN_FLIGHT: usize = 64;
 
 impl Network {
     /// A network service recording into `events`. The upstream trust
@@ -91,9 +104,10 @@ impl Network {
                 upstream,
                 settings,
                 events: Mutex::new(Some(events)),
-                refusals: Mutex::new(quota::Quota::new()),
+                quotas: Mutex::default(),
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             }),
         })
     }
@@ -151,9 +165,9 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.task.abort();
-        let unreported = lock(&self.shared.refusals).unreported();
-        if let Some(count) = unreported {
-            self.shared.log(unlogged(count));
+        let unreported = lock(&self.shared.quotas).unreported();
+        for (class, count) in unreported {
+            self.shared.log(unlogged(class, count));
         }
         *lock(&self.shared.events) = None;
     }
@@ -163,43 +177,36 @@ impl Shared {
     /// The policy's decision for `name`, with the settings in effect now
     /// (returned for what else the caller needs of them). Settings that
     /// cannot be read deny everything.
-    fn decide(&self, name: &str) -> (Decision, Option<Settings>) {
+    fn decide(&self, name: &str) -> (Decision, Option<Arc<NetSettings>>) {
         match (self.settings)() {
-            Ok(settings) => (Policy::new(&settings).decide(name), Some(settings)),
+            Ok(settings) => (settings.policy.decide(name), Some(settings)),
             Err(e) => (Decision::deny(format!("settings unreadable: {e}")), None),
         }
-    }
-
-    /// The decision for a request to `name` and what it gets (keys, body
-    /// logging), from one reading of the settings.
-    fn admit(&self, name: &str) -> (Decision, Grant) {
-        let (decision, settings) = self.decide(name);
-        let grant = match settings {
-            Some(settings) if decision.allowed => Grant::new(&settings, name),
-            _ => Grant::default(),
-        };
-        (decision, grant)
     }
 
     fn name_of(&self, addr: Ipv4Addr) -> Option<String> {
         lock(&self.names).name(addr).map(str::to_owned)
     }
 
+    /// Logs a connection or request: refusals and failures within their
+    /// [`quota`].
     fn record(&self, event: NetEvent) {
-        self.log_within_quota(
-            event.decision == Verdict::Denied,
-            Event::Net(Box::new(event)),
-        );
+        let class = match event.decision {
+            Verdict::Denied => Some(quota::Class::Refusal),
+            Verdict::Error => Some(quota::Class::Failure),
+            Verdict::Allowed => None,
+        };
+        self.log_within_quota(class, Event::Net(Box::new(event.bounded())));
     }
 
-    /// Logs `event`; refusals only within the [`quota`].
-    fn log_within_quota(&self, refusal: bool, event: Event) {
-        if !refusal {
+    /// Logs `event`, within the quota of its class if it has one.
+    fn log_within_quota(&self, class: Option<quota::Class>, event: Event) {
+        let Some(class) = class else {
             return self.log(event);
-        }
-        let verdict = lock(&self.refusals).take(std::time::Instant::now());
+        };
+        let verdict = lock(&self.quotas).take(class, std::time::Instant::now());
         if let Some(count) = verdict.report {
-            self.log(unlogged(count));
+            self.log(unlogged(class, count));
         }
         if verdict.log {
             self.log(event);
@@ -213,12 +220,15 @@ impl Shared {
     }
 }
 
-/// The row that stands for `count` refusals the quota kept out of the log.
-fn unlogged(count: u64) -> Event {
+/// The row that stands for `count` events of `class` the quota kept out
+/// of the log.
+fn unlogged(class: quota::Class, count: u64) -> Event {
     Event::Net(Box::new(NetEvent {
-        protocol: "any".to_owned(),
+        protocol: class.protocol().to_owned(),
+        decision: class.verdict(),
         rule: Some(format!(
-            "{count} more refusals not logged (at most {} per second are)",
+            "{count} more {} not logged (at most {} per second are)",
+            class.noun(),
             quota::PER_SECOND
         )),
         ..NetEvent::default()
@@ -227,29 +237,6 @@ fn unlogged(count: u64) -> Event {
 
 pub(super) fn lock<T>(value: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     value.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// What an allowed connection's requests get.
-#[derive(Debug, Default, Clone)]
-struct Grant {
-    /// API keys they may carry.
-    secrets: Vec<keys::Secret>,
-    /// Bytes of each body to log (`network.log_bodies`); 0 for none.
-    body_limit: usize,
-}
-
-impl Grant {
-    fn new(settings: &Settings, name: &str) -> Grant {
-        let log = settings.flag("network.log_bodies");
-        Grant {
-            secrets: keys::for_name(settings, name),
-            body_limit: if log {
-                settings.size("network.max_body_bytes")
-            } else {
-                0
-            },
-        }
-    }
 }
 
 /// Dispatches a guest stream on its first message. A stream that breaks
@@ -275,10 +262,17 @@ async fn handle(mut stream: GuestStream, shared: Arc<Shared>) {
     }
 }
 
-/// Answers a DNS query: an allowed name gets its synthetic address.
+/// Answers a DNS query: an allowed name gets its synthetic address. A
+/// name that is an address in another spelling (`2130706433`) is refused
+/// as raw addresses are.
 async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
     let name = policy::normalize(name);
-    let (mut decision, _) = shared.decide(&name);
+    let (mut decision, _) = if address::is_address_spelling(&name) {
+        let why = "name.is_address: a name whose last label is a number is an IP address";
+        (Decision::deny(why), None)
+    } else {
+        shared.decide(&name)
+    };
     let address = if decision.allowed {
         lock(&shared.names).address(&name)
     } else {
@@ -287,9 +281,8 @@ async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
     if decision.allowed && address.is_none() {
         decision = Decision::deny(format!("more than {} names", names::MAX_NAMES));
     }
-    let refused = !decision.allowed;
     shared.log_within_quota(
-        refused,
+        Some(quota::Class::Dns),
         Event::Dns(DnsEvent {
             name,
             allowed: decision.allowed,
@@ -301,7 +294,8 @@ async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
     let _ = stream.send(HostToGuest::Resolved(answer)).await;
 }
 
-/// Records the packets the guest's firewall rejected.
+/// Records the packets the guest's firewall rejected: reports only the
+/// guest makes, so stored as its claim ([`Reporter::Guest`]).
 async fn blocked(first: GuestToHost, mut stream: GuestStream, shared: &Shared) {
     let mut next = Some(first);
     loop {
@@ -321,6 +315,7 @@ async fn blocked(first: GuestToHost, mut stream: GuestStream, shared: &Shared) {
             return;
         };
         shared.record(NetEvent {
+            reported_by: Reporter::Guest,
             protocol,
             ip: Some(Ipv4Addr::from(addr).to_string()),
             port,

@@ -26,8 +26,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Mutex;
 
+use super::config::NetSettings;
 use super::keys;
-use super::upstream::{Body, Connected, Sender};
+use super::scrub::Scrubbed;
+use super::upstream::{Body, Connected, Sender, UpstreamError};
 use super::usage::{self, Meter, Provider};
 use super::{Decision, GuestStream, Shared, lock};
 use crate::session::events::{Event, ModelCall, NetEvent, Verdict};
@@ -41,6 +43,16 @@ const REDECIDE: Duration = Duration::from_secs(5);
 const LINGER: Duration = Duration::from_secs(1);
 /// How long a guest may take to send its TLS hello.
 const HELLO_WAIT: Duration = Duration::from_secs(30);
+/// Requests one guest HTTP/2 connection may have open at once (clients
+/// queue the rest). Each open one holds up to 16 KiB of headers while it
+/// waits for its turn ([`super::MAX_IN_FLIGHT`]).
+const STREAMS_PER_CONNECTION: u32 = 8;
+/// Flow-control window of a guest HTTP/2 connection and of each of its
+/// streams: request body bytes buffered before the guest must wait.
+const GUEST_WINDOW: u32 = 64 * 1024;
+/// Response bytes buffered per guest HTTP/2 stream that the guest is slow
+/// to take; also the largest HTTP/1.1 read buffer.
+const GUEST_BUFFER: usize = 64 * 1024;
 
 /// What is known of a connection before its requests.
 #[derive(Clone)]
@@ -174,9 +186,26 @@ where
     let executor = Tracked(shared.clone());
     let service = service_fn(move |req| {
         let (conn, shared, upstream) = (conn.clone(), shared.clone(), upstream.clone());
-        async move { Ok::<_, Infallible>(forward(req, &conn, shared, &upstream).await) }
+        async move {
+            // A request waits for room before anything is built for it, so
+            // that one waiting costs only itself; the work is boxed, out of
+            // the waiting task.
+            let Ok(permit) = shared.in_flight.clone().acquire_owned().await else {
+                let stopping = "capsem: the network is stopping\n";
+                return Ok(text(StatusCode::SERVICE_UNAVAILABLE, stopping));
+            };
+            let forwarded = Box::pin(forward(req, &conn, shared, &upstream, permit));
+            Ok::<_, Infallible>(forwarded.await)
+        }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(executor);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(executor);
+    builder.http1().max_buf_size(GUEST_BUFFER);
+    builder
+        .http2()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .initial_connection_window_size(GUEST_WINDOW)
+        .initial_stream_window_size(GUEST_WINDOW)
+        .max_send_buf_size(GUEST_BUFFER);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     if let Err(e) = served.await {
         tracing::debug!("guest HTTP connection: {e}");
@@ -210,6 +239,7 @@ async fn forward(
     conn: &Conn,
     shared: Arc<Shared>,
     upstream: &Mutex<Option<Connected>>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response<Body> {
     let started = Instant::now();
     let mut event = NetEvent {
@@ -224,27 +254,28 @@ async fn forward(
             host.as_deref().unwrap_or("no host"),
             conn.name
         );
-        event.decision = Verdict::Denied;
         event.rule = Some(why.clone());
-        shared.record(event);
-        return text(StatusCode::MISDIRECTED_REQUEST, &format!("capsem: {why}\n"));
+        return refused(&shared, event, StatusCode::MISDIRECTED_REQUEST, why);
     }
     // Each request is decided again, so that a policy change reaches the
     // connections already open (agents keep theirs for the whole session).
-    let (decision, grant) = shared.admit(&conn.name);
-    event.rule = Some(decision.rule.clone());
-    if !decision.allowed {
-        event.decision = Verdict::Denied;
-        shared.record(event);
-        let why = format!("capsem: {} is not allowed ({})\n", conn.name, decision.rule);
-        return text(StatusCode::FORBIDDEN, &why);
-    }
+    let (decision, settings) = shared.decide(&conn.name);
+    let settings = match settings {
+        Some(settings) if decision.allowed => settings,
+        _ => {
+            let why = format!("{} is not allowed ({})", conn.name, decision.rule);
+            event.rule = Some(decision.rule);
+            return refused(&shared, event, StatusCode::FORBIDDEN, why);
+        }
+    };
+    event.rule = Some(decision.rule);
     let upgrade = upgrade_of(&req).map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let sent = Arc::new(AtomicU64::new(0));
     let (mut parts, body) = req.into_parts();
-    event.key_fingerprint = keys::swap(&mut parts, &grant.secrets);
+    let keyed = settings.keyed_host(&conn.name);
+    event.key_fingerprint = give_key(&mut parts, conn, &settings, upgrade.is_some(), keyed);
     let call = model_call(&parts, conn);
-    let bodies = (grant.body_limit > 0).then(|| Bodies::new(grant.body_limit));
+    let bodies = (settings.body_limit > 0).then(|| Bodies::new(settings.body_limit));
     let request_tap = tap(
         call.as_ref().map(|(_, meter)| meter.clone()),
         bodies.as_ref().map(|b| (b.limit, b.request.clone())),
@@ -257,20 +288,29 @@ async fn forward(
         event: &event,
         started,
     };
-    let answer = round_trip(parts, body, conn, &shared, upstream, protocol).await;
+    let answer = round_trip(parts, body, conn, &shared, upstream, protocol, &settings).await;
     std::mem::forget(waiting);
     let response = match answer {
         Ok((response, addr)) => {
             event.ip = Some(addr.ip().to_string());
             response
         }
-        Err((addr, why)) => {
-            event.ip = addr.map(|a| a.ip().to_string());
-            return failed(&shared, event, started, why);
+        Err(failure) => {
+            event.ip = failure.addr.map(|a| a.ip().to_string());
+            if failure.refused {
+                event.rule = Some(failure.why.clone());
+                return refused(&shared, event, StatusCode::FORBIDDEN, failure.why);
+            }
+            return failed(&shared, event, started, failure.why);
         }
     };
     event.status = Some(response.status().as_u16());
     event.decision = Verdict::Allowed;
+    let compressed = compressed(response.headers());
+    if keyed && compressed {
+        let why = "the server compressed an answer on a host API keys go to (it could not be checked for the key)";
+        return failed(&shared, event, started, why.to_owned());
+    }
     if let Some((protocol, guest)) = upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
@@ -279,10 +319,21 @@ async fn forward(
             let why = "the server switched to another protocol than WebSocket";
             return failed(&shared, event, started, why.to_owned());
         }
-        return tunnel(guest, response, protocol, event, started, shared);
+        return tunnel(guest, response, protocol, event, started, &settings, shared);
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let body = match &settings.scrubber {
+        Some(scrubber) => {
+            scrubber.headers(&mut parts.headers);
+            if compressed {
+                body.boxed()
+            } else {
+                Scrubbed::new(body, scrubber.clone()).boxed()
+            }
+        }
+        None => body.boxed(),
+    };
     let received = Arc::new(AtomicU64::new(0));
     let counted = received.clone();
     if let Some((_, meter)) = &call {
@@ -295,6 +346,7 @@ async fn forward(
         |meter, data| meter.response(data),
     );
     let done = Box::new(move |cut: Option<String>| {
+        drop(permit);
         event.error = cut;
         event.bytes_up = sent.load(Ordering::Relaxed);
         event.bytes_down = counted.load(Ordering::Relaxed);
@@ -324,11 +376,83 @@ async fn forward(
     Response::from_parts(parts, body.boxed())
 }
 
-/// Sends a request upstream on the guest connection's own upstream
-/// connection, connecting first when there is none (or it closed); an
-/// upgrade (`upgrade` is its protocol) gets a connection of its own, as the
-/// tunnel will take it over. Returns the answer and the server's address,
-/// or why not (with the address when it got that far).
+/// Puts the API key in a request where it may go: over TLS, not in an
+/// upgrade (a tunnel's bytes are not scrubbed), to one of the provider's
+/// API hosts, in the provider's carriers. A request to a host keys go to
+/// (`keyed`) asks for an uncompressed answer, which can be scrubbed.
+/// Returns the fingerprint of the key put in.
+fn give_key(
+    parts: &mut http::request::Parts,
+    conn: &Conn,
+    settings: &NetSettings,
+    upgrade: bool,
+    keyed: bool,
+) -> Option<String> {
+    if keyed {
+        let identity = HeaderValue::from_static("identity");
+        parts.headers.insert(header::ACCEPT_ENCODING, identity);
+    }
+    if !conn.tls || upgrade {
+        return None;
+    }
+    keys::swap(parts, &settings.secrets_for(&conn.name))
+}
+
+/// Whether a body comes with a content coding (gzip, br...).
+fn compressed(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// Records a request refused by its rule and answers it with `status`
+/// and why.
+fn refused(
+    shared: &Shared,
+    mut event: NetEvent,
+    status: StatusCode,
+    why: String,
+) -> Response<Body> {
+    event.decision = Verdict::Denied;
+    shared.record(event);
+    text(status, &format!("capsem: {why}\n"))
+}
+
+/// Why a request did not get an answer from its server.
+struct Failure {
+    /// The server's address, when it got that far.
+    addr: Option<SocketAddr>,
+    /// What happened.
+    why: String,
+    /// Whether a rule refused it (the server's address is not public).
+    refused: bool,
+}
+
+impl Failure {
+    fn at(addr: SocketAddr, why: String) -> Failure {
+        Failure {
+            addr: Some(addr),
+            why,
+            refused: false,
+        }
+    }
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(e: UpstreamError) -> Failure {
+        Failure {
+            addr: None,
+            refused: matches!(e, UpstreamError::Forbidden(_)),
+            why: e.to_string(),
+        }
+    }
+}
+
+/// Sends a request upstream, on the guest connection's upstream
+/// connection when it can take it ([`checkout`]); an upgrade (`upgrade`
+/// is its protocol) gets a connection of its own, as the tunnel will take
+/// it over. Returns the answer and the server's address.
 async fn round_trip(
     parts: http::request::Parts,
     body: Body,
@@ -336,44 +460,75 @@ async fn round_trip(
     shared: &Shared,
     upstream: &Mutex<Option<Connected>>,
     upgrade: Option<HeaderValue>,
-) -> Result<(Response<Incoming>, SocketAddr), (Option<SocketAddr>, String)> {
-    let mut own = None;
-    let mut guard = match upgrade {
-        None => Some(upstream.lock().await),
-        Some(_) => None,
-    };
-    let slot = guard.as_deref_mut().unwrap_or(&mut own);
-    if !slot.as_ref().is_some_and(|c| c.sender.is_usable()) {
+    settings: &NetSettings,
+) -> Result<(Response<Incoming>, SocketAddr), Failure> {
+    let connect = || {
+        let ranges = &settings.upstream_ranges;
         let h1_only = upgrade.is_some();
-        let connected = shared
+        shared
             .upstream
-            .connect(&conn.name, conn.port, conn.tls, h1_only);
-        *slot = Some(connected.await.map_err(|e| (None, e.to_string()))?);
-    }
-    let connected = slot.as_mut().expect("connected above");
+            .connect(&conn.name, conn.port, conn.tls, h1_only, ranges)
+    };
+    let mut connected = match upgrade {
+        Some(_) => connect().await?,
+        None => checkout(upstream, connect).await?,
+    };
     let addr = connected.addr;
-    let mut request = upstream_request(parts, body, conn, &connected.sender);
-    if let Some(protocol) = upgrade {
-        set_upgrade(request.headers_mut(), protocol);
+    let h2 = matches!(connected.sender, Sender::H2(_));
+    let mut request =
+        upstream_request(parts, body, conn, h2).map_err(|why| Failure::at(addr, why))?;
+    if let Some(protocol) = &upgrade {
+        set_upgrade(request.headers_mut(), protocol.clone());
     }
-    // HTTP/1.1 carries one request at a time, so the connection stays
-    // locked until the answer starts; HTTP/2 multiplexes, so requests of
-    // one guest connection go out side by side.
     let response = match &mut connected.sender {
         Sender::H1(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
-        Sender::H2(s) => {
-            let mut s = s.clone();
-            drop(guard);
-            tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await
-        }
+        Sender::H2(s) => tokio::time::timeout(RESPONSE_WAIT, s.send_request(request)).await,
     };
+    if upgrade.is_none() {
+        checkin(upstream, connected).await;
+    }
     match response {
         Ok(Ok(response)) => Ok((response, addr)),
-        Ok(Err(e)) => Err((Some(addr), e.to_string())),
+        Ok(Err(e)) => Err(Failure::at(addr, e.to_string())),
         Err(_) => {
             let why = format!("no response within {} s", RESPONSE_WAIT.as_secs());
-            Err((Some(addr), why))
+            Err(Failure::at(addr, why))
         }
+    }
+}
+
+/// A connection for one request of a guest connection: its upstream
+/// connection when that is open and free (HTTP/2 always is: a clone stays
+/// behind for the other requests), else a new one. An HTTP/1.1 connection
+/// carries one exchange at a time, so a request that finds it busy does
+/// not wait behind an answer that may take minutes; it connects anew.
+async fn checkout<F>(
+    upstream: &Mutex<Option<Connected>>,
+    connect: impl FnOnce() -> F,
+) -> Result<Connected, Failure>
+where
+    F: std::future::Future<Output = Result<Connected, UpstreamError>>,
+{
+    let mut slot = upstream.lock().await;
+    let connected = match slot.take() {
+        Some(c) if c.sender.is_usable() && !c.sender.is_busy() => c,
+        kept => {
+            *slot = kept.filter(|c| c.sender.is_usable());
+            connect().await?
+        }
+    };
+    if let Some(shared) = connected.share() {
+        *slot = Some(shared);
+    }
+    Ok(connected)
+}
+
+/// Puts an HTTP/1.1 connection back for the guest connection's next
+/// requests, once its answer has started, unless another took its place.
+async fn checkin(upstream: &Mutex<Option<Connected>>, connected: Connected) {
+    let mut slot = upstream.lock().await;
+    if slot.as_ref().is_none_or(|c| !c.sender.is_usable()) {
+        *slot = Some(connected);
     }
 }
 
@@ -484,6 +639,7 @@ fn tunnel(
     protocol: HeaderValue,
     mut event: NetEvent,
     started: Instant,
+    settings: &NetSettings,
     shared: Arc<Shared>,
 ) -> Response<Body> {
     let server = hyper::upgrade::on(&mut response);
@@ -512,6 +668,9 @@ fn tunnel(
     });
     let (mut parts, _) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    if let Some(scrubber) = &settings.scrubber {
+        scrubber.headers(&mut parts.headers);
+    }
     set_upgrade(&mut parts.headers, protocol);
     let empty = Full::new(Bytes::new()).map_err(|never| match never {});
     Response::from_parts(parts, empty.boxed())
@@ -607,43 +766,45 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     Some(super::policy::normalize(&authority))
 }
 
-/// The request as the upstream connection's protocol wants it.
+/// The request as the upstream connection's protocol wants it: HTTP/1.1
+/// in origin form with a Host header, HTTP/2 with the scheme and authority
+/// of the connection (`OPTIONS *` keeps its asterisk form).
 fn upstream_request(
     mut parts: http::request::Parts,
     body: Body,
     conn: &Conn,
-    sender: &Sender,
-) -> Request<Body> {
+    h2: bool,
+) -> Result<Request<Body>, String> {
     strip_hop_by_hop(&mut parts.headers);
     let path = parts
         .uri
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
     let default_port = if conn.tls { 443 } else { 80 };
     let authority = if conn.port == default_port {
         conn.name.clone()
     } else {
         format!("{}:{}", conn.name, conn.port)
     };
-    match sender {
-        Sender::H1(_) => {
-            parts.uri = path.parse().unwrap_or_else(|_| Uri::from_static("/"));
-            parts.version = http::Version::HTTP_11;
-            if let Ok(host) = HeaderValue::from_str(&authority) {
-                parts.headers.insert(header::HOST, host);
-            }
-        }
-        Sender::H2(_) => {
-            let scheme = if conn.tls { "https" } else { "http" };
-            parts.uri = format!("{scheme}://{authority}{path}")
-                .parse()
-                .unwrap_or_else(|_| Uri::from_static("/"));
-            parts.version = http::Version::HTTP_2;
-            parts.headers.remove(header::HOST);
-        }
-    }
-    Request::from_parts(parts, body)
+    let authority: http::uri::Authority = authority.parse().map_err(|e| format!("{e}"))?;
+    let uri = if h2 {
+        parts.version = http::Version::HTTP_2;
+        parts.headers.remove(header::HOST);
+        let scheme = if conn.tls { "https" } else { "http" };
+        Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+    } else {
+        parts.version = http::Version::HTTP_11;
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+        parts.headers.insert(header::HOST, host);
+        Uri::builder().path_and_query(path).build()
+    };
+    parts.uri = uri.map_err(|e| format!("cannot forward this request: {e}"))?;
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Removes the headers that describe one hop, not the message.
@@ -800,6 +961,45 @@ mod tests {
         assert_eq!(upgrade_of(&unasked), None);
         let h2 = request(http::Version::HTTP_2, "upgrade", "websocket");
         assert_eq!(upgrade_of(&h2), None);
+    }
+
+    fn conn(port: u16, tls: bool) -> Conn {
+        Conn {
+            name: "api.example.com".into(),
+            port,
+            tls,
+            rule: String::new(),
+            pid: None,
+            process: None,
+        }
+    }
+
+    fn forwarded(req: Request<()>, conn: &Conn, h2: bool) -> Request<Body> {
+        let (parts, ()) = req.into_parts();
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed();
+        upstream_request(parts, body, conn, h2).unwrap()
+    }
+
+    #[test]
+    fn upstream_requests_are_built_from_parts_not_strings() {
+        let star = || {
+            Request::options("*")
+                .header("host", "api.example.com")
+                .body(())
+                .unwrap()
+        };
+        let h2 = forwarded(star(), &conn(443, true), true);
+        assert_eq!(h2.uri().scheme_str(), Some("https"));
+        assert_eq!(h2.uri().authority().unwrap(), "api.example.com");
+        assert_eq!(h2.uri().path_and_query().unwrap(), "*");
+        let h1 = forwarded(star(), &conn(443, true), false);
+        assert_eq!(h1.uri(), "*");
+        assert_eq!(h1.headers()["host"], "api.example.com");
+        let req = Request::get("/a?b=c").body(()).unwrap();
+        let other_port = forwarded(req, &conn(8080, false), true);
+        assert_eq!(other_port.uri(), "http://api.example.com:8080/a?b=c");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Connections from the host to the servers guest programs asked for.
 //!
 //! The host resolves the name itself (or takes it from the test/debug
-//! `network.resolve_override`), verifies the server with rustls against the
+//! `network.resolve_override`), refuses addresses that are not on the
+//! public internet ([`super::address`]) unless the user allowed their
+//! range, verifies the server with rustls against the
 //! platform's roots (plus `network.extra_upstream_ca`), and speaks HTTP/2
 //! when the server offers it, HTTP/1.1 otherwise. A connection for an
 //! upgrade (WebSocket) asks for HTTP/1.1 only: upgrades exist only there.
@@ -19,10 +21,19 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
-use crate::settings::Settings;
+use super::address::Ranges;
+use super::config::NetSettings;
 
 /// How long connecting (TCP, then TLS) to a server may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Response bytes an HTTP/2 server may send on one stream, and on one
+/// connection, before the guest takes them. With at most
+/// [`super::MAX_IN_FLIGHT`] requests in flight, this bounds what a guest
+/// that stops reading can make the host hold.
+const STREAM_WINDOW: u32 = 512 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// The HTTP/1.1 read buffer's limit.
+const H1_BUFFER: usize = 64 * 1024;
 
 /// A request body on its way upstream.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -51,6 +62,9 @@ pub enum UpstreamError {
     /// No address for the name.
     #[error("cannot resolve {0}")]
     Resolve(String),
+    /// Every address of the name is one the proxy must not connect to.
+    #[error("{0}")]
+    Forbidden(String),
     /// TCP or TLS failed.
     #[error("connecting to {addr}: {source}")]
     Connect {
@@ -85,11 +99,20 @@ pub enum Sender {
 }
 
 impl Sender {
-    /// Whether the connection can take another request.
+    /// Whether the connection is still open.
     pub fn is_usable(&self) -> bool {
         match self {
             Sender::H1(s) => !s.is_closed(),
             Sender::H2(s) => !s.is_closed(),
+        }
+    }
+
+    /// Whether an HTTP/1.1 connection is still carrying an earlier
+    /// request or answer, so that it cannot take another now.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            Sender::H1(s) => !s.is_closed() && !s.is_ready(),
+            Sender::H2(_) => false,
         }
     }
 }
@@ -99,7 +122,10 @@ async fn h1<I>(io: I) -> Result<Sender, hyper::Error>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) = http1::handshake(io).await?;
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(H1_BUFFER)
+        .handshake(io)
+        .await?;
     tokio::spawn(conn.with_upgrades());
     Ok(Sender::H1(sender))
 }
@@ -112,13 +138,27 @@ pub struct Connected {
     pub sender: Sender,
 }
 
+impl Connected {
+    /// A second handle on an HTTP/2 connection, which carries requests side
+    /// by side; `None` for HTTP/1.1.
+    pub fn share(&self) -> Option<Connected> {
+        match &self.sender {
+            Sender::H2(s) => Some(Connected {
+                addr: self.addr,
+                sender: Sender::H2(s.clone()),
+            }),
+            Sender::H1(_) => None,
+        }
+    }
+}
+
 impl Upstream {
     /// Upstream access as `settings` configure it.
-    pub fn new(settings: &Settings) -> Result<Upstream, UpstreamError> {
+    pub fn new(settings: &NetSettings) -> Result<Upstream, UpstreamError> {
         let mut roots = rustls::RootCertStore::empty();
         let native = rustls_native_certs::load_native_certs();
         roots.add_parsable_certificates(native.certs);
-        let extra = settings.text("network.extra_upstream_ca");
+        let extra = settings.extra_upstream_ca.as_str();
         if !extra.is_empty() {
             let certs = CertificateDer::pem_file_iter(extra)
                 .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -133,25 +173,25 @@ impl Upstream {
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let tls_h1 = Arc::new(tls.clone());
         tls.alpn_protocols.insert(0, b"h2".to_vec());
-        let overrides = parse_overrides(settings.text("network.resolve_override"))
-            .map_err(UpstreamError::Trust)?;
         Ok(Upstream {
             tls: Arc::new(tls),
             tls_h1,
-            overrides,
+            overrides: settings.overrides.clone(),
         })
     }
 
     /// Connects to `name`:`port`, over TLS when `tls`; HTTP/1.1 only when
-    /// `h1_only` (for an upgrade).
+    /// `h1_only` (for an upgrade). Only to a public address, or one in
+    /// `ranges`.
     pub async fn connect(
         &self,
         name: &str,
         port: u16,
         tls: bool,
         h1_only: bool,
+        ranges: &Ranges,
     ) -> Result<Connected, UpstreamError> {
-        let addr = self.resolve(name, port).await?;
+        let addr = self.resolve(name, port, ranges).await?;
         let connect_err = |source| UpstreamError::Connect { addr, source };
         let timed_out = || connect_err(std::io::ErrorKind::TimedOut.into());
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
@@ -174,7 +214,11 @@ impl Upstream {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(stream);
         let sender = if h2 {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io).await?;
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .handshake(io)
+                .await?;
             tokio::spawn(conn);
             Sender::H2(sender)
         } else {
@@ -183,21 +227,72 @@ impl Upstream {
         Ok(Connected { addr, sender })
     }
 
-    async fn resolve(&self, name: &str, port: u16) -> Result<SocketAddr, UpstreamError> {
+    /// The address to connect to: the override of the name (an explicit
+    /// opt-in for exactly that name), else the first address the host
+    /// resolves it to that is public or in `ranges`. The address checked
+    /// is the address connected to, so a record that changes between the
+    /// guest's lookup and this one (DNS rebinding) changes nothing.
+    async fn resolve(
+        &self,
+        name: &str,
+        port: u16,
+        ranges: &Ranges,
+    ) -> Result<SocketAddr, UpstreamError> {
         if let Some(addr) = self.overrides.get(name) {
             return Ok(*addr);
         }
-        tokio::net::lookup_host((name, port))
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
             .await
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| UpstreamError::Resolve(name.to_owned()))
+            .map_err(|_| UpstreamError::Resolve(name.to_owned()))?
+            .collect();
+        let mut refusal = None;
+        for addr in addrs {
+            match ranges.refusal(addr.ip()) {
+                None => return Ok(addr),
+                Some(why) => refusal = refusal.or(Some(why)),
+            }
+        }
+        Err(refusal.map_or_else(
+            || UpstreamError::Resolve(name.to_owned()),
+            UpstreamError::Forbidden,
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn upstream(user: &str) -> Upstream {
+        let settings = crate::settings::from_user_text(user);
+        Upstream::new(&NetSettings::new(&settings)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_the_hosts_loopback_is_refused() {
+        let refused = upstream("")
+            .connect("localhost", 80, false, false, &Ranges::default())
+            .await;
+        let Err(UpstreamError::Forbidden(why)) = refused else {
+            panic!("connected to localhost");
+        };
+        assert!(why.starts_with("upstream.private_address: "), "{why}");
+        // Named ranges and overrides are explicit opt-ins: the connection
+        // is tried (and fails, as nothing listens on port 1).
+        let allowed = Ranges::parse("127.0.0.0/8, ::1").unwrap();
+        let tried = upstream("")
+            .connect("localhost", 1, false, false, &allowed)
+            .await;
+        assert!(
+            matches!(tried, Err(UpstreamError::Connect { .. })),
+            "{:?}",
+            tried.err()
+        );
+        let overridden = upstream("[network]\nresolve_override = \"x.test=127.0.0.1:1\"\n")
+            .connect("x.test", 80, false, false, &Ranges::default())
+            .await;
+        assert!(matches!(overridden, Err(UpstreamError::Connect { .. })));
+    }
 
     #[test]
     fn overrides_parse_and_bad_ones_are_named() {

@@ -245,13 +245,16 @@ impl Sandbox {
             events_db: session.events_db(),
         });
         notices.iter().for_each(|n| notice(n));
+        let transcript = req
+            .tty
+            .and_then(|_| open_transcript(&session, recorder.budget(), notice));
         let result = self
             .boot_and_exec(
                 &session,
                 assets,
                 choice.accel,
                 Job {
-                    transcript: req.tty.and_then(|_| open_transcript(&session, notice)),
+                    transcript: transcript.as_ref(),
                     req,
                     io,
                     events: recorder.events(),
@@ -272,6 +275,7 @@ impl Sandbox {
                 error: result.as_ref().err().map(ToString::to_string),
                 accel: choice.accel.name(),
                 phases,
+                transcript_cut_bytes: transcript.as_ref().map_or(0, Transcript::cut_bytes),
             })
             .await;
         notices.iter().for_each(|n| notice(n));
@@ -438,10 +442,7 @@ impl Sandbox {
             env: req.env,
             tty: req.tty,
         };
-        let recording = Recording {
-            events,
-            transcript: transcript.as_ref(),
-        };
+        let recording = Recording { events, transcript };
         let files = req.files;
         let exec = async {
             if !files.is_empty() {
@@ -463,7 +464,7 @@ impl Sandbox {
             exit = vm.wait() => Err(Err(Stage::Exec.died(session, exit))),
             () = limit => Ok(Outcome::TimedOut),
         };
-        if let Some(transcript) = &transcript {
+        if let Some(transcript) = transcript {
             transcript.finish();
         }
         match ended {
@@ -476,9 +477,13 @@ impl Sandbox {
 
 /// The transcript of a terminal session; a failure to create it is a
 /// notice, not a reason to refuse the session.
-fn open_transcript(session: &Session, notice: &(dyn Fn(&str) + Sync)) -> Option<Transcript> {
+fn open_transcript(
+    session: &Session,
+    budget: Arc<crate::session::Budget>,
+    notice: &(dyn Fn(&str) + Sync),
+) -> Option<Transcript> {
     let path = session.dir().join(TRANSCRIPT_FILE);
-    Transcript::create(&path)
+    Transcript::create(&path, budget)
         .inspect_err(|e| notice(&format!("this session has no transcript: {e}")))
         .ok()
 }
@@ -504,7 +509,7 @@ struct Job<'a> {
     req: RunRequest,
     io: ExecIo,
     events: &'a EventLog,
-    transcript: Option<Transcript>,
+    transcript: Option<&'a Transcript>,
     /// The CA the guest trusts and the proxy signs with.
     ca: Arc<Ca>,
 }

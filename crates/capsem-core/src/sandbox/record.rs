@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+use std::sync::Arc;
+
 use super::Phases;
+use crate::session::Budget;
 use crate::session::events::{self, EventCounts, EventLog, EventWriter};
 use crate::session::store::{Ending, NewSession, Status, Store};
 use crate::settings::SessionSettings;
@@ -30,6 +33,7 @@ pub struct RecordSpec {
 /// A session being recorded.
 pub struct Recorder {
     index: JoinHandle<(Option<Store>, Vec<String>)>,
+    budget: Arc<Budget>,
     events: EventLog,
     writer: Option<EventWriter>,
     id: String,
@@ -41,7 +45,8 @@ impl Recorder {
     pub fn start(spec: RecordSpec) -> (Recorder, Vec<String>) {
         let started = Instant::now();
         let id = spec.row.id.clone();
-        let (events, writer, notices) = match events::start(&spec.events_db) {
+        let budget = Arc::new(Budget::mib(spec.retention.max_session_mib));
+        let (events, writer, notices) = match events::start(&spec.events_db, budget.clone()) {
             Ok((log, writer)) => (log, Some(writer), Vec::new()),
             Err(e) => (
                 EventLog::disabled(),
@@ -52,6 +57,7 @@ impl Recorder {
         let index = tokio::task::spawn_blocking(move || open_and_insert(&spec));
         let recorder = Recorder {
             index,
+            budget,
             events,
             writer,
             id,
@@ -65,6 +71,11 @@ impl Recorder {
         &self.events
     }
 
+    /// The session's disk budget, which its transcript draws on too.
+    pub fn budget(&self) -> Arc<Budget> {
+        self.budget.clone()
+    }
+
     /// Completes the session's row with `end`, whose `phases.recording` is
     /// set to the time recording cost on the run's critical path (all but
     /// the final update itself). Returns notices for the user and the
@@ -73,6 +84,7 @@ impl Recorder {
         let started = Instant::now();
         let Recorder {
             index,
+            budget: _,
             events,
             writer,
             id,
@@ -81,13 +93,7 @@ impl Recorder {
         drop(events);
         let (store, mut notices) = index.await.unwrap_or((None, Vec::new()));
         let finished = tokio::task::spawn_blocking(move || {
-            let counts = writer.map_or(
-                EventCounts {
-                    written: 0,
-                    lost: 0,
-                },
-                EventWriter::finish,
-            );
+            let counts = writer.map_or(EventCounts::default(), EventWriter::finish);
             end.phases.recording = Some(on_path + started.elapsed());
             let phases_json = serde_json::to_string(&end.phases).ok();
             let ending = Ending {
@@ -98,6 +104,8 @@ impl Recorder {
                 phases_json: phases_json.as_deref(),
                 event_count: counts.written,
                 lost_events: counts.lost,
+                over_budget_events: counts.over_budget,
+                transcript_cut_bytes: end.transcript_cut_bytes,
             };
             let notice = store.and_then(|store| {
                 store
@@ -130,6 +138,8 @@ pub struct FinalState {
     pub accel: &'static str,
     /// Phase timings.
     pub phases: Phases,
+    /// Terminal bytes the transcript could not keep.
+    pub transcript_cut_bytes: u64,
 }
 
 /// Opens the index, repairs sessions of dead capsem processes, applies

@@ -87,18 +87,15 @@ fn new_id() -> String {
 }
 
 /// The last `lines` lines of a log the guest wrote, made safe to print:
-/// control characters (terminal escape sequences included) become `?`.
+/// control characters (terminal escape sequences included) are shown as
+/// escapes ([`crate::text::visible`]).
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let bytes = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..]
         .iter()
-        .map(|line| {
-            line.chars()
-                .map(|c| if c.is_control() && c != '\t' { '?' } else { c })
-                .collect::<String>()
-        })
+        .map(|line| crate::text::visible(line).into_owned())
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -133,6 +130,6 @@ mod tests {
         assert_eq!(tail.lines().count(), 20);
         assert!(tail.starts_with("line 11"));
         assert!(!tail.contains('\x1b') && !tail.contains('\x07'));
-        assert!(tail.ends_with("evil ?]0;pwned? end"));
+        assert!(tail.ends_with("evil \\x1b]0;pwned\\x07 end"), "{tail}");
     }
 }

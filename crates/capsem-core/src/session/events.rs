@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use rusqlite::{Connection, params};
 
+use super::budget::Budget;
 use super::migrate;
 
 /// The event database in a session directory.
@@ -80,7 +81,16 @@ const MIGRATIONS: &[&str] = &[
     );",
     "ALTER TABLE net_events ADD COLUMN request_body TEXT;
      ALTER TABLE net_events ADD COLUMN response_body TEXT;",
+    "ALTER TABLE net_events ADD COLUMN reported_by TEXT NOT NULL DEFAULT 'host'
+        CHECK (reported_by IN ('host', 'guest'));",
 ];
+
+/// Most bytes kept of a request's path and query.
+pub const MAX_PATH: usize = 2048;
+/// Most bytes kept of a process's command line.
+pub const MAX_PROCESS: usize = 512;
+/// Most bytes kept of other text fields (rules, errors, methods, models).
+pub const MAX_FIELD: usize = 1024;
 
 /// Something that happened in a session.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,13 +193,36 @@ impl Verdict {
     }
 }
 
+/// Who asserts a `net_events` row.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reporter {
+    /// The host saw it happen (a connection, a request, a DNS query).
+    #[default]
+    Host,
+    /// Only the guest says so (a packet its firewall rejected): guest root
+    /// can forge such a report.
+    Guest,
+}
+
+impl Reporter {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Host => "host",
+            Reporter::Guest => "guest",
+        }
+    }
+}
+
 /// One row of `net_events`: a connection that was refused or failed, or one
 /// HTTP request on an allowed connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetEvent {
-    /// Guest pid of the process, when known.
+    /// Who asserts the row.
+    pub reported_by: Reporter,
+    /// Guest pid of the process, as the guest reports it (not verified).
     pub pid: Option<u32>,
-    /// Its command line.
+    /// Its command line, as the guest reports it (not verified).
     pub process: Option<String>,
     /// `https`, `http`, `tcp`, `udp`, `icmp`...
     pub protocol: String,
@@ -227,6 +260,20 @@ pub struct NetEvent {
     pub response_body: Option<String>,
 }
 
+impl NetEvent {
+    /// The event with its guest-controlled text fields cut to bounded
+    /// lengths (the cut is noted in the field).
+    pub fn bounded(mut self) -> NetEvent {
+        use crate::text::clip_opt;
+        clip_opt(&mut self.path, MAX_PATH);
+        clip_opt(&mut self.process, MAX_PROCESS);
+        for field in [&mut self.method, &mut self.rule, &mut self.error] {
+            clip_opt(field, MAX_FIELD);
+        }
+        self
+    }
+}
+
 /// One row of `dns_events`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DnsEvent {
@@ -245,6 +292,9 @@ pub struct DnsEvent {
 pub struct EventLog {
     tx: Option<SyncSender<(u64, Event)>>,
     lost: Arc<AtomicU64>,
+    /// Events not kept because the session's budget was spent.
+    over_budget: Arc<AtomicU64>,
+    budget: Arc<Budget>,
     start: Instant,
 }
 
@@ -254,6 +304,8 @@ impl EventLog {
         EventLog {
             tx: None,
             lost: Arc::default(),
+            over_budget: Arc::default(),
+            budget: Arc::default(),
             start: Instant::now(),
         }
     }
@@ -263,9 +315,14 @@ impl EventLog {
         self.record(Event::Exec { exec, what });
     }
 
-    /// Records an event without ever blocking.
+    /// Records an event without ever blocking, if the session's budget
+    /// has room for it.
     pub fn record(&self, event: Event) {
         let Some(tx) = &self.tx else { return };
+        if !self.budget.take(event.cost()) {
+            self.over_budget.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let at_us = self.start.elapsed().as_micros() as u64;
         match tx.try_send((at_us, event)) {
             Ok(()) => {}
@@ -276,26 +333,81 @@ impl EventLog {
     }
 }
 
+/// Bytes a row takes in the database beyond its text: its integers and
+/// record header, on the high side.
+const ROW_OVERHEAD: u64 = 64;
+/// SQLite's page, and the most of one a row can use.
+const PAGE: u64 = 4096;
+const USABLE: u64 = PAGE - 35;
+
+/// The disk a row of `bytes` takes: its share of a page (a page holds
+/// whole rows only, so a row of just over half a page takes all of one),
+/// or the pages it overflows into. Charging this keeps the file within the
+/// budget its rows are charged to.
+fn on_disk(bytes: u64) -> u64 {
+    if bytes > USABLE {
+        return bytes.div_ceil(PAGE - 4) * PAGE;
+    }
+    PAGE / (USABLE / bytes)
+}
+
+impl Event {
+    /// What recording this event is charged to the session's budget.
+    fn cost(&self) -> u64 {
+        let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        let text = match self {
+            Event::Exec { what, .. } => match what {
+                ExecEvent::Started { command } => command.len(),
+                _ => 0,
+            },
+            Event::Net(e) => {
+                e.protocol.len()
+                    + [
+                        &e.process, &e.domain, &e.ip, &e.method, &e.path, &e.rule, &e.error,
+                    ]
+                    .into_iter()
+                    .map(len)
+                    .sum::<usize>()
+                    + len(&e.key_fingerprint)
+                    + len(&e.request_body)
+                    + len(&e.response_body)
+            }
+            Event::Dns(d) => d.name.len() + d.rule.len() + len(&d.address),
+            Event::Model(c) => {
+                c.provider.len()
+                    + [&c.model, &c.path, &c.stop_reason, &c.key_fingerprint]
+                        .into_iter()
+                        .map(len)
+                        .sum::<usize>()
+            }
+        };
+        on_disk(text as u64 + ROW_OVERHEAD)
+    }
+}
+
 /// The writer thread of one session's events.
 pub struct EventWriter {
     thread: JoinHandle<Result<u64, rusqlite::Error>>,
     lost: Arc<AtomicU64>,
+    over_budget: Arc<AtomicU64>,
 }
 
 /// What a finished writer reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventCounts {
     /// Events committed.
     pub written: u64,
     /// Events dropped (queue full or a failed database).
     pub lost: u64,
+    /// Events not kept because the session's budget was spent.
+    pub over_budget: u64,
 }
 
-/// Starts the writer of the event database at `path`. The database is
-/// created by the writer thread, off the caller's path; if that fails, the
-/// error is reported by [`EventWriter::finish`] and every event counts as
-/// lost.
-pub fn start(path: &Path) -> std::io::Result<(EventLog, EventWriter)> {
+/// Starts the writer of the event database at `path`, whose events are
+/// charged to `budget`. The database is created by the writer thread, off
+/// the caller's path; if that fails, the error is reported by
+/// [`EventWriter::finish`] and every event counts as lost.
+pub fn start(path: &Path, budget: Arc<Budget>) -> std::io::Result<(EventLog, EventWriter)> {
     let (tx, rx) = sync_channel(QUEUE_LEN);
     let lost = Arc::new(AtomicU64::new(0));
     let path = path.to_owned();
@@ -314,12 +426,20 @@ pub fn start(path: &Path) -> std::io::Result<(EventLog, EventWriter)> {
             }
             result
         })?;
+    let over_budget = Arc::new(AtomicU64::new(0));
     let log = EventLog {
         tx: Some(tx),
         lost: lost.clone(),
+        over_budget: over_budget.clone(),
+        budget,
         start: Instant::now(),
     };
-    Ok((log, EventWriter { thread, lost }))
+    let writer = EventWriter {
+        thread,
+        lost,
+        over_budget,
+    };
+    Ok((log, writer))
 }
 
 impl EventWriter {
@@ -327,14 +447,18 @@ impl EventWriter {
     /// must have been dropped first, or this waits for them.
     pub fn finish(self) -> EventCounts {
         let result = self.thread.join();
-        let lost = self.lost.load(Ordering::Relaxed);
+        let counts = EventCounts {
+            written: 0,
+            lost: self.lost.load(Ordering::Relaxed),
+            over_budget: self.over_budget.load(Ordering::Relaxed),
+        };
         match result {
-            Ok(Ok(written)) => EventCounts { written, lost },
+            Ok(Ok(written)) => EventCounts { written, ..counts },
             Ok(Err(e)) => {
                 tracing::warn!("writing session events failed: {e}");
-                EventCounts { written: 0, lost }
+                counts
             }
-            Err(_) => EventCounts { written: 0, lost },
+            Err(_) => counts,
         }
     }
 }
@@ -406,9 +530,9 @@ fn insert_net(tx: &rusqlite::Transaction<'_>, at_us: i64, e: &NetEvent) -> rusql
     tx.prepare_cached(
         "INSERT INTO net_events (at_us, pid, process, protocol, domain, ip, port, method,
              path, status, bytes_up, bytes_down, duration_us, decision, rule, error,
-             key_fingerprint, request_body, response_body)
+             key_fingerprint, request_body, response_body, reported_by)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
-                 ?18, ?19)",
+                 ?18, ?19, ?20)",
     )?
     .execute(params![
         at_us,
@@ -429,7 +553,8 @@ fn insert_net(tx: &rusqlite::Transaction<'_>, at_us: i64, e: &NetEvent) -> rusql
         e.error,
         e.key_fingerprint,
         e.request_body,
-        e.response_body
+        e.response_body,
+        e.reported_by.as_str()
     ])?;
     Ok(())
 }
@@ -603,9 +728,19 @@ fn net_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NetRow> {
         "error" => Verdict::Error,
         _ => Verdict::Denied,
     };
+    let reported_by = match r
+        .get::<_, Option<String>>("reported_by")
+        .ok()
+        .flatten()
+        .as_deref()
+    {
+        Some("guest") => Reporter::Guest,
+        _ => Reporter::Host,
+    };
     Ok(NetRow {
         at_us: count(r, "at_us")?,
         event: NetEvent {
+            reported_by,
             pid: r.get("pid")?,
             process: r.get("process")?,
             protocol: r.get("protocol")?,
@@ -745,7 +880,7 @@ mod tests {
     fn events_are_written_in_order_and_counted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(EVENTS_FILE);
-        let (log, writer) = start(&path).unwrap();
+        let (log, writer) = start(&path, Arc::default()).unwrap();
         log.record(Event::Exec {
             exec: 1,
             what: ExecEvent::Started {
@@ -768,7 +903,8 @@ mod tests {
             counts,
             EventCounts {
                 written: 1002,
-                lost: 0
+                lost: 0,
+                over_budget: 0
             }
         );
         let summary = summarize(&path).unwrap();
@@ -811,7 +947,7 @@ mod tests {
             cost_usd: Some(0.5),
             key_fingerprint: None,
         };
-        let (log, writer) = start(&path).unwrap();
+        let (log, writer) = start(&path, Arc::default()).unwrap();
         log.record(Event::Net(Box::new(net.clone())));
         log.record(Event::Dns(dns.clone()));
         log.record(Event::Model(Box::new(call.clone())));
@@ -827,7 +963,8 @@ mod tests {
     #[test]
     fn an_unwritable_database_counts_every_event_as_lost() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, writer) = start(&dir.path().join("missing/dir/session.db")).unwrap();
+        let (log, writer) =
+            start(&dir.path().join("missing/dir/session.db"), Arc::default()).unwrap();
         for _ in 0..10 {
             log.record(STDIN);
         }
@@ -836,7 +973,8 @@ mod tests {
             writer.finish(),
             EventCounts {
                 written: 0,
-                lost: 10
+                lost: 10,
+                over_budget: 0
             }
         );
     }
@@ -848,6 +986,8 @@ mod tests {
         let log = EventLog {
             tx: Some(tx),
             lost: lost.clone(),
+            over_budget: Arc::default(),
+            budget: Arc::default(),
             start: Instant::now(),
         };
         for _ in 0..5 {
@@ -855,5 +995,43 @@ mod tests {
         }
         assert_eq!(lost.load(Ordering::Relaxed), 4);
         EventLog::disabled().record(STDIN);
+    }
+
+    #[test]
+    fn a_spent_budget_keeps_the_database_within_it_and_counts_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_FILE);
+        let budget = Arc::new(Budget::mib(1));
+        let (log, writer) = start(&path, budget).unwrap();
+        let long = NetEvent {
+            protocol: "https".into(),
+            path: Some(format!("/{}", "p".repeat(30_000))),
+            decision: Verdict::Error,
+            ..NetEvent::default()
+        }
+        .bounded();
+        assert!(long.path.as_ref().unwrap().len() < MAX_PATH + 32);
+        let short = Event::Dns(DnsEvent {
+            name: "a.example.com".into(),
+            allowed: true,
+            rule: "network.allow: *.example.com".into(),
+            address: Some("100.64.0.1".into()),
+        });
+        for _ in 0..5000 {
+            log.record(short.clone());
+        }
+        for _ in 0..5000 {
+            log.record(Event::Net(Box::new(long.clone())));
+        }
+        drop(log);
+        let counts = writer.finish();
+        assert!(
+            counts.written > 5000 && counts.over_budget > 0,
+            "{counts:?}"
+        );
+        assert_eq!(counts.written + counts.over_budget, 10_000);
+        let size = std::fs::metadata(&path).unwrap().len()
+            + std::fs::metadata(dir.path().join("session.db-wal")).map_or(0, |m| m.len());
+        assert!(size <= 1024 * 1024 + 64 * 1024, "{size} bytes");
     }
 }

@@ -19,7 +19,8 @@ use super::migrate;
 pub const INDEX_FILE: &str = "sessions.db";
 
 /// Index schema, one entry per version.
-const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE sessions (
         id               TEXT PRIMARY KEY,
         started_at_ms    INTEGER NOT NULL,
         ended_at_ms      INTEGER,
@@ -41,7 +42,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE sessions (
         event_count      INTEGER NOT NULL DEFAULT 0,
         lost_events      INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX sessions_by_start ON sessions (started_at_ms);"];
+    CREATE INDEX sessions_by_start ON sessions (started_at_ms);",
+    "ALTER TABLE sessions ADD COLUMN over_budget_events INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN transcript_cut_bytes INTEGER NOT NULL DEFAULT 0;",
+];
 
 /// The index could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +144,10 @@ pub struct Ending<'a> {
     pub event_count: u64,
     /// Events dropped because the writer could not keep up.
     pub lost_events: u64,
+    /// Events not kept because the session's budget was spent.
+    pub over_budget_events: u64,
+    /// Terminal bytes not kept in the transcript for the same reason.
+    pub transcript_cut_bytes: u64,
 }
 
 /// One row.
@@ -179,6 +187,10 @@ pub struct SessionRow {
     pub event_count: u64,
     /// Events lost.
     pub lost_events: u64,
+    /// Events not kept: the session's budget was spent.
+    pub over_budget_events: u64,
+    /// Terminal bytes not kept in the transcript: the budget was spent.
+    pub transcript_cut_bytes: u64,
 }
 
 impl SessionRow {
@@ -202,6 +214,8 @@ impl SessionRow {
             phases: phases.and_then(|p| serde_json::from_str(&p).ok()),
             event_count: row.get::<_, i64>("event_count")? as u64,
             lost_events: row.get::<_, i64>("lost_events")? as u64,
+            over_budget_events: row.get::<_, i64>("over_budget_events")? as u64,
+            transcript_cut_bytes: row.get::<_, i64>("transcript_cut_bytes")? as u64,
         })
     }
 }
@@ -294,7 +308,8 @@ impl Store {
         self.conn
             .execute(
                 "UPDATE sessions SET ended_at_ms = ?2, status = ?3, exit_code = ?4, error = ?5,
-                    accel = ?6, phases_json = ?7, event_count = ?8, lost_events = ?9
+                    accel = ?6, phases_json = ?7, event_count = ?8, lost_events = ?9,
+                    over_budget_events = ?10, transcript_cut_bytes = ?11
                  WHERE id = ?1",
                 params![
                     id,
@@ -305,7 +320,9 @@ impl Store {
                     end.accel,
                     end.phases_json,
                     end.event_count as i64,
-                    end.lost_events as i64
+                    end.lost_events as i64,
+                    end.over_budget_events as i64,
+                    end.transcript_cut_bytes as i64
                 ],
             )
             .map_err(|e| self.err(e))?;
@@ -529,6 +546,8 @@ mod tests {
             phases_json: Some("{\"agent_ready\":1.5}"),
             event_count: 3,
             lost_events: 0,
+            over_budget_events: 0,
+            transcript_cut_bytes: 0,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod registry;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use registry::{Def, GUEST_ENV_PREFIX, Kind, REGISTRY};
 
@@ -156,6 +157,8 @@ pub struct SessionSettings {
     pub retention_days: u32,
     /// `sessions.max_count`; 0 for no limit.
     pub max_count: u32,
+    /// `sessions.max_session_mib`: the disk one session's records may take.
+    pub max_session_mib: u32,
 }
 
 impl Settings {
@@ -305,6 +308,7 @@ impl Settings {
         SessionSettings {
             retention_days: self.u32("sessions.retention_days"),
             max_count: self.u32("sessions.max_count"),
+            max_session_mib: self.u32("sessions.max_session_mib"),
         }
     }
 }
@@ -314,25 +318,36 @@ impl Settings {
 type Stamp = [Option<(u64, std::time::SystemTime, u64)>; 2];
 
 /// Settings consulted again and again (the network policy, at every
-/// connection): the files are parsed again only when one of them changed.
-pub struct Live {
+/// request), kept as what is derived from them (`T`): the files are
+/// parsed, and `T` derived, again only when one of them changed.
+pub struct Live<T> {
     user: PathBuf,
     corp: PathBuf,
-    last: std::sync::Mutex<Option<(Stamp, Settings)>>,
+    derive: fn(&Settings) -> T,
+    last: std::sync::Mutex<Option<(Stamp, Arc<T>)>>,
 }
 
-impl Live {
-    /// The default files (see [`crate::paths`]).
-    pub fn new() -> Live {
+impl<T> Live<T> {
+    /// `derive` of the default files' settings (see [`crate::paths`]).
+    pub fn new(derive: fn(&Settings) -> T) -> Live<T> {
+        Live::of_files(
+            crate::paths::user_settings(),
+            crate::paths::corp_settings(),
+            derive,
+        )
+    }
+
+    fn of_files(user: PathBuf, corp: PathBuf, derive: fn(&Settings) -> T) -> Live<T> {
         Live {
-            user: crate::paths::user_settings(),
-            corp: crate::paths::corp_settings(),
+            user,
+            corp,
+            derive,
             last: std::sync::Mutex::default(),
         }
     }
 
-    /// The settings in effect now.
-    pub fn load(&self) -> Result<Settings, SettingsError> {
+    /// What the settings in effect now give.
+    pub fn load(&self) -> Result<Arc<T>, SettingsError> {
         use std::os::unix::fs::MetadataExt;
         let stamp = [&self.user, &self.corp].map(|path| {
             let meta = fs::metadata(path).ok()?;
@@ -342,20 +357,15 @@ impl Live {
             .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((seen, settings)) = last.as_ref()
+        if let Some((seen, derived)) = last.as_ref()
             && *seen == stamp
         {
-            return Ok(settings.clone());
+            return Ok(derived.clone());
         }
         let settings = Settings::load_from(&self.user, &self.corp)?;
-        *last = Some((stamp, settings.clone()));
-        Ok(settings)
-    }
-}
-
-impl Default for Live {
-    fn default() -> Self {
-        Live::new()
+        let derived = Arc::new((self.derive)(&settings));
+        *last = Some((stamp, derived.clone()));
+        Ok(derived)
     }
 }
 
@@ -472,6 +482,9 @@ fn check(def: &Def, raw: &toml::Value, path: &Path) -> Result<Value, SettingsErr
         {
             Some(Value::Str(s.clone()))
         }
+        (Kind::Ranges, toml::Value::String(s)) if crate::net::address::Ranges::parse(s).is_ok() => {
+            Some(Value::Str(s.clone()))
+        }
         _ => None,
     };
     value.ok_or_else(|| SettingsError::Invalid {
@@ -499,6 +512,7 @@ pub fn expected(kind: Kind) -> String {
             "comma-separated names or patterns (example.com, *.example.com, *)".to_owned()
         }
         Kind::Overrides => "comma-separated name=ip:port pairs".to_owned(),
+        Kind::Ranges => "comma-separated address ranges (10.1.0.0/16, fd00::/8)".to_owned(),
     }
 }
 
@@ -529,23 +543,19 @@ mod tests {
     fn live_settings_follow_edits_and_removal_of_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let user = dir.path().join("user.toml");
-        let live = Live {
-            user: user.clone(),
-            corp: dir.path().join("corp.toml"),
-            last: std::sync::Mutex::default(),
-        };
-        assert_eq!(live.load().unwrap().vm().cpus, 2);
+        let live = Live::of_files(user.clone(), dir.path().join("corp.toml"), Settings::vm);
+        assert_eq!(live.load().unwrap().cpus, 2);
         fs::write(&user, "[vm]\ncpus = 3\n").unwrap();
-        assert_eq!(live.load().unwrap().vm().cpus, 3);
+        assert_eq!(live.load().unwrap().cpus, 3);
         fs::write(&user, "[vm]\ncpus = 12\n").unwrap();
-        assert_eq!(live.load().unwrap().vm().cpus, 12);
+        assert_eq!(live.load().unwrap().cpus, 12);
         fs::write(&user, "[vm]\ncpus = \"many\"\n").unwrap();
         assert!(
             live.load().is_err(),
             "a broken file is an error, not the old values"
         );
         fs::remove_file(&user).unwrap();
-        assert_eq!(live.load().unwrap().vm().cpus, 2);
+        assert_eq!(live.load().unwrap().cpus, 2);
     }
 
     fn files(user: Option<&str>, corp: Option<&str>) -> (tempfile::TempDir, PathBuf, PathBuf) {

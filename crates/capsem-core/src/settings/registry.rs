@@ -32,6 +32,9 @@ pub enum Kind {
     Domains,
     /// Comma-separated `name=ip:port` pairs.
     Overrides,
+    /// Comma-separated address ranges (`10.1.0.0/16`, `fd00::/8`, or one
+    /// address).
+    Ranges,
 }
 
 /// A default value.
@@ -116,6 +119,15 @@ pub const REGISTRY: &[Def] = &[
         },
         default: Default::Int(1000),
         description: "at most this many sessions are kept (0 for no limit)",
+    },
+    Def {
+        key: "sessions.max_session_mib",
+        kind: Kind::Int {
+            min: 1,
+            max: 1_048_576,
+        },
+        default: Default::Int(256),
+        description: "most MiB one session's events and terminal transcript may take on disk (what is over is counted, not kept)",
     },
     Def {
         key: "ai.claude.settings_json",
@@ -208,6 +220,12 @@ pub const REGISTRY: &[Def] = &[
         description: "the names of Anthropic's API (Claude Code)",
     },
     Def {
+        key: "ai.anthropic.api_hosts",
+        kind: Kind::Domains,
+        default: Default::Str("api.anthropic.com"),
+        description: "the only names the Anthropic API key is sent to (over HTTPS, in the API's own key header)",
+    },
+    Def {
         key: "ai.openai.allow",
         kind: Kind::Bool,
         default: Default::Bool(true),
@@ -220,6 +238,12 @@ pub const REGISTRY: &[Def] = &[
         description: "the names of OpenAI's API (Codex)",
     },
     Def {
+        key: "ai.openai.api_hosts",
+        kind: Kind::Domains,
+        default: Default::Str("api.openai.com"),
+        description: "the only names the OpenAI API key is sent to (over HTTPS, in the API's own key header)",
+    },
+    Def {
         key: "ai.google.allow",
         kind: Kind::Bool,
         default: Default::Bool(true),
@@ -230,6 +254,12 @@ pub const REGISTRY: &[Def] = &[
         kind: Kind::Domains,
         default: Default::Str("*.googleapis.com"),
         description: "the names of Google's Gemini API (Gemini CLI)",
+    },
+    Def {
+        key: "ai.google.api_hosts",
+        kind: Kind::Domains,
+        default: Default::Str("generativelanguage.googleapis.com"),
+        description: "the only names the Gemini API key is sent to (over HTTPS, in the API's own key header)",
     },
     Def {
         key: "registry.npm.allow",
@@ -293,6 +323,12 @@ pub const REGISTRY: &[Def] = &[
         },
         default: Default::Int(64 * 1024),
         description: "most bytes of each body kept when network.log_bodies is on",
+    },
+    Def {
+        key: "network.allow_upstream_ranges",
+        kind: Kind::Ranges,
+        default: Default::Str(""),
+        description: "non-public address ranges the proxy may connect to, e.g. \"10.1.0.0/16\" (loopback, private, link-local and the like are refused otherwise)",
     },
     Def {
         key: "network.resolve_override",

@@ -2,7 +2,10 @@
 
 use capsem_core::paths;
 use capsem_core::session::Store;
-use capsem_core::session::events::{self, DnsRow, EVENTS_FILE, ModelRow, NetRow, Verdict};
+use capsem_core::session::events::{
+    self, DnsRow, EVENTS_FILE, ModelRow, NetRow, Reporter, Verdict,
+};
+use capsem_core::text::visible;
 use serde_json::json;
 
 use crate::cli::NetAction;
@@ -60,9 +63,15 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
         println!(
             "{:>9.3}  DENIED   {}  ({})",
             row.at_us as f64 / 1e6,
-            row.query.name,
-            row.query.rule
+            visible(&row.query.name),
+            visible(&row.query.rule)
         );
+    }
+    if rows.iter().any(|r| r.event.reported_by == Reporter::Guest) {
+        println!("\n(guest) rows are the guest's own reports, which guest root can forge.");
+    }
+    if rows.iter().any(|r| r.event.process.is_some()) {
+        println!("[process] is named by the guest and not verified by the host.");
     }
     Ok(0)
 }
@@ -75,22 +84,25 @@ fn print_row(row: &NetRow) {
         Verdict::Error => ("ERROR", e.error.as_deref()),
     };
     let host = e.domain.as_deref().or(e.ip.as_deref()).unwrap_or("?");
-    let destination = format!("{host}:{}", e.port);
+    let destination = format!("{}:{}", visible(host), e.port);
     let status = e.status.map_or("-".to_owned(), |s| s.to_string());
     // The request, then why it was refused or failed, then who made it.
     let mut detail: Vec<String> = Vec::new();
     if let (Some(method), Some(path)) = (&e.method, &e.path) {
-        detail.push(format!("{method} {path}"));
+        detail.push(format!("{} {}", visible(method), visible(path)));
     }
-    detail.extend(why.map(|why| format!("({why})")));
+    detail.extend(why.map(|why| format!("({})", visible(why))));
     detail.extend(e.process.as_deref().map(|p| {
         let short: String = p.chars().take(40).collect();
-        format!("[{short}]")
+        format!("[{}]", visible(&short))
     }));
+    if e.reported_by == Reporter::Guest {
+        detail.push("(guest)".to_owned());
+    }
     println!(
         "{:>9.3}  {verdict:<7}  {:<5}  {destination:<32}  {status:>6}  {:>10}  {:>10}  {}",
         row.at_us as f64 / 1e6,
-        e.protocol,
+        visible(&e.protocol),
         e.bytes_up,
         e.bytes_down,
         detail.join(" "),
@@ -106,9 +118,9 @@ fn print_call(row: &ModelRow) {
         "{:>9.3}  {:<9}  {:<28}  {:>8} in  {:>8} out  {:<14}  {cost}",
         row.at_us as f64 / 1e6,
         c.provider,
-        c.model.as_deref().unwrap_or("?"),
+        visible(c.model.as_deref().unwrap_or("?")),
         c.input_tokens,
         c.output_tokens,
-        c.stop_reason.as_deref().unwrap_or("-"),
+        visible(c.stop_reason.as_deref().unwrap_or("-")),
     );
 }

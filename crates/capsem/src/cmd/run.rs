@@ -5,16 +5,19 @@ use std::time::{Duration, Instant};
 
 use capsem_core::ai;
 use capsem_core::channel::{Control, ExecIo};
+use capsem_core::net::NetSettings;
 use capsem_core::settings::{Live, Settings};
 use capsem_core::vm::QemuBackend;
 use capsem_core::{Outcome, RunRequest, Sandbox, paths};
 use capsem_proto::{Command, TtySize};
+use tokio::io::AsyncWrite;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::embedded;
 use crate::exit::{Failure, TIMED_OUT};
+use crate::report::Report;
 use crate::terminal::{self, RawMode};
 
 /// Signals forwarded to the guest command instead of ending capsem.
@@ -27,8 +30,18 @@ const FORWARDED: [SignalKind; 4] = [
 /// A terminal size for `-t` when capsem itself has no terminal.
 const DEFAULT_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
 
+/// How the guest command's output reaches the user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// As it is: the command's output is the product.
+    Raw,
+    /// As a report of capsem's (`capsem doctor`): terminal controls the
+    /// guest writes are shown as escapes.
+    Report,
+}
+
 /// Runs the command and returns capsem's exit code.
-pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant) -> i32 {
+pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant, output: Output) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -38,7 +51,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant) -> i32 {
         Err(e) => return Failure::new(format!("starting the async runtime: {e}")).report(),
     };
     let code = runtime
-        .block_on(run_async(args, global, started))
+        .block_on(run_async(args, global, started, output))
         .unwrap_or_else(|failure| failure.report());
     // A thread may still be blocked reading a terminal stdin; waiting for
     // it would hang until the user pressed a key.
@@ -92,7 +105,12 @@ fn guest_env(
     Ok(env)
 }
 
-async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Result<i32, Failure> {
+async fn run_async(
+    args: RunArgs,
+    global: &GlobalArgs,
+    started: Instant,
+    output: Output,
+) -> Result<i32, Failure> {
     let command = command_of(args.command);
     let tty = args.tty.then(|| terminal::size().unwrap_or(DEFAULT_SIZE));
     let controls = forward_controls(tty.is_some())?;
@@ -129,14 +147,24 @@ async fn run_async(args: RunArgs, global: &GlobalArgs, started: Instant) -> Resu
         home: paths::capsem_home(),
         started,
         settings: {
-            let live = Live::new();
+            let live = Live::new(NetSettings::new);
             Arc::new(move || live.load())
         },
     };
+    let (stdout, stderr): (
+        Box<dyn AsyncWrite + Send + Unpin>,
+        Box<dyn AsyncWrite + Send + Unpin>,
+    ) = match output {
+        Output::Raw => (Box::new(tokio::io::stdout()), Box::new(tokio::io::stderr())),
+        Output::Report => (
+            Box::new(Report::new(tokio::io::stdout())),
+            Box::new(Report::new(tokio::io::stderr())),
+        ),
+    };
     let io = ExecIo {
         stdin: Some(Box::new(tokio::io::stdin())),
-        stdout: Box::new(tokio::io::stdout()),
-        stderr: Box::new(tokio::io::stderr()),
+        stdout,
+        stderr,
         controls,
     };
     let limit = settings.vm().timeout_secs;

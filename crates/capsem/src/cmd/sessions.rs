@@ -8,6 +8,7 @@ use capsem_core::session::events::{self, EVENTS_FILE};
 use capsem_core::session::store::{Inspection, SessionRow, Status, Store};
 use capsem_core::session::transcript::{self, Record, TRANSCRIPT_FILE};
 use capsem_core::settings::Settings;
+use capsem_core::text::visible;
 use serde_json::json;
 
 use crate::cli::SessionsAction;
@@ -108,7 +109,7 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
     }
     let field = |name: &str, value: String| println!("{name:<9} {value}");
     field("session", row.id.clone());
-    field("command", row.command.clone());
+    field("command", visible(&row.command).into_owned());
     let outcome = match (row.status, row.exit_code) {
         (Status::Exited, Some(code)) => format!("exited with {code}"),
         (status, _) => status.as_str().to_owned(),
@@ -146,6 +147,12 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
         "events    {} recorded, {} lost",
         row.event_count, row.lost_events
     );
+    if row.over_budget_events > 0 || row.transcript_cut_bytes > 0 {
+        println!(
+            "budget    sessions.max_session_mib reached: {} events and {} transcript bytes not kept",
+            row.over_budget_events, row.transcript_cut_bytes
+        );
+    }
     if let Some(summary) = &summary {
         for (kind, count, bytes) in &summary.kinds {
             println!("  {kind:<8} {count:>8} events {bytes:>12} bytes");
@@ -170,7 +177,9 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
         }
     }
     if let Some(error) = &row.error {
-        field("error", error.clone());
+        // The error may quote the guest's console; its lines stay lines.
+        let lines: Vec<_> = error.lines().map(visible).collect();
+        field("error", lines.join("\n"));
     }
     field("boot log", dir.join("boot.log").display().to_string());
     field("qemu log", dir.join("qemu.log").display().to_string());
@@ -252,19 +261,29 @@ fn replay(store: &Store, prefix: &str, timing: bool) -> Result<i32, Failure> {
         ))
         .hint("only terminal sessions (capsem shell, run -t) have one")
     })?;
-    let records = transcript::read(file)
-        .map_err(|e| Failure::new(format!("reading {}: {e}", path.display())))?;
+    let reading = |e| Failure::new(format!("reading {}: {e}", path.display()));
+    let records = transcript::Reader::new(file).map_err(reading)?;
     let mut out = std::io::stdout().lock();
     let mut shown = Duration::ZERO;
-    for (at, record) in records {
-        if let Record::Output(bytes) = record {
-            if timing {
-                std::thread::sleep(at.saturating_sub(shown));
-                shown = at;
+    for record in records {
+        let (at, record) = record.map_err(reading)?;
+        match record {
+            Record::Output(bytes) => {
+                if timing {
+                    std::thread::sleep(at.saturating_sub(shown));
+                    shown = at;
+                }
+                out.write_all(&bytes)
+                    .and_then(|()| out.flush())
+                    .map_err(Failure::new)?;
             }
-            out.write_all(&bytes)
-                .and_then(|()| out.flush())
-                .map_err(Failure::new)?;
+            Record::Cut => {
+                out.flush().map_err(Failure::new)?;
+                eprintln!(
+                    "\r\ncapsem: the transcript stops here: the session reached sessions.max_session_mib"
+                );
+            }
+            Record::Input(_) | Record::Resize { .. } => {}
         }
     }
     Ok(0)
@@ -316,15 +335,12 @@ fn duration_ms(value: &serde_json::Value) -> Option<f64> {
 /// The first line of `text`, at most `width` characters.
 fn one_line(text: &str, width: usize) -> String {
     let line = text.lines().next().unwrap_or("");
-    let clean: String = line
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
+    let clean = visible(line);
     if clean.chars().count() > width || text.lines().count() > 1 {
         let cut: String = clean.chars().take(width.saturating_sub(1)).collect();
         format!("{cut}…")
     } else {
-        clean
+        clean.into_owned()
     }
 }
 
@@ -337,7 +353,7 @@ mod tests {
         assert_eq!(one_line("ls", 10), "ls");
         assert_eq!(one_line("echo 0123456789", 10), "echo 0123…");
         assert_eq!(one_line("a\nb", 10), "a…");
-        assert_eq!(one_line("a\x1b[31mb", 10), "a?[31mb");
+        assert_eq!(one_line("a\x1b[31mb", 12), "a\\x1b[31mb");
     }
 
     #[test]

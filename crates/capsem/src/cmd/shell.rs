@@ -20,5 +20,5 @@ pub fn run(outer: RunArgs, global: &GlobalArgs, started: Instant) -> i32 {
         tty: true,
         ..outer
     };
-    cmd::run::run(args, global, started)
+    cmd::run::run(args, global, started, cmd::run::Output::Raw)
 }
