@@ -6,6 +6,7 @@ mod agents;
 mod doctor;
 mod errors;
 mod exec;
+mod hostile;
 mod kernel;
 mod lifecycle;
 mod network;

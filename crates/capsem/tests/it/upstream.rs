@@ -10,9 +10,11 @@ use std::sync::{Arc, Mutex};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-/// A request as the server saw it: the head lower-cased, and the body.
+/// A request as the server saw it: the head lower-cased (and as sent),
+/// and the body.
 pub struct Request {
     pub head: String,
+    pub raw_head: String,
     pub body: Vec<u8>,
 }
 
@@ -23,8 +25,29 @@ impl Request {
     }
 }
 
-/// What a handler answers: status, content type and body.
-pub type Handler = fn(&Request) -> (u16, &'static str, Vec<u8>);
+/// What a handler answers.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    /// Headers besides the content type and length.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl From<(u16, &'static str, Vec<u8>)> for Reply {
+    /// Status, content type and body.
+    fn from((status, content_type, body): (u16, &'static str, Vec<u8>)) -> Reply {
+        Reply {
+            status,
+            content_type,
+            headers: Vec::new(),
+            body,
+        }
+    }
+}
+
+/// A handler: a request in, a reply (or what converts to one) out.
+pub type Handler<R> = fn(&Request) -> R;
 
 /// Says what was asked for.
 fn echo(req: &Request) -> (u16, &'static str, Vec<u8>) {
@@ -48,7 +71,15 @@ pub struct Upstream {
 impl Upstream {
     /// Plain HTTP.
     pub fn http() -> Upstream {
-        Upstream::start(None, Arc::new(|conn, seen| answer(conn, seen, echo)))
+        Upstream::http_with(echo)
+    }
+
+    /// Plain HTTP answering with `handler`.
+    pub fn http_with<R: Into<Reply> + 'static>(handler: Handler<R>) -> Upstream {
+        Upstream::start(
+            None,
+            Arc::new(move |conn, seen| answer(conn, seen, handler)),
+        )
     }
 
     /// HTTPS with a certificate for `names` signed by `ca`.
@@ -57,7 +88,11 @@ impl Upstream {
     }
 
     /// HTTPS answering with `handler`.
-    pub fn https_with(ca: &TestCa, names: &[&str], handler: Handler) -> Upstream {
+    pub fn https_with<R: Into<Reply> + 'static>(
+        ca: &TestCa,
+        names: &[&str],
+        handler: Handler<R>,
+    ) -> Upstream {
         let serve = Arc::new(move |conn, seen: &_| answer(conn, seen, handler));
         Upstream::start(Some(ca.server_config(names)), serve)
     }
@@ -144,7 +179,11 @@ fn read_chunked(reader: &mut impl BufRead) -> Option<Vec<u8>> {
 }
 
 /// Answers requests on one connection until it closes.
-fn answer(stream: impl Read + Write, seen: &Mutex<Vec<String>>, handler: Handler) {
+fn answer<R: Into<Reply>>(
+    stream: impl Read + Write,
+    seen: &Mutex<Vec<String>>,
+    handler: Handler<R>,
+) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut head = String::new();
@@ -159,7 +198,8 @@ fn answer(stream: impl Read + Write, seen: &Mutex<Vec<String>>, handler: Handler
             }
             head.push_str(&line);
         }
-        let head = head.to_ascii_lowercase();
+        let raw_head = head;
+        let head = raw_head.to_ascii_lowercase();
         let length = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length:"))
@@ -178,13 +218,23 @@ fn answer(stream: impl Read + Write, seen: &Mutex<Vec<String>>, handler: Handler
             body
         };
         seen.lock().unwrap().push(head.clone());
-        let (status, content_type, text) = handler(&Request { head, body });
+        let request = Request {
+            head,
+            raw_head,
+            body,
+        };
+        let reply: Reply = handler(&request).into();
         let mut response = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
-            text.len()
-        )
-        .into_bytes();
-        response.extend_from_slice(&text);
+            "HTTP/1.1 {} X\r\ncontent-type: {}\r\ncontent-length: {}\r\n",
+            reply.status,
+            reply.content_type,
+            reply.body.len()
+        );
+        for (name, value) in &reply.headers {
+            response += &format!("{name}: {value}\r\n");
+        }
+        let mut response = (response + "\r\n").into_bytes();
+        response.extend_from_slice(&reply.body);
         let stream = reader.get_mut();
         if stream
             .write_all(&response)
