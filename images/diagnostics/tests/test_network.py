@@ -190,3 +190,79 @@ def test_dns_over_tcp_to_an_outside_resolver_is_refused():
     with pytest.raises((ConnectionResetError, BrokenPipeError)):
         sock.sendall(len(query).to_bytes(2, "big") + query)
         sock.recv(1)
+
+
+def dns_answer(name):
+    """Asks the resolver the guest is given (the agent, which asks the
+    host) for `name`; returns the response code and the first address."""
+    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\x00"
+    query = bytes.fromhex("beef01000001000000000000") + labels + b"\x00\x01\x00\x01"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(10)
+    sock.sendto(query, ("127.0.0.1", 53))
+    answer = sock.recv(512)
+    rcode = answer[3] & 0x0F
+    address = socket.inet_ntoa(answer[-4:]) if rcode == 0 and answer[7] > 0 else None
+    return rcode, address
+
+
+@pytest.mark.parametrize("name", ["2130706433", "0x7f.1", "0177.0.0.1", "127.1", "169.254.169.254", "0x7f000001"])
+def test_addresses_spelled_as_names_are_refused_by_the_host(name):
+    # The guest's own resolver library would read these as addresses; asked
+    # as names, the host must not resolve them (to its loopback) for us.
+    rcode, _ = dns_answer(name)
+    assert rcode == 3, rcode  # NXDOMAIN
+
+
+def test_a_name_that_is_loopback_on_the_host_is_not_reached():
+    # "localhost" is the host's own loopback there. Under the default policy
+    # it does not resolve; under a policy that allows it, the proxy must
+    # refuse to connect to where it leads.
+    rcode, address = dns_answer("localhost")
+    if address is None:
+        assert rcode == 3, rcode
+        return
+    proc = run(f"curl -s --max-time 20 --resolve localhost:80:{address} http://localhost/", check=False)
+    assert "upstream.private_address" in proc.stdout, (proc.returncode, proc.stdout)
+
+
+def test_the_agents_descriptors_cannot_be_taken():
+    # The agent's channel to the host is what makes its reports count:
+    # pidfd_getfd, ptrace, /proc/1/fd and /proc/1/mem must all be closed to
+    # guest root, and the port it holds cannot be opened twice.
+    import ctypes
+    import glob
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(1)
+    for fd in range(16):
+        assert libc.syscall(438, pidfd, fd, 0) == -1, f"took fd {fd} of PID 1"  # pidfd_getfd
+        assert ctypes.get_errno() == errno.EPERM
+    assert libc.ptrace(16, 1, 0, 0) == -1  # PTRACE_ATTACH
+    assert ctypes.get_errno() == errno.EPERM
+    with pytest.raises(PermissionError):
+        os.readlink("/proc/1/fd/0")
+    with pytest.raises(PermissionError):
+        open("/proc/1/mem", "rb")
+    ports = glob.glob("/dev/vport*")
+    assert ports
+    for port in ports:
+        with pytest.raises(OSError) as err:
+            os.open(port, os.O_RDWR)
+        assert err.value.errno == errno.EBUSY, port
+
+
+def test_commands_can_still_trace_their_own_children():
+    # Dropping CAP_SYS_PTRACE must not break debugging one's own processes.
+    import ctypes
+    import signal
+    import time
+    libc = ctypes.CDLL(None, use_errno=True)
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert libc.ptrace(16, child, 0, 0) == 0, errno.errorcode[ctypes.get_errno()]  # PTRACE_ATTACH
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
