@@ -14,19 +14,26 @@ use crate::network::{find, net_log};
 use crate::support::{Capsem, RSS_LIMIT_KIB, assert_code, stdout, wait_with_peak_kib};
 use crate::upstream::{Reply, Request, TestCa, Upstream};
 
+/// Python: a DNS query for `name` (type A), as the guest's resolver is
+/// sent it.
+const DNS_QUERY: &str = r#"
+import socket
+def query(name):
+    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    return bytes.fromhex("beef01000001000000000000") + labels + b"\0\1\0\1"
+"#;
+
 /// Asks the host's resolver (through the agent) about each name given,
 /// as a raw DNS query (the guest's own resolver library would read
 /// `2130706433` as an address and never ask); prints `NAME rcode ADDRESS`.
 /// For `localhost`, when it resolves, fetches `http://localhost/` through
 /// the proxy and prints the status and body.
 const ASK: &str = r#"
-import socket, subprocess, sys
+import subprocess, sys
 def ask(name):
-    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
-    query = bytes.fromhex("beef01000001000000000000") + labels + b"\0\1\0\1"
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(10)
-    s.sendto(query, ("127.0.0.1", 53))
+    s.sendto(query(name), ("127.0.0.1", 53))
     answer = s.recv(512)
     rcode = answer[3] & 15
     address = socket.inet_ntoa(answer[-4:]) if rcode == 0 and answer[7] else "-"
@@ -72,7 +79,8 @@ fn host_side_addresses_are_refused_after_resolution_unless_allowed() {
         "127.1",
         "169.254.169.254",
     ];
-    let mut args = vec!["run", "--", "python3", "-c", ASK];
+    let ask = format!("{DNS_QUERY}{ASK}");
+    let mut args = vec!["run", "--", "python3", "-c", &ask];
     args.extend(names);
     let out = capsem.run(&args);
     assert_code(&out, 0);
@@ -112,7 +120,7 @@ fn host_side_addresses_are_refused_after_resolution_unless_allowed() {
         "[network]\ndefault_action = \"allow\"\n\
          allow_upstream_ranges = \"127.0.0.0/8, ::1\"\n",
     );
-    let out = capsem.run(&["run", "--", "python3", "-c", ASK, "localhost"]);
+    let out = capsem.run(&["run", "--", "python3", "-c", &ask, "localhost"]);
     assert_code(&out, 0);
     let row = find(&net_log(&capsem), |r| r["domain"] == "localhost").clone();
     assert_ne!(row["decision"], "denied", "{row}");
@@ -210,19 +218,14 @@ fn the_real_keys_never_reach_the_guest_or_the_logs() {
     let seen = https.requests();
     let echo = seen.iter().find(|r| r.starts_with("get /echo")).unwrap();
     let real = KEY.to_ascii_lowercase();
-    assert!(echo.contains(&format!("x-api-key: {real}\r\n")), "{echo}");
-    assert!(
-        echo.contains(&format!("authorization: bearer {real}\r\n")),
-        "{echo}"
-    );
-    assert!(
-        echo.contains(&format!("x-leak: {placeholder}\r\n")),
-        "{echo}"
-    );
-    assert!(
-        echo.contains(&format!("origin: {placeholder}\r\n")),
-        "{echo}"
-    );
+    for line in [
+        format!("x-api-key: {real}"),
+        format!("authorization: bearer {real}"),
+        format!("x-leak: {placeholder}"),
+        format!("origin: {placeholder}"),
+    ] {
+        assert!(echo.contains(&format!("{line}\r\n")), "{line}: {echo}");
+    }
     assert!(
         echo.starts_with(&format!("get /echo?q={placeholder} ")),
         "{echo}"
@@ -265,17 +268,16 @@ fn the_real_keys_never_reach_the_guest_or_the_logs() {
 }
 
 /// Requests with 4 KB paths to an allowed name that fails (a closed
-/// port), 20 at a time, then random names asked as fast as the resolver
-/// answers.
+/// port), 20 at a time, then (the Python program in `$1`) random names.
 const FAILING: &str = r#"P=$(python3 -c "print('p' * 4000)")
 curl -s -o /dev/null -Z --parallel-max 20 "http://closed.test/$P[1-2000]"
-python3 -c '
-import random, socket, time
+python3 -c "$1""#;
+
+/// Python: random names asked as fast as the resolver answers.
+const RANDOM_NAMES: &str = r#"
+import random, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
-def query(name):
-    labels = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
-    return bytes.fromhex("beef01000001000000000000") + labels + b"\0\1\0\1"
 end = time.time() + 5
 while time.time() < end:
     for _ in range(20):
@@ -285,7 +287,7 @@ while time.time() < end:
             s.recv(512)
         except OSError:
             break
-'"#;
+"#;
 
 /// Allowed requests with 30 KB paths, whose answers (logged bodies) are
 /// as long, for six seconds.
@@ -305,7 +307,8 @@ fn failed_requests_and_lookups_are_logged_within_quotas() {
         "[network]\nallow = \"closed.test, *.names.test\"\n\
          resolve_override = \"closed.test=127.0.0.1:1\"\n",
     );
-    let out = capsem.run(&["run", "--", "bash", "-c", FAILING]);
+    let names = format!("{DNS_QUERY}{RANDOM_NAMES}");
+    let out = capsem.run(&["run", "--", "bash", "-c", FAILING, "bash", &names]);
     assert_code(&out, 0);
     let log = net_log(&capsem);
     for note in [
