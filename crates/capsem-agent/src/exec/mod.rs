@@ -119,6 +119,9 @@ async fn supervise(
     }
 }
 
+/// A terminal's end-of-file character (Ctrl-D, the default `VEOF`).
+const VEOF: u8 = 0x04;
+
 /// Copies host messages to the command's stdin. Never returns; it is
 /// dropped when the command has finished.
 async fn feed_stdin(
@@ -132,9 +135,15 @@ async fn feed_stdin(
     } = input;
     let mut stdin = Some(stdin);
     let mut closed_tx = Some(closed_tx);
+    // Whether the input so far ends a line (a terminal's EOF key ends
+    // input only at the start of one).
+    let mut at_line_start = true;
     while let Some(msg) = incoming.next().await {
         match msg {
             Ok(HostToGuest::Stdin(data)) => {
+                if let Some(last) = data.last() {
+                    at_line_start = *last == b'\n';
+                }
                 if let Some(pipe) = &stdin
                     && pipe.write_all(&data).await.is_err()
                 {
@@ -142,7 +151,20 @@ async fn feed_stdin(
                     stdin = None;
                 }
             }
-            Ok(HostToGuest::StdinEof) => stdin = None,
+            Ok(HostToGuest::StdinEof) => {
+                // Closing a terminal's master ends nothing (the agent holds
+                // it open); its EOF key does, as Ctrl-D at a prompt: once
+                // at a line's start, twice after unfinished input.
+                if let (Some(pipe), Some(_)) = (&stdin, hangup) {
+                    let eof: &[u8] = if at_line_start {
+                        &[VEOF]
+                    } else {
+                        &[VEOF, VEOF]
+                    };
+                    let _ = pipe.write_all(eof).await;
+                }
+                stdin = None;
+            }
             Ok(HostToGuest::StdoutClosed) => {
                 if let Some(tx) = closed_tx.take() {
                     let _ = tx.send(());
