@@ -28,6 +28,10 @@ pub const CLAUDE_SETTINGS: &str = r#"{
 /// `~/.claude.json`.
 pub const CLAUDE_STATE: &str = r#"{
   "hasCompletedOnboarding": true,
+  "customApiKeyResponses": {
+    "approved": ["e-host-holds-the-key"],
+    "rejected": []
+  },
   "hasTrustDialogAccepted": true,
   "hasTrustDialogHooksAccepted": true,
   "shiftEnterKeyBindingInstalled": true,
@@ -249,6 +253,15 @@ mod tests {
         let codex: toml::Table = CODEX_CONFIG.parse().unwrap();
         assert_eq!(codex["approval_policy"].as_str(), Some("never"));
         assert_eq!(codex["sandbox_mode"].as_str(), Some("danger-full-access"));
+    }
+
+    #[test]
+    fn claude_code_has_the_placeholder_key_approved() {
+        // Claude Code records an approved key by its last 20 characters.
+        let state: serde_json::Value = serde_json::from_str(CLAUDE_STATE).unwrap();
+        let placeholder = API_KEYS[0].placeholder;
+        let tail = &placeholder[placeholder.len() - 20..];
+        assert_eq!(state["customApiKeyResponses"]["approved"][0], tail);
     }
 
     #[test]

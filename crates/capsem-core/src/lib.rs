@@ -27,4 +27,4 @@ pub mod settings;
 pub mod text;
 pub mod vm;
 
-pub use sandbox::{Outcome, Phases, RunError, RunReport, RunRequest, Sandbox};
+pub use sandbox::{Notice, Outcome, Phases, RunError, RunReport, RunRequest, Sandbox};

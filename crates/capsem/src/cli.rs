@@ -17,7 +17,9 @@ Exit status:
 ///
 /// Every run boots a fresh VM from pinned, verified images, runs the command
 /// with its stdin, stdout and stderr connected to yours, and destroys the VM.
-/// Nothing persists between runs, and the VM has no network.
+/// Nothing persists between runs. The VM has no network device: guest
+/// connections go through capsem's policy proxy, which reaches only the
+/// names your settings allow (see `capsem net log`).
 ///
 /// One argument is a shell command line, run by `bash -c`:
 ///   capsem 'ls -la /proc/cpuinfo | head -3'
@@ -35,28 +37,108 @@ Exit status:
     override_usage = "capsem                       (an interactive shell)\n       \
                       capsem [OPTIONS] COMMAND [ARGS]...\n       \
                       capsem run [OPTIONS] -- COMMAND [ARGS]...\n       \
-                      capsem shell | doctor | sessions | assets verify | version | help",
+                      capsem shell | doctor | sessions | net | settings | assets | version | completions | man",
     after_help = EXIT_STATUS,
     subcommand_value_name = "COMMAND",
 )]
 pub struct Cli {
-    #[command(flatten)]
-    pub global: GlobalArgs,
     #[command(subcommand)]
     pub subcommand: Option<Subcmd>,
     #[command(flatten)]
     pub run: RunArgs,
 }
 
-/// Options every subcommand takes.
-#[derive(Debug, Args)]
-pub struct GlobalArgs {
+/// The options of a run (`capsem CMD`, `run`, `shell`, `doctor`); an
+/// error anywhere else.
+#[derive(Debug, Default, Clone, PartialEq, Args)]
+pub struct RunOptions {
     /// Print nothing of capsem's own but errors.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// Show boot phases with timings.
-    #[arg(short, long, global = true)]
+    /// Show the boot phases with timings (for `doctor`: also list every
+    /// check).
+    #[arg(short, long)]
     pub verbose: bool,
+    /// Kill the VM and exit with 124 if the command runs longer than SECS
+    /// (0: no limit, whatever vm.timeout_secs says).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Set an environment variable for the command (repeatable); `-e NAME`
+    /// alone passes capsem's own value of NAME, like --pass-env.
+    ///
+    /// Variables that change how the loader or shell runs every command
+    /// (LD_*, BASH_ENV, BASH_FUNC_*, IFS, PROMPT_COMMAND, PS4, ...) are
+    /// refused.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<EnvArg>,
+    /// Pass this variable of capsem's own environment to the command
+    /// (repeatable), e.g. --pass-env ANTHROPIC_API_KEY. Nothing is passed
+    /// unless asked.
+    #[arg(long, value_name = "NAME", value_parser = parse_pass_env)]
+    pub pass_env: Vec<String>,
+}
+
+/// An `-e` argument: a value, or a variable to pass from capsem's own
+/// environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvArg {
+    /// `-e KEY=VALUE`.
+    Set(String, String),
+    /// `-e NAME`.
+    Pass(String),
+}
+
+impl RunOptions {
+    /// Options given before a subcommand (`capsem --timeout 5 run -- x`)
+    /// count too; the subcommand's own come after them.
+    pub fn with_outer(mut self, outer: RunOptions) -> RunOptions {
+        self.quiet |= outer.quiet;
+        self.verbose |= outer.verbose;
+        self.timeout = self.timeout.or(outer.timeout);
+        self.env.splice(0..0, outer.env);
+        self.pass_env.splice(0..0, outer.pass_env);
+        self
+    }
+
+    /// The first option given, as typed, if any: what a subcommand that is
+    /// not a run refuses.
+    pub fn first_given(&self) -> Option<&'static str> {
+        [
+            (self.quiet, "--quiet"),
+            (self.verbose, "--verbose"),
+            (self.timeout.is_some(), "--timeout"),
+            (!self.env.is_empty(), "--env"),
+            (!self.pass_env.is_empty(), "--pass-env"),
+        ]
+        .into_iter()
+        .find_map(|(given, name)| given.then_some(name))
+    }
+}
+
+/// What to run and how.
+#[derive(Debug, Default, Clone, PartialEq, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// Run the command on a terminal in the guest (like `docker run -t`):
+    /// full-screen programs work, stdout and stderr merge, and when stdin
+    /// is a terminal it is put in raw mode so every key reaches the guest.
+    /// When stdin is not a terminal, its end reaches the guest terminal as
+    /// an end of file (Ctrl-D).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl RunArgs {
+    /// Options given before `run` (`capsem --timeout 5 run -- x`) count too.
+    pub fn with_outer(mut self, outer: RunArgs) -> RunArgs {
+        self.options = self.options.with_outer(outer.options);
+        self.tty |= outer.tty;
+        self
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,29 +149,27 @@ pub enum Subcmd {
     ///
     /// The same as `capsem` with no arguments on a terminal. The VM is
     /// destroyed when the shell exits, and capsem exits with its status.
-    Shell,
+    Shell(RunOptions),
     /// Run the in-VM diagnostics: is the sandbox really sealed, and does
     /// everything in it work?
     ///
     /// Boots a VM and runs its pytest suite (capsem-doctor): sandbox claims
-    /// (no network, read-only system, no kernel extension, no services),
-    /// utilities, runtimes, workflows and environment. Exits non-zero when
-    /// a check fails. With -v, every check is listed.
-    Doctor {
-        /// Only run checks matching this pytest expression (e.g. sandbox).
-        #[arg(short = 'k', value_name = "EXPR")]
-        filter: Option<String>,
-        /// Stop at the first failing check.
-        #[arg(short = 'x', long = "exitfirst")]
-        exit_first: bool,
-    },
+    /// (no path out but the policy proxy, read-only system, no kernel
+    /// extension, no services), network attacks, utilities, runtimes,
+    /// workflows and environment. Exits non-zero when a check fails. With
+    /// -v, every check is listed.
+    Doctor(DoctorArgs),
     /// Check the VM images against the hashes built into capsem.
     Assets {
         #[command(subcommand)]
         action: AssetsAction,
     },
     /// Print capsem's version, protocol and pinned asset hashes.
-    Version,
+    Version {
+        /// One JSON object instead of text (see docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show and change settings.
     ///
     /// Settings live in ~/.capsem/user.toml (moved by CAPSEM_HOME), where a
@@ -116,25 +196,62 @@ pub enum Subcmd {
     /// directory ~/.capsem/sessions/ID/ with the boot log, QEMU's log and
     /// the session's events. An id prefix is accepted when unambiguous.
     Sessions {
-        /// JSON Lines: one {"type":"session","data":{...}} object per line.
-        #[arg(long)]
-        json: bool,
-        /// How many sessions to list.
-        #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
-        limit: usize,
+        #[command(flatten)]
+        list: ListArgs,
         #[command(subcommand)]
         action: Option<SessionsAction>,
     },
+    /// Print a completion script for a shell (bash, zsh, fish, elvish,
+    /// powershell), e.g. `capsem completions bash > ~/.local/share/bash-completion/completions/capsem`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print capsem's manual page (roff), or write one page per command
+    /// into DIR.
+    Man {
+        /// Write capsem.1 and capsem-COMMAND.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
+}
+
+/// `capsem doctor`'s own options, and a run's.
+#[derive(Debug, Clone, Args)]
+pub struct DoctorArgs {
+    /// Only run checks matching this pytest expression (e.g. sandbox).
+    #[arg(short = 'k', value_name = "EXPR")]
+    pub filter: Option<String>,
+    /// Stop at the first failing check.
+    #[arg(short = 'x', long = "exitfirst")]
+    pub exit_first: bool,
+    /// A JSON summary instead of the report (see docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub options: RunOptions,
+}
+
+/// How many sessions to list, and how.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ListArgs {
+    /// JSON Lines: one {"type":"session","data":{...}} object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// How many sessions to list.
+    #[arg(short = 'n', long, default_value_t = 20, value_name = "N")]
+    pub limit: usize,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum NetAction {
     /// Every connection, request, refusal and rejected packet of a session,
-    /// oldest first.
+    /// then its DNS queries and model calls, each oldest first.
     Log {
         /// Session id or unambiguous prefix; the newest session without.
         id: Option<String>,
-        /// JSON Lines: one {"type":"net","data":{...}} object per line.
+        /// JSON Lines: {"type":"dns"|"net"|"model_call","data":{...}}
+        /// objects, DNS queries first (see docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -153,16 +270,20 @@ pub enum SettingsAction {
     Get {
         /// The dotted key, e.g. vm.cpus or guest.env.EDITOR.
         key: String,
+        /// One {"type":"setting","data":{...}} object instead of the value.
+        #[arg(long)]
+        json: bool,
     },
-    /// Change a setting in the user file, checked against its type. The
-    /// file keeps its comments; a locked key is refused.
+    /// Change a setting in the user file, checked against its type and the
+    /// host. The file keeps its comments; a locked key is refused.
     Set {
         /// The dotted key.
         key: String,
         /// The value; `-` reads it from stdin (for JSON or TOML contents).
         value: String,
     },
-    /// Remove a setting from the user file, back to its default.
+    /// Remove a setting from the user file, back to its default; the
+    /// file's comments stay.
     Reset {
         /// The dotted key.
         key: String,
@@ -173,6 +294,8 @@ pub enum SettingsAction {
 
 #[derive(Debug, Subcommand)]
 pub enum SessionsAction {
+    /// Recent sessions, newest first (the same as `capsem sessions`).
+    List(ListArgs),
     /// One session: command, outcome, timings, VM, assets, events, files.
     Show {
         /// Session id or unambiguous prefix.
@@ -186,6 +309,9 @@ pub enum SessionsAction {
     Inspect {
         /// Also check this session's event database.
         id: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Write what a terminal session showed, from its transcript.
     Replay {
@@ -201,67 +327,36 @@ pub enum SessionsAction {
         /// Delete sessions started longer ago than this (30d, 12h, 90m, 2w).
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
         older_than: Option<Duration>,
-        /// Keep only the newest N sessions.
+        /// Keep only the newest N sessions (0 deletes every finished one,
+        /// and needs --yes).
         #[arg(long, value_name = "N")]
         keep: Option<usize>,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask before deleting every finished session.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AssetsAction {
     /// Hash every asset and compare it with the pinned manifest.
-    Verify,
+    Verify {
+        /// One JSON object instead of text (see docs/json.md).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// What to run and how.
-#[derive(Debug, Default, Args)]
-pub struct RunArgs {
-    /// Kill the VM and exit with 124 if the command runs longer than SECS.
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
-    pub timeout: Option<Duration>,
-    /// Set an environment variable for the command (repeatable).
-    ///
-    /// Variables that change how the loader or shell runs every command
-    /// (LD_*, BASH_ENV, BASH_FUNC_*, IFS, PROMPT_COMMAND, PS4, ...) are
-    /// refused.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
-    pub env: Vec<(String, String)>,
-    /// Pass this variable of capsem's own environment to the command
-    /// (repeatable), e.g. --pass-env ANTHROPIC_API_KEY. Nothing is passed
-    /// unless asked.
-    #[arg(long, value_name = "NAME", value_parser = parse_pass_env)]
-    pub pass_env: Vec<String>,
-    /// Run the command on a terminal in the guest (like `docker run -t`):
-    /// full-screen programs work, stdout and stderr merge, and when stdin
-    /// is a terminal it is put in raw mode so every key reaches the guest.
-    #[arg(short = 't', long)]
-    pub tty: bool,
-    /// The command and its arguments.
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
-    pub command: Vec<String>,
-}
-
-impl RunArgs {
-    /// Options given before `run` (`capsem --timeout 5 run -- x`) count too.
-    pub fn with_outer(mut self, outer: RunArgs) -> RunArgs {
-        self.timeout = self.timeout.or(outer.timeout);
-        self.env.splice(0..0, outer.env);
-        self.pass_env.splice(0..0, outer.pass_env);
-        self.tty |= outer.tty;
-        self
-    }
-}
-
+/// Seconds; 0 means no limit (`Duration::ZERO`).
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     let secs: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if !(secs > 0.0 && secs <= 1e9) {
-        return Err(format!("'{text}' is not a positive number of seconds"));
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(format!("'{text}' is not a number of seconds from 0 up"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -294,12 +389,85 @@ fn parse_pass_env(name: &str) -> Result<String, String> {
     Ok(name.to_owned())
 }
 
-fn parse_env(text: &str) -> Result<(String, String), String> {
-    let (name, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("'{text}' is not KEY=VALUE"))?;
+fn parse_env(text: &str) -> Result<EnvArg, String> {
+    let Some((name, value)) = text.split_once('=') else {
+        capsem_proto::validate_env_name(text).map_err(|e| e.to_string())?;
+        return Ok(EnvArg::Pass(text.to_owned()));
+    };
     capsem_proto::validate_env_name(name).map_err(|e| e.to_string())?;
-    Ok((name.to_owned(), value.to_owned()))
+    Ok(EnvArg::Set(name.to_owned(), value.to_owned()))
+}
+
+/// What clap cannot check: run options given to a subcommand that runs
+/// nothing, and a first word that is a near miss of a subcommand (which
+/// would boot a VM only to say "command not found").
+pub fn check(cli: &Cli) -> Result<(), clap::Error> {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+    let mut command = Cli::command();
+    if let Some(sub) = &cli.subcommand
+        && !matches!(sub, Subcmd::Run(_) | Subcmd::Shell(_) | Subcmd::Doctor(_))
+    {
+        let given = cli
+            .run
+            .options
+            .first_given()
+            .or(cli.run.tty.then_some("--tty"));
+        if let Some(option) = given {
+            let message = format!(
+                "{option} is an option of runs (capsem COMMAND, run, shell, doctor), not of `capsem {}`",
+                sub.name()
+            );
+            return Err(command.error(ErrorKind::ArgumentConflict, message));
+        }
+    }
+    if cli.subcommand.is_none()
+        && let Some(word) = cli.run.command.first()
+        && let Some(near) = near_miss(word)
+    {
+        let message = format!(
+            "unknown command '{word}'; did you mean `capsem {near}`?\n\
+             (to run a guest program of that name: capsem run -- {word})"
+        );
+        return Err(command.error(ErrorKind::InvalidSubcommand, message));
+    }
+    Ok(())
+}
+
+/// The subcommand `word` is most likely a typo of: one or two letters off
+/// a name of five letters or more, one off a shorter one. Words of three
+/// letters or less are never caught (`nft` is not a typo of `net`).
+fn near_miss(word: &str) -> Option<String> {
+    use clap::CommandFactory;
+    if word.len() <= 3 || word.starts_with('-') {
+        return None;
+    }
+    let command = Cli::command();
+    let mut names = command.get_subcommands().map(|c| c.get_name());
+    names
+        .find(|name| {
+            let distance = strsim::damerau_levenshtein(word, name);
+            distance > 0 && distance <= if name.len() >= 5 { 2 } else { 1 }
+        })
+        .map(str::to_owned)
+}
+
+impl Subcmd {
+    /// The subcommand's name, as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Subcmd::Run(_) => "run",
+            Subcmd::Shell(_) => "shell",
+            Subcmd::Doctor(_) => "doctor",
+            Subcmd::Assets { .. } => "assets",
+            Subcmd::Version { .. } => "version",
+            Subcmd::Settings { .. } => "settings",
+            Subcmd::Net { .. } => "net",
+            Subcmd::Sessions { .. } => "sessions",
+            Subcmd::Completions { .. } => "completions",
+            Subcmd::Man { .. } => "man",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -307,7 +475,9 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("capsem").chain(args.iter().copied()))
+        let cli = Cli::try_parse_from(std::iter::once("capsem").chain(args.iter().copied()))?;
+        check(&cli)?;
+        Ok(cli)
     }
 
     #[test]
@@ -316,8 +486,8 @@ mod tests {
         assert!(cli.subcommand.is_none());
         assert_eq!(cli.run.command, ["uname", "-a"]);
         let cli = parse(&["-q", "--timeout", "5", "ls", "-l", "--color", "-q"]).unwrap();
-        assert!(cli.global.quiet);
-        assert_eq!(cli.run.timeout, Some(Duration::from_secs(5)));
+        assert!(cli.run.options.quiet);
+        assert_eq!(cli.run.options.timeout, Some(Duration::from_secs(5)));
         assert_eq!(cli.run.command, ["ls", "-l", "--color", "-q"]);
     }
 
@@ -333,7 +503,7 @@ mod tests {
         let Some(Subcmd::Run(run)) = cli.subcommand else {
             panic!("not run")
         };
-        assert_eq!(run.env, [("A".to_owned(), "1".to_owned())]);
+        assert_eq!(run.options.env, [EnvArg::Set("A".into(), "1".into())]);
         assert_eq!(run.command, ["sh", "-c", "exit 42"]);
     }
 
@@ -341,16 +511,20 @@ mod tests {
     fn dangerous_environment_is_refused_at_parse_time() {
         let err = parse(&["run", "-e", "LD_PRELOAD=/x.so", "--", "true"]).unwrap_err();
         assert!(err.to_string().contains("LD_PRELOAD"), "{err}");
-        assert!(parse(&["-e", "NOEQUALS", "true"]).is_err());
+        assert!(parse(&["-e", "LD_PRELOAD", "true"]).is_err());
+        let cli = parse(&["-e", "EDITOR", "true"]).unwrap();
+        assert_eq!(cli.run.options.env, [EnvArg::Pass("EDITOR".into())]);
     }
 
     #[test]
-    fn bad_timeouts_are_refused() {
-        for t in ["0", "-1", "abc", "NaN"] {
+    fn timeouts_are_seconds_and_zero_lifts_the_limit() {
+        for t in ["-1", "abc", "NaN"] {
             assert!(parse(&["--timeout", t, "true"]).is_err(), "{t}");
         }
         let cli = parse(&["--timeout", "0.5", "true"]).unwrap();
-        assert_eq!(cli.run.timeout, Some(Duration::from_millis(500)));
+        assert_eq!(cli.run.options.timeout, Some(Duration::from_millis(500)));
+        let cli = parse(&["--timeout", "0", "true"]).unwrap();
+        assert_eq!(cli.run.options.timeout, Some(Duration::ZERO));
     }
 
     #[test]
@@ -374,11 +548,78 @@ mod tests {
             panic!("not run")
         };
         let run = run.with_outer(cli.run);
-        assert_eq!(run.timeout, Some(Duration::from_secs(3)));
-        assert_eq!(run.env.len(), 2);
-        assert_eq!(run.env[0].0, "A");
-        assert_eq!(run.pass_env, ["K"]);
+        assert_eq!(run.options.timeout, Some(Duration::from_secs(3)));
+        assert_eq!(run.options.env.len(), 2);
+        assert_eq!(run.options.env[0], EnvArg::Set("A".into(), "1".into()));
+        assert_eq!(run.options.pass_env, ["K"]);
         assert!(run.tty);
+    }
+
+    #[test]
+    fn run_options_elsewhere_are_errors() {
+        for args in [
+            &["--timeout", "5", "sessions"][..],
+            &["-e", "X=1", "version"],
+            &["-v", "settings"],
+            &["-q", "net", "log"],
+            &["-t", "assets", "verify"],
+        ] {
+            let err = parse(args).unwrap_err().to_string();
+            assert!(err.contains("is an option of runs"), "{args:?}: {err}");
+        }
+        assert!(
+            parse(&["settings", "-v"]).is_err(),
+            "-v is not a settings option"
+        );
+        let cli = parse(&["doctor", "--timeout", "3", "-k", "sandbox"]).unwrap();
+        let Some(Subcmd::Doctor(doctor)) = cli.subcommand else {
+            panic!("not doctor")
+        };
+        assert_eq!(doctor.options.timeout, Some(Duration::from_secs(3)));
+        assert!(parse(&["-q", "doctor"]).is_ok());
+        assert!(parse(&["-q", "shell"]).is_ok());
+    }
+
+    #[test]
+    fn near_misses_of_subcommands_are_refused_with_a_suggestion() {
+        for (typo, meant) in [
+            ("sesions", "sessions"),
+            ("setings", "settings"),
+            ("doctr", "doctor"),
+            ("verison", "version"),
+            ("completion", "completions"),
+        ] {
+            let err = parse(&[typo]).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("did you mean `capsem {meant}`")),
+                "{err}"
+            );
+        }
+        for real in [
+            "nft",
+            "ls",
+            "python3",
+            "git",
+            "make",
+            "node",
+            "sessionsx-tool",
+        ] {
+            assert!(parse(&[real]).is_ok(), "{real}");
+        }
+        assert!(
+            parse(&["run", "--", "sesions"]).is_ok(),
+            "run -- takes any name"
+        );
+    }
+
+    #[test]
+    fn an_unknown_option_before_the_command_is_capsems_error() {
+        let err = parse(&["--jsn"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument, "{err}");
+        assert!(
+            parse(&["--", "--version"]).is_ok(),
+            "after -- it is a command"
+        );
     }
 
     #[test]
@@ -398,7 +639,92 @@ mod tests {
         ));
         assert!(matches!(
             parse(&["version"]).unwrap().subcommand,
-            Some(Subcmd::Version)
+            Some(Subcmd::Version { .. })
         ));
+        assert!(matches!(
+            parse(&["sessions", "list", "-n", "3"]).unwrap().subcommand,
+            Some(Subcmd::Sessions {
+                action: Some(SessionsAction::List(ListArgs { limit: 3, .. })),
+                ..
+            })
+        ));
+    }
+
+    /// The options a usage line names: `-k`, `--json`, `-e` from
+    /// `[-e KEY[=VALUE]]...`, `-q` and `-v` from `[-q|-v]`.
+    fn options_of(line: &str) -> Vec<String> {
+        line.split(['[', ']', '|', ' ', '('])
+            .filter(|word| word.starts_with('-') && word.len() > 1 && *word != "--")
+            .map(|word| word.trim_end_matches("...").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_readmes_usage_block_matches_the_clap_definitions() {
+        use clap::CommandFactory;
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("## Usage\n\n```\n")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .expect("README has a Usage block");
+        let top = Cli::command();
+        let mut named = Vec::new();
+        for line in block.lines() {
+            let usage = line.split(" # ").next().unwrap_or("");
+            // Down the subcommands the line names (`net log`).
+            let mut command = top.clone();
+            for word in usage.split_whitespace().skip(1) {
+                match command.find_subcommand(word) {
+                    Some(sub) => command = sub.clone(),
+                    None => break,
+                }
+            }
+            named.push(usage.split_whitespace().nth(1).unwrap_or("").to_owned());
+            command.build();
+            for option in options_of(usage) {
+                let known = command.get_arguments().any(|arg| {
+                    let long = arg.get_long().map(|l| format!("--{l}"));
+                    let short = arg.get_short().map(|s| format!("-{s}"));
+                    long.as_deref() == Some(option.as_str())
+                        || short.as_deref() == Some(option.as_str())
+                });
+                assert!(
+                    known,
+                    "README: `{line}` names {option}, which `capsem {} --help` lacks",
+                    command.get_name()
+                );
+            }
+        }
+        for sub in top.get_subcommands() {
+            assert!(
+                named.iter().any(|n| n == sub.get_name()),
+                "README's usage lacks `capsem {}`",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn every_subcommand_has_help_that_renders() {
+        use clap::CommandFactory;
+        let mut top = Cli::command();
+        top.build();
+        for sub in top.get_subcommands_mut() {
+            let help = sub.render_long_help().to_string();
+            assert!(!help.is_empty(), "{}", sub.get_name());
+            for stale in ["VM has no network.", "(no network,"] {
+                assert!(
+                    !help.contains(stale),
+                    "stale words in `{} --help`",
+                    sub.get_name()
+                );
+            }
+        }
+        assert!(
+            !top.render_long_help()
+                .to_string()
+                .contains("VM has no network.")
+        );
     }
 }

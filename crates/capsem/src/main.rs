@@ -1,7 +1,9 @@
 //! `capsem`: run a command in a throw-away, hardened Linux microVM.
 //!
 //! The binary is the command line and glue; the work is in `capsem-core`.
-//! Exit codes come from one place ([`exit`]).
+//! Exit codes come from one place ([`exit`]), and what capsem itself
+//! prints on stdout goes through one place too ([`out`]), so that a closed
+//! pipe (`capsem net log | head -1`) ends it quietly.
 
 #![forbid(unsafe_code)]
 
@@ -9,6 +11,7 @@ mod cli;
 mod cmd;
 mod embedded;
 mod exit;
+mod out;
 mod report;
 mod terminal;
 
@@ -17,58 +20,54 @@ use std::time::Instant;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{AssetsAction, Cli, GlobalArgs, Subcmd};
+use crate::cli::{AssetsAction, Cli, RunOptions, Subcmd};
 use crate::cmd::run::Output;
 
 fn main() {
     let started = Instant::now();
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse().and_then(|cli| cli::check(&cli).map(|()| cli)) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
             std::process::exit(if e.use_stderr() { exit::FAILURE } else { 0 });
         }
     };
-    init_logging(&cli.global);
+    let outer = cli.run;
     let code = match cli.subcommand {
-        None if cli.run.command.is_empty() && terminal::stdin_is_terminal() => {
-            cmd::shell::run(cli.run, &cli.global, started)
+        None if outer.command.is_empty() && terminal::stdin_is_terminal() => {
+            cmd::shell::run(outer.options, started)
         }
-        None => cmd::run::run(cli.run, &cli.global, started, Output::Raw),
-        Some(Subcmd::Shell) => cmd::shell::run(cli.run, &cli.global, started),
-        Some(Subcmd::Run(args)) => {
-            cmd::run::run(args.with_outer(cli.run), &cli.global, started, Output::Raw)
-        }
+        None => cmd::run::run(outer, started, Output::Raw),
+        Some(Subcmd::Shell(options)) => cmd::shell::run(options.with_outer(outer.options), started),
+        Some(Subcmd::Run(args)) => cmd::run::run(args.with_outer(outer), started, Output::Raw),
+        Some(Subcmd::Doctor(args)) => cmd::doctor::run(args, outer.options, started),
         Some(Subcmd::Assets {
-            action: AssetsAction::Verify,
-        }) => cmd::assets::verify().unwrap_or_else(|f| f.report()),
-        Some(Subcmd::Version) => cmd::version::print().unwrap_or_else(|f| f.report()),
-        Some(Subcmd::Doctor { filter, exit_first }) => {
-            let args =
-                cmd::doctor::run_args(filter, exit_first, cli.global.verbose).with_outer(cli.run);
-            cmd::run::run(args, &cli.global, started, Output::Report)
-        }
-        Some(Subcmd::Settings { action }) => {
-            cmd::settings::run(action).unwrap_or_else(|f| f.report())
-        }
-        Some(Subcmd::Sessions {
-            json,
-            limit,
-            action,
-        }) => cmd::sessions::run(action, json, limit).unwrap_or_else(|f| f.report()),
-        Some(Subcmd::Net { action }) => cmd::net::run(action).unwrap_or_else(|f| f.report()),
+            action: AssetsAction::Verify { json },
+        }) => reported(|| cmd::assets::verify(json)),
+        Some(Subcmd::Version { json }) => reported(|| cmd::version::print(json)),
+        Some(Subcmd::Settings { action }) => reported(|| cmd::settings::run(action)),
+        Some(Subcmd::Sessions { list, action }) => reported(|| cmd::sessions::run(action, list)),
+        Some(Subcmd::Net { action }) => reported(|| cmd::net::run(action)),
+        Some(Subcmd::Completions { shell }) => reported(|| cmd::help::completions(shell)),
+        Some(Subcmd::Man { dir }) => reported(|| cmd::help::man(dir.as_deref())),
     };
     // Exit at once: a thread reading a terminal stdin may still be blocked,
     // and waiting for it would hang until the user pressed a key.
     std::process::exit(code);
 }
 
+/// The exit code of a subcommand that runs no VM, its failure reported.
+fn reported(command: impl FnOnce() -> Result<i32, exit::Failure>) -> i32 {
+    init_logging(&RunOptions::default());
+    command().unwrap_or_else(|f| f.report())
+}
+
 /// capsem's own messages go to stderr as `capsem: ...`; `-v` adds the boot
 /// phases, `-q` leaves only errors, `CAPSEM_LOG` overrides both.
-fn init_logging(global: &GlobalArgs) {
-    let default = if global.verbose {
+pub fn init_logging(options: &RunOptions) {
+    let default = if options.verbose {
         "info"
-    } else if global.quiet {
+    } else if options.quiet {
         "error"
     } else {
         "warn"

@@ -60,6 +60,16 @@ pub fn stdin_is_terminal() -> bool {
     io::stdin().is_terminal()
 }
 
+/// Whether stdout is a terminal.
+pub fn stdout_is_terminal() -> bool {
+    io::stdout().is_terminal()
+}
+
+/// Whether stderr is a terminal (where progress is worth showing).
+pub fn stderr_is_terminal() -> bool {
+    io::stderr().is_terminal()
+}
+
 /// The size of the terminal on stdout (else stdin), if there is one.
 pub fn size() -> Option<TtySize> {
     let size = termios::tcgetwinsize(io::stdout())

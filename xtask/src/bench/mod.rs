@@ -215,15 +215,9 @@ fn phases(home: &Path, id: &str) -> Result<BTreeMap<String, f64>> {
     let Some(phases) = row.and_then(|r| r.phases) else {
         bail!("session {id} recorded no phases");
     };
-    let Some(phases) = phases.as_object().cloned() else {
-        bail!("session {id} has malformed phases: {phases}");
-    };
     Ok(phases
-        .iter()
-        .filter_map(|(name, d)| {
-            let ms = d["secs"].as_f64()? * 1e3 + d["nanos"].as_f64()? / 1e6;
-            Some((name.clone(), ms))
-        })
+        .into_iter()
+        .map(|(name, ms)| (name.trim_end_matches("_ms").to_owned(), ms))
         .collect())
 }
 

@@ -78,6 +78,10 @@ struct Shared {
     /// Requests of the session in flight upstream, at most
     /// [`MAX_IN_FLIGHT`]; more wait.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Tells the user, once per switch, that the guest asked for a
+    /// provider or registry they switched off.
+    notice: crate::Notice,
+    told: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Most requests of one session waiting for or streaming their answers at
@@ -94,6 +98,7 @@ impl Network {
         ca: Arc<Ca>,
         settings: SettingsLoader,
         events: EventLog,
+        notice: crate::Notice,
     ) -> Result<Network, UpstreamError> {
         let current = settings().map_err(|e| UpstreamError::Trust(e.to_string()))?;
         let upstream = Upstream::new(&current)?;
@@ -108,6 +113,8 @@ impl Network {
                 tasks: TaskTracker::new(),
                 stop: CancellationToken::new(),
                 in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+                notice,
+                told: Mutex::default(),
             }),
         })
     }
@@ -181,6 +188,15 @@ impl Shared {
         match (self.settings)() {
             Ok(settings) => (settings.policy.decide(name), Some(settings)),
             Err(e) => (Decision::deny(format!("settings unreadable: {e}")), None),
+        }
+    }
+
+    /// Says once per switch that `name` was refused by it (a refusal the
+    /// user made and should see at once, not after a CLI's retries).
+    fn tell_if_switched_off(&self, name: &str, decision: &Decision) {
+        let switched = decision.rule.ends_with(".allow = false");
+        if !decision.allowed && switched && lock(&self.told).insert(decision.rule.clone()) {
+            (self.notice)(&format!("denied {name} ({})", decision.rule));
         }
     }
 
@@ -281,6 +297,7 @@ async fn resolve(mut stream: GuestStream, name: &str, shared: &Shared) {
     if decision.allowed && address.is_none() {
         decision = Decision::deny(format!("more than {} names", names::MAX_NAMES));
     }
+    shared.tell_if_switched_off(&name, &decision);
     shared.log_within_quota(
         Some(quota::Class::Dns),
         Event::Dns(DnsEvent {

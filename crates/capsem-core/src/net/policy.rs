@@ -81,6 +81,9 @@ impl Decision {
 pub struct Policy {
     allow: Vec<(String, String)>,
     deny: Vec<(String, String)>,
+    /// The domains of providers and registries switched off, by the
+    /// switch that names the refusal (`ai.anthropic.allow = false`).
+    off: Vec<(String, String)>,
     default_allow: bool,
 }
 
@@ -96,14 +99,20 @@ impl Policy {
                 .collect()
         };
         let mut allow = patterns("network.allow");
+        let mut off = Vec::new();
         for prefix in SWITCHED {
+            let domains = patterns(&format!("{prefix}.domains"));
             if settings.flag(&format!("{prefix}.allow")) {
-                allow.extend(patterns(&format!("{prefix}.domains")));
+                allow.extend(domains);
+            } else {
+                let rule = format!("{prefix}.allow = false");
+                off.extend(domains.into_iter().map(|(_, p)| (rule.clone(), p)));
             }
         }
         Policy {
             allow,
             deny: patterns("network.deny"),
+            off,
             default_allow: settings.text("network.default_action") == "allow",
         }
     }
@@ -125,6 +134,15 @@ impl Policy {
                 allowed: true,
                 rule,
             };
+        }
+        // A switched-off AI provider is refused by its switch even when
+        // the default allows (its switch is on unless the user turned it
+        // off); a registry off by default only names the refusal.
+        let switched_off = self.off.iter().find(|(_, pattern)| matches(pattern, &name));
+        if let Some((rule, _)) = switched_off
+            && (rule.starts_with("ai.") || !self.default_allow)
+        {
+            return Decision::deny(rule.clone());
         }
         Decision {
             allowed: self.default_allow,
@@ -174,9 +192,33 @@ mod tests {
             Decision::deny("network.deny: evil.example.com")
         );
         assert!(p.decide("good.example.com").allowed);
-        assert!(!p.decide("api.anthropic.com").allowed);
+        assert_eq!(
+            p.decide("api.anthropic.com"),
+            Decision::deny("ai.anthropic.allow = false")
+        );
         let npm = p.decide("registry.npmjs.org");
         assert_eq!(npm.rule, "registry.npm.domains: registry.npmjs.org");
+    }
+
+    #[test]
+    fn a_switched_off_provider_is_refused_by_its_switch_even_under_allow_all() {
+        let p = policy("[network]\ndefault_action = \"allow\"\n[ai.openai]\nallow = false\n");
+        assert_eq!(
+            p.decide("api.openai.com"),
+            Decision::deny("ai.openai.allow = false")
+        );
+        assert!(p.decide("example.com").allowed);
+        let p = policy("[network]\nallow = \"api.openai.com\"\n[ai.openai]\nallow = false\n");
+        assert!(p.decide("api.openai.com").allowed, "an explicit allow wins");
+        assert_eq!(
+            policy("").decide("pypi.org").rule,
+            "registry.pypi.allow = false"
+        );
+        let all = policy("[network]\ndefault_action = \"allow\"\n");
+        assert!(
+            all.decide("pypi.org").allowed,
+            "registries are off by default only"
+        );
     }
 
     #[test]

@@ -263,6 +263,7 @@ async fn forward(
     let settings = match settings {
         Some(settings) if decision.allowed => settings,
         _ => {
+            shared.tell_if_switched_off(&conn.name, &decision);
             let why = format!("{} is not allowed ({})", conn.name, decision.rule);
             event.rule = Some(decision.rule);
             return refused(&shared, event, StatusCode::FORBIDDEN, why);

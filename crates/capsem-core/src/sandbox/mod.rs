@@ -19,6 +19,7 @@ use crate::assets::{self, AssetError, Manifest};
 use crate::channel::{self, Channel, ChannelError, ExecIo, ExecSpec, Recording};
 use crate::net::{Ca, CaError, Network, SettingsLoader, UpstreamError};
 use crate::session::EventLog;
+use crate::session::events::ms;
 use crate::session::store::{self, NewSession, Status};
 use crate::session::transcript::{TRANSCRIPT_FILE, Transcript};
 use crate::session::{Session, SessionError, log_tail};
@@ -150,27 +151,71 @@ pub enum Outcome {
     Exited(ExitStatus),
     /// It ran past its timeout and the VM was destroyed.
     TimedOut,
+    /// A signal came (Ctrl-C, SIGTERM) before the command started; the
+    /// boot was cancelled and the VM destroyed.
+    Interrupted(u8),
 }
 
-/// When each phase was reached, since the capsem process started.
+/// When each phase was reached, since the capsem process started; in
+/// JSON, `NAME_ms` in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Phases {
     /// Assets verified.
+    #[serde(
+        rename = "assets_verified_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub assets_verified: Option<Duration>,
     /// VM monitor process running.
+    #[serde(
+        rename = "vm_spawned_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vm_spawned: Option<Duration>,
     /// Guest kernel started (from the guest's boot clock).
+    #[serde(
+        rename = "kernel_started_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub kernel_started: Option<Duration>,
     /// Kernel handed over to `/init` (from the guest's boot clock).
+    #[serde(
+        rename = "init_started_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub init_started: Option<Duration>,
     /// Agent hello received.
+    #[serde(
+        rename = "agent_ready_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub agent_ready: Option<Duration>,
     /// Command's exit status received.
+    #[serde(
+        rename = "command_done_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub command_done: Option<Duration>,
     /// VM monitor process gone.
+    #[serde(
+        rename = "vm_gone_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vm_gone: Option<Duration>,
     /// Time spent recording the session (index and events) on the run's
     /// critical path; a duration, not a point in time.
+    #[serde(
+        rename = "recording_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub recording: Option<Duration>,
 }
 
@@ -186,6 +231,10 @@ pub struct RunReport {
     /// Phase timings.
     pub phases: Phases,
 }
+
+/// Where a run's messages for the user go (one line each, without
+/// `capsem: `); shared with the network, which reports from its tasks.
+pub type Notice = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Boots sandboxes with fixed settings and assets.
 pub struct Sandbox {
@@ -209,14 +258,17 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Runs `req` in a fresh VM. `notice` receives messages for the user
-    /// (the TCG fallback, a recording problem); phases are logged at `info`
+    /// (the TCG fallback, a recording problem, a switched-off provider the
+    /// guest asked for); phases are logged at `info`
     /// level. The session is recorded in the index and its event database.
     pub async fn run(
         &self,
         req: RunRequest,
         io: ExecIo,
-        notice: &(dyn Fn(&str) + Sync),
+        notice: Notice,
     ) -> Result<RunReport, RunError> {
+        let told = notice.clone();
+        let notice: &(dyn Fn(&str) + Sync) = &*told;
         let mut phases = Phases::default();
         let cache = self.home.join("asset-hashes.json");
         let assets = assets::verify(&self.manifest, &self.asset_dir, Some(&cache))?;
@@ -254,6 +306,7 @@ impl Sandbox {
                 assets,
                 choice.accel,
                 Job {
+                    notice: told.clone(),
                     transcript: transcript.as_ref(),
                     req,
                     io,
@@ -266,6 +319,7 @@ impl Sandbox {
         let (status, exit_code) = match &result {
             Ok(Outcome::Exited(status)) => (Status::Exited, Some(i32::from(status.shell_code()))),
             Ok(Outcome::TimedOut) => (Status::TimedOut, None),
+            Ok(Outcome::Interrupted(signal)) => (Status::Killed, Some(128 + i32::from(*signal))),
             Err(_) => (Status::Failed, None),
         };
         let (notices, phases) = recorder
@@ -298,7 +352,7 @@ impl Sandbox {
         session: &Session,
         assets: assets::VerifiedAssets,
         accel: Accel,
-        job: Job<'_>,
+        mut job: Job<'_>,
         phases: &mut Phases,
     ) -> Result<Outcome, RunError> {
         let io_err = |what: &str| {
@@ -335,8 +389,21 @@ impl Sandbox {
 
         let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
         let ca_pem = job.ca.cert_pem().to_owned();
-        let (mut channel, inbound) = self.boot(session, socket, &mut vm, ca_pem).await?;
-        let network = Network::new(job.ca.clone(), self.settings.clone(), job.events.clone());
+        let booted = tokio::select! {
+            booted = self.boot(session, socket, &mut vm, ca_pem) => booted,
+            signal = signalled(&mut job.io.controls, &mut job.req.tty) => {
+                kill(&mut vm).await;
+                phases.vm_gone = Some(self.mark("VM gone: interrupted during boot"));
+                return Ok(Outcome::Interrupted(signal));
+            }
+        };
+        let (mut channel, inbound) = booted?;
+        let network = Network::new(
+            job.ca.clone(),
+            self.settings.clone(),
+            job.events.clone(),
+            job.notice.clone(),
+        );
         let network = match network {
             Ok(network) => network.start(inbound),
             Err(e) => {
@@ -510,6 +577,8 @@ struct Job<'a> {
     io: ExecIo,
     events: &'a EventLog,
     transcript: Option<&'a Transcript>,
+    /// Tells the user what they should know at once.
+    notice: Notice,
     /// The CA the guest trusts and the proxy signs with.
     ca: Arc<Ca>,
 }
@@ -536,6 +605,25 @@ impl Stage {
                 tail: log_tail(&boot_log, BOOT_LOG_LINES),
                 boot_log,
             },
+        }
+    }
+}
+
+/// Returns the first signal the user sends while the VM boots; a resize
+/// meanwhile becomes the terminal's starting size.
+async fn signalled(
+    controls: &mut tokio::sync::mpsc::Receiver<channel::Control>,
+    tty: &mut Option<TtySize>,
+) -> u8 {
+    loop {
+        match controls.recv().await {
+            Some(channel::Control::Signal(signal)) => return signal,
+            Some(channel::Control::Resize(size)) => {
+                if tty.is_some() {
+                    *tty = Some(size);
+                }
+            }
+            None => std::future::pending().await,
         }
     }
 }

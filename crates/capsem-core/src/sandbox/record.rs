@@ -33,6 +33,8 @@ pub struct RecordSpec {
 /// A session being recorded.
 pub struct Recorder {
     index: JoinHandle<(Option<Store>, Vec<String>)>,
+    /// Keeps the session directory's time fresh while the run lives.
+    heartbeat: JoinHandle<()>,
     budget: Arc<Budget>,
     events: EventLog,
     writer: Option<EventWriter>,
@@ -54,9 +56,16 @@ impl Recorder {
                 vec![format!("this session's events are not recorded: {e}")],
             ),
         };
+        let dir = spec
+            .events_db
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let heartbeat = tokio::spawn(heartbeat(dir));
         let index = tokio::task::spawn_blocking(move || open_and_insert(&spec));
         let recorder = Recorder {
             index,
+            heartbeat,
             budget,
             events,
             writer,
@@ -84,12 +93,14 @@ impl Recorder {
         let started = Instant::now();
         let Recorder {
             index,
+            heartbeat,
             budget: _,
             events,
             writer,
             id,
             on_path,
         } = self;
+        heartbeat.abort();
         drop(events);
         let (store, mut notices) = index.await.unwrap_or((None, Vec::new()));
         let finished = tokio::task::spawn_blocking(move || {
@@ -122,6 +133,24 @@ impl Recorder {
                 (notices, phases)
             }
             Err(_) => (notices, Phases::default()),
+        }
+    }
+}
+
+/// How often a running session says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Touches the session directory every [`HEARTBEAT`], so that when this
+/// capsem is killed, [`Store::repair`] dates the session's end from the
+/// last beat, not from the last file the run happened to write.
+async fn heartbeat(dir: PathBuf) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    loop {
+        ticks.tick().await;
+        let touched =
+            std::fs::File::open(&dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
+        if touched.is_err() {
+            return;
         }
     }
 }

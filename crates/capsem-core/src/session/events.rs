@@ -85,6 +85,33 @@ const MIGRATIONS: &[&str] = &[
         CHECK (reported_by IN ('host', 'guest'));",
 ];
 
+/// JSON gives times in milliseconds, one unit everywhere (docs/json.md).
+pub mod ms {
+    /// Microseconds as fractional milliseconds.
+    pub fn from_us<S: serde::Serializer>(us: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(*us as f64 / 1000.0)
+    }
+
+    /// A duration as fractional milliseconds.
+    pub fn from_opt_duration<S: serde::Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_f64(d.as_secs_f64() * 1000.0),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// [`from_us`] for an optional value.
+    pub fn from_opt_us<S: serde::Serializer>(us: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match us {
+            Some(us) => from_us(us, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// Most bytes kept of a request's path and query.
 pub const MAX_PATH: usize = 2048;
 /// Most bytes kept of a process's command line.
@@ -162,7 +189,8 @@ pub struct ModelCall {
     pub output_tokens: u64,
     /// Why generation stopped.
     pub stop_reason: Option<String>,
-    /// From the request to the end of the response.
+    /// From the request to the end of the response (`duration_ms` in JSON).
+    #[serde(rename = "duration_ms", serialize_with = "ms::from_us")]
     pub duration_us: u64,
     /// Estimated from the checked-in price table.
     pub cost_usd: Option<f64>,
@@ -242,7 +270,8 @@ pub struct NetEvent {
     pub bytes_up: u64,
     /// Response body bytes returned to the guest.
     pub bytes_down: u64,
-    /// From the request to the end of the response.
+    /// From the request to the end of the response (`duration_ms` in JSON).
+    #[serde(rename = "duration_ms", serialize_with = "ms::from_opt_us")]
     pub duration_us: Option<u64>,
     /// The decision.
     pub decision: Verdict,
@@ -600,10 +629,19 @@ fn columns(what: ExecEvent) -> Columns {
 pub struct EventSummary {
     /// `PRAGMA integrity_check` output.
     pub integrity: Vec<String>,
-    /// (kind, events, bytes).
-    pub kinds: Vec<(String, u64, u64)>,
+    /// Events and bytes per kind (`stdout`, `exited`...).
+    pub kinds: std::collections::BTreeMap<String, KindCount>,
     /// What the session's guest did on the network.
     pub network: NetSummary,
+}
+
+/// How many events of one kind a session has, and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KindCount {
+    /// Events.
+    pub events: u64,
+    /// Bytes they carried.
+    pub bytes: u64,
 }
 
 /// Totals of a session's network events.
@@ -636,7 +674,8 @@ pub struct NetSummary {
 /// A `model_calls` row with its time.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ModelRow {
-    /// Microseconds since the session started.
+    /// Microseconds since the session started (`at_ms` in JSON).
+    #[serde(rename = "at_ms", serialize_with = "ms::from_us")]
     pub at_us: u64,
     /// The call.
     #[serde(flatten)]
@@ -646,7 +685,8 @@ pub struct ModelRow {
 /// A `dns_events` row with its time.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DnsRow {
-    /// Microseconds since the session started.
+    /// Microseconds since the session started (`at_ms` in JSON).
+    #[serde(rename = "at_ms", serialize_with = "ms::from_us")]
     pub at_us: u64,
     /// The query.
     #[serde(flatten)]
@@ -656,7 +696,8 @@ pub struct DnsRow {
 /// A `net_events` row with its time.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct NetRow {
-    /// Microseconds since the session started.
+    /// Microseconds since the session started (`at_ms` in JSON).
+    #[serde(rename = "at_ms", serialize_with = "ms::from_us")]
     pub at_us: u64,
     /// The event.
     #[serde(flatten)]
@@ -850,9 +891,11 @@ pub fn summarize(path: &Path) -> rusqlite::Result<EventSummary> {
              GROUP BY kind ORDER BY kind",
         )?
         .query_map([], |row| {
-            let count: i64 = row.get(1)?;
-            let bytes: i64 = row.get(2)?;
-            Ok((row.get(0)?, count as u64, bytes as u64))
+            let count = KindCount {
+                events: row.get::<_, i64>(1)? as u64,
+                bytes: row.get::<_, i64>(2)? as u64,
+            };
+            Ok((row.get(0)?, count))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let network = if has_net {
@@ -909,7 +952,13 @@ mod tests {
         );
         let summary = summarize(&path).unwrap();
         assert_eq!(summary.integrity, ["ok"]);
-        assert!(summary.kinds.contains(&("stdout".into(), 1000, 10_000)));
+        assert_eq!(
+            summary.kinds["stdout"],
+            KindCount {
+                events: 1000,
+                bytes: 10_000
+            }
+        );
     }
 
     #[test]

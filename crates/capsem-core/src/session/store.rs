@@ -181,8 +181,8 @@ pub struct SessionRow {
     pub rootfs_blake3: String,
     /// capsem's version.
     pub capsem_version: String,
-    /// Phase timings, as recorded.
-    pub phases: Option<serde_json::Value>,
+    /// Phase timings in ms since capsem started, by `NAME_ms`.
+    pub phases: Option<std::collections::BTreeMap<String, f64>>,
     /// Events recorded.
     pub event_count: u64,
     /// Events lost.
@@ -211,13 +211,30 @@ impl SessionRow {
             initramfs_blake3: row.get("initramfs_blake3")?,
             rootfs_blake3: row.get("rootfs_blake3")?,
             capsem_version: row.get("capsem_version")?,
-            phases: phases.and_then(|p| serde_json::from_str(&p).ok()),
+            phases: phases.as_deref().and_then(phases_ms),
             event_count: row.get::<_, i64>("event_count")? as u64,
             lost_events: row.get::<_, i64>("lost_events")? as u64,
             over_budget_events: row.get::<_, i64>("over_budget_events")? as u64,
             transcript_cut_bytes: row.get::<_, i64>("transcript_cut_bytes")? as u64,
         })
     }
+}
+
+/// Phase timings as `NAME_ms` numbers, from what any version stored:
+/// numbers already, or `{"secs", "nanos"}` objects (before 0.2).
+fn phases_ms(json: &str) -> Option<std::collections::BTreeMap<String, f64>> {
+    let stored: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).ok()?;
+    let phases = stored
+        .into_iter()
+        .filter_map(|(name, value)| match value.as_f64() {
+            Some(ms) => Some((name, ms)),
+            None => {
+                let ms = value["secs"].as_f64()? * 1e3 + value["nanos"].as_f64()? / 1e6;
+                Some((format!("{name}_ms"), ms))
+            }
+        })
+        .collect();
+    Some(phases)
 }
 
 /// The result of [`Store::inspect`].
@@ -232,7 +249,7 @@ pub struct Inspection {
     /// Directories with no row.
     pub dirs_without_row: Vec<String>,
     /// Sessions per status.
-    pub by_status: Vec<(String, u64)>,
+    pub by_status: std::collections::BTreeMap<String, u64>,
 }
 
 impl Inspection {
@@ -368,6 +385,8 @@ impl Store {
 
     /// The newest `limit` sessions, newest first.
     pub fn list(&self, limit: usize) -> Result<Vec<SessionRow>, StoreError> {
+        // LIMIT -1 is SQLite's "no limit".
+        let limit = i64::try_from(limit).unwrap_or(-1);
         let sql = format!("SELECT * FROM sessions ORDER BY started_at_ms DESC, id LIMIT {limit}");
         self.query_rows(&sql, SessionRow::from_row)
     }
@@ -405,10 +424,9 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Deletes finished sessions older than `older_than` and beyond the
-    /// newest `keep`, rows and directories. Running sessions are never
-    /// pruned. Returns the ids removed.
-    pub fn prune(
+    /// The finished sessions that [`Store::prune`] would delete: those
+    /// started longer ago than `older_than`, and all but the newest `keep`.
+    pub fn doomed(
         &self,
         older_than: Option<Duration>,
         keep: Option<usize>,
@@ -434,6 +452,17 @@ impl Store {
         }
         doomed.sort();
         doomed.dedup();
+        Ok(doomed)
+    }
+
+    /// Deletes the finished sessions [`Store::doomed`] names, rows and
+    /// directories; returns their ids.
+    pub fn prune(
+        &self,
+        older_than: Option<Duration>,
+        keep: Option<usize>,
+    ) -> Result<Vec<String>, StoreError> {
+        let doomed = self.doomed(older_than, keep)?;
         for id in &doomed {
             // The row goes first: a crash in between leaves a stray
             // directory, which inspect reports, never a row without data.
@@ -467,10 +496,13 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
-        let by_status = self.query_rows(
-            "SELECT status, count(*) FROM sessions GROUP BY status ORDER BY status",
-            |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
-        )?;
+        let by_status = self
+            .query_rows(
+                "SELECT status, count(*) FROM sessions GROUP BY status ORDER BY status",
+                |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)),
+            )?
+            .into_iter()
+            .collect();
         Ok(Inspection {
             integrity,
             schema_version,
@@ -486,14 +518,17 @@ impl Store {
     }
 }
 
-/// When anything in a session directory last changed (its boot log and
-/// event database grow while the VM runs): the best guess at when a killed
-/// run ended.
+/// When anything in a session directory last changed (the running capsem
+/// touches the directory every second, and its files grow while the VM
+/// runs): when a killed run ended, give or take a second.
 fn last_change(dir: &Path) -> Option<i64> {
+    // The directory's own time is the running capsem's heartbeat.
+    let own = fs::metadata(dir).ok()?.modified().ok();
     fs::read_dir(dir)
         .ok()?
         .flatten()
         .filter_map(|entry| entry.metadata().ok()?.modified().ok())
+        .chain(own)
         .max()?
         .duration_since(std::time::UNIX_EPOCH)
         .ok()

@@ -15,10 +15,11 @@ use super::registry::{self, GUEST_ENV_PREFIX, Kind};
 use super::{SettingsError, Value, parse_layer};
 use crate::fsutil::write_atomic;
 
-/// Sets `key` to the value `text` spells, in the user file.
-pub fn set(user: &Path, corp: &Path, key: &str, text: &str) -> Result<(), SettingsError> {
+/// Sets `key` to the value `text` spells, in the user file. Returns
+/// warnings for the user (a value the host can run, but not well).
+pub fn set(user: &Path, corp: &Path, key: &str, text: &str) -> Result<Vec<String>, SettingsError> {
     refuse_locked(corp, key)?;
-    let value = parse_value(user, key, text)?;
+    let (value, warnings) = parse_value(key, text)?;
     let mut doc = read_document(user)?;
     let parts: Vec<&str> = key.split('.').collect();
     let (last, tables) = parts.split_last().expect("a key has at least one part");
@@ -34,55 +35,147 @@ pub fn set(user: &Path, corp: &Path, key: &str, text: &str) -> Result<(), Settin
                 expected: format!("{part} in the file to be a table"),
             })?;
     }
-    // Replacing only the value keeps the key and the comments around it.
     match table.get_mut(last) {
-        Some(item) => *item = toml_edit::value(value),
+        // The old value's decor carries its comments (`cpus = 2 # fast`).
+        Some(item) => {
+            let mut value = value;
+            if let Some(old) = item.as_value() {
+                *value.decor_mut() = old.decor().clone();
+            }
+            *item = Item::Value(value);
+        }
         None => {
-            table.insert(last, toml_edit::value(value));
+            table.insert(last, Item::Value(value));
         }
     }
-    write_checked(user, &doc)
+    write_checked(user, &doc)?;
+    Ok(warnings)
 }
 
-/// Removes `key` from the user file; returns whether it was there.
+/// Removes `key` from the user file; returns whether it was there. The
+/// file keeps its comments: those of the key move to what follows it, and
+/// a table is removed only when it is left empty and has none.
 pub fn reset(user: &Path, corp: &Path, key: &str) -> Result<bool, SettingsError> {
     refuse_locked(corp, key)?;
     if registry::lookup(key).is_none() && !key.starts_with(GUEST_ENV_PREFIX) {
-        return Err(unknown(user, key));
+        return Err(unknown(key));
     }
     let mut doc = read_document(user)?;
     let parts: Vec<&str> = key.split('.').collect();
-    let removed = remove(doc.as_table_mut(), &parts);
-    if removed {
-        write_checked(user, &doc)?;
+    let Some(left) = remove(doc.as_table_mut(), &parts) else {
+        return Ok(false);
+    };
+    if !left.is_empty() {
+        let trailing = doc.trailing().as_str().unwrap_or_default();
+        let trailing = format!("{left}{trailing}");
+        doc.set_trailing(trailing);
     }
-    Ok(removed)
+    write_checked(user, &doc)?;
+    Ok(true)
 }
 
-/// Removes `parts` from `table`, and tables it leaves empty.
-fn remove(table: &mut dyn TableLike, parts: &[&str]) -> bool {
+/// Removes `parts` from `table`, and tables it leaves empty and without
+/// comments. The removed key's comment lines go above the key that takes
+/// its place, else after the key before it, else under its table's
+/// header. Returns the comment lines still to be placed (for the caller
+/// that holds the table's header), or `None` if the key was not there.
+fn remove(table: &mut dyn TableLike, parts: &[&str]) -> Option<String> {
     match parts {
-        [] => false,
-        [last] => table.remove(last).is_some(),
+        [] => None,
+        [last] => {
+            let comments = comments_of(table, last);
+            let index = table.iter().position(|(k, _)| k == *last)?;
+            table.remove(last);
+            Some(place_comments(table, index, comments))
+        }
         [first, rest @ ..] => {
-            let Some(inner) = table.get_mut(first).and_then(Item::as_table_like_mut) else {
-                return false;
-            };
-            let removed = remove(inner, rest);
-            if removed && inner.is_empty() {
+            let item = table.get_mut(first)?;
+            let mut left = remove(item.as_table_like_mut()?, rest)?;
+            if let Item::Table(inner) = item
+                && !left.is_empty()
+            {
+                let decor = inner.decor_mut();
+                let suffix = decor.suffix().and_then(|s| s.as_str()).unwrap_or("");
+                let suffix = format!("{suffix}\n{}", left.trim_end());
+                decor.set_suffix(suffix);
+                left.clear();
+            }
+            let empty = item.as_table_like().is_some_and(|t| t.is_empty());
+            if empty && left.is_empty() && !has_comments(item) {
                 table.remove(first);
             }
-            removed
+            Some(left)
         }
     }
 }
 
-fn unknown(user: &Path, key: &str) -> SettingsError {
-    SettingsError::Invalid {
-        path: user.to_owned(),
+/// Puts `comments` where the key at `index` of `table` was: above the key
+/// now there, else after the one before; returns them if neither exists.
+fn place_comments(table: &mut dyn TableLike, index: usize, comments: String) -> String {
+    if comments.is_empty() {
+        return comments;
+    }
+    let keys: Vec<String> = table.iter().map(|(k, _)| k.to_owned()).collect();
+    if let Some(mut next) = keys.get(index).and_then(|k| table.key_mut(k)) {
+        let decor = next.leaf_decor_mut();
+        let prefix = decor.prefix().and_then(|p| p.as_str()).unwrap_or("");
+        let prefix = format!("{comments}{prefix}");
+        decor.set_prefix(prefix);
+        return String::new();
+    }
+    let previous = index.checked_sub(1).and_then(|i| keys.get(i));
+    if let Some(value) = previous
+        .and_then(|k| table.get_mut(k))
+        .and_then(Item::as_value_mut)
+    {
+        let suffix = value
+            .decor()
+            .suffix()
+            .and_then(|s| s.as_str())
+            .unwrap_or("");
+        let suffix = format!("{suffix}\n{}", comments.trim_end());
+        value.decor_mut().set_suffix(suffix);
+        return String::new();
+    }
+    comments
+}
+
+/// The comment lines around `key` in `table`: above it and after its value.
+fn comments_of(table: &dyn TableLike, key: &str) -> String {
+    let mut lines = String::new();
+    if let Some((key, value)) = table.get_key_value(key) {
+        let above = key.leaf_decor().prefix().and_then(|p| p.as_str());
+        let after = value
+            .as_value()
+            .and_then(|v| v.decor().suffix())
+            .and_then(|s| s.as_str());
+        for text in [above, after].into_iter().flatten() {
+            for line in text.lines().map(str::trim).filter(|l| l.starts_with('#')) {
+                lines.push_str(line);
+                lines.push('\n');
+            }
+        }
+    }
+    lines
+}
+
+/// Whether a table has comments on its header line or above it.
+fn has_comments(item: &Item) -> bool {
+    let Item::Table(table) = item else {
+        return false;
+    };
+    let decor = table.decor();
+    [decor.prefix(), decor.suffix()]
+        .into_iter()
+        .flatten()
+        .filter_map(|raw| raw.as_str())
+        .any(|text| text.contains('#'))
+}
+
+fn unknown(key: &str) -> SettingsError {
+    SettingsError::Unknown {
         key: key.to_owned(),
-        value: String::new(),
-        expected: "a known setting (see `capsem settings list`)".to_owned(),
+        suggestion: registry::nearest(key).map(str::to_owned),
     }
 }
 
@@ -98,24 +191,54 @@ fn refuse_locked(corp: &Path, key: &str) -> Result<(), SettingsError> {
     Ok(())
 }
 
-/// Turns the command-line spelling of a value into a typed TOML value.
-fn parse_value(user: &Path, key: &str, text: &str) -> Result<toml_edit::Value, SettingsError> {
+/// Turns the command-line spelling of a value into a typed TOML value,
+/// checked against its kind and, where it matters, this host; returns it
+/// with any warnings.
+fn parse_value(key: &str, text: &str) -> Result<(toml_edit::Value, Vec<String>), SettingsError> {
     let kind = match registry::lookup(key) {
         Some(def) => def.kind,
         None if key.starts_with(GUEST_ENV_PREFIX) => Kind::Text,
-        None => return Err(unknown(user, key)),
+        None => return Err(unknown(key)),
     };
-    let invalid = || SettingsError::Invalid {
-        path: user.to_owned(),
+    let invalid = |expected: String| SettingsError::Value {
         key: key.to_owned(),
         value: text.to_owned(),
-        expected: super::expected(kind),
+        expected,
     };
-    Ok(match kind {
-        Kind::Bool => text.parse::<bool>().map_err(|_| invalid())?.into(),
-        Kind::Int { .. } => text.parse::<i64>().map_err(|_| invalid())?.into(),
+    let value: toml_edit::Value = match kind {
+        Kind::Bool => text
+            .parse::<bool>()
+            .map_err(|_| invalid(super::expected(kind)))?
+            .into(),
+        Kind::Int { .. } => text
+            .parse::<i64>()
+            .map_err(|_| invalid(super::expected(kind)))?
+            .into(),
+        Kind::CaFile => check_ca_file(text).map_err(invalid)?.into(),
         _ => text.into(),
-    })
+    };
+    let warnings = super::host::fits(key, &value).map_err(invalid)?;
+    Ok((value, warnings))
+}
+
+/// A CA file must be an absolute path to PEM certificates, or empty.
+fn check_ca_file(text: &str) -> Result<&str, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    if text.is_empty() {
+        return Ok(text);
+    }
+    if !Path::new(text).is_absolute() {
+        return Err("an absolute path".to_owned());
+    }
+    let certs = CertificateDer::pem_file_iter(text)
+        .map_err(|e| format!("a readable PEM file ({e})"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a PEM file of certificates ({e})"))?;
+    if certs.is_empty() {
+        return Err("a PEM file with at least one certificate".to_owned());
+    }
+    Ok(text)
 }
 
 fn read_document(path: &Path) -> Result<DocumentMut, SettingsError> {
@@ -132,7 +255,7 @@ fn read_document(path: &Path) -> Result<DocumentMut, SettingsError> {
     text.parse()
         .map_err(|e: toml_edit::TomlError| SettingsError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: e.to_string().trim_end().to_owned(),
         })
 }
 
@@ -240,7 +363,89 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("cpus = = 2\n") && err.contains('^'),
+            "the caret stays: {err}"
+        );
         assert_eq!(fs::read_to_string(&f.user).unwrap(), broken);
+    }
+
+    #[test]
+    fn set_keeps_the_comment_on_the_values_line() {
+        let f = files("[vm]\ncpus = 2 # trailing\n", "");
+        set(&f.user, &f.corp, "vm.cpus", "1").unwrap();
+        assert_eq!(
+            fs::read_to_string(&f.user).unwrap(),
+            "[vm]\ncpus = 1 # trailing\n"
+        );
+    }
+
+    #[test]
+    fn reset_keeps_the_files_comments_and_commented_tables() {
+        let f = files(
+            "# mine\n[vm]\n# two is plenty\ncpus = 2 # trailing\nmemory_mib = 512\n",
+            "",
+        );
+        assert!(reset(&f.user, &f.corp, "vm.cpus").unwrap());
+        let text = fs::read_to_string(&f.user).unwrap();
+        assert_eq!(
+            text,
+            "# mine\n[vm]\n# two is plenty\n# trailing\nmemory_mib = 512\n"
+        );
+        assert!(reset(&f.user, &f.corp, "vm.memory_mib").unwrap());
+        let text = fs::read_to_string(&f.user).unwrap();
+        assert!(
+            text.starts_with("# mine\n[vm]"),
+            "a commented table stays: {text}"
+        );
+        assert!(text.contains("# two is plenty"), "{text}");
+        Settings::load_from(&f.user, &f.corp).unwrap();
+        let f = files("[vm]\ncpus = 1\n# after\nmemory_mib = 512\n", "");
+        assert!(reset(&f.user, &f.corp, "vm.memory_mib").unwrap());
+        let text = fs::read_to_string(&f.user).unwrap();
+        assert!(
+            text.contains("cpus = 1") && text.contains("# after"),
+            "{text}"
+        );
+        Settings::load_from(&f.user, &f.corp).unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key_and_unknown_keys_get_the_nearest() {
+        let f = files("", "");
+        let err = set(&f.user, &f.corp, "vm.cpus", "four")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "`vm.cpus`: 'four' is not an integer from 1 to 64");
+        let err = set(&f.user, &f.corp, "vm.cpu", "2")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "unknown setting `vm.cpu`; did you mean `vm.cpus`?");
+        let err = set(&f.user, &f.corp, "quite.unlike.anything", "2").unwrap_err();
+        assert_eq!(err.to_string(), "unknown setting `quite.unlike.anything`");
+    }
+
+    #[test]
+    fn the_host_bounds_vcpus_and_memory_and_ca_files_must_exist() {
+        let f = files("", "");
+        let too_many = (std::thread::available_parallelism().unwrap().get() + 1).to_string();
+        let err = set(&f.user, &f.corp, "vm.cpus", &too_many)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("this host has"), "{err}");
+        let err = set(&f.user, &f.corp, "vm.memory_mib", "1048576").unwrap_err();
+        assert!(err.to_string().contains("MiB of RAM"), "{err}");
+        for bad in ["/nonexistent.pem", "relative.pem"] {
+            assert!(
+                set(&f.user, &f.corp, "network.extra_upstream_ca", bad).is_err(),
+                "{bad}"
+            );
+        }
+        let pem = f.user.with_file_name("ca.pem");
+        fs::write(&pem, "not a certificate\n").unwrap();
+        let path = pem.to_str().unwrap();
+        assert!(set(&f.user, &f.corp, "network.extra_upstream_ca", path).is_err());
+        set(&f.user, &f.corp, "network.extra_upstream_ca", "").unwrap();
     }
 
     #[test]

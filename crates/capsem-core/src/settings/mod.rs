@@ -9,6 +9,7 @@
 //! file it cannot read. Unknown keys are reported and otherwise ignored.
 
 pub mod edit;
+mod host;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -46,6 +47,27 @@ pub enum SettingsError {
         key: String,
         /// The corporate file.
         corp: PathBuf,
+    },
+    /// A value given on the command line cannot be used.
+    #[error("`{key}`: '{value}' is not {expected}")]
+    Value {
+        /// The dotted key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What the key accepts, or why this value does not fit the host.
+        expected: String,
+    },
+    /// No setting has this key.
+    #[error("unknown setting `{key}`{}", match suggestion {
+        Some(near) => format!("; did you mean `{near}`?"),
+        None => String::new(),
+    })]
+    Unknown {
+        /// The key given.
+        key: String,
+        /// The nearest known key, if one is close.
+        suggestion: Option<String>,
     },
     /// A value has the wrong type or is out of range.
     #[error("settings file {path}: {key} = {value} is invalid: expected {expected}")]
@@ -403,7 +425,7 @@ fn parse_layer(
         .parse()
         .map_err(|e: toml::de::Error| SettingsError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: e.to_string().trim_end().to_owned(),
         })?;
     let mut flat = Vec::new();
     flatten("", &toml::Value::Table(table), &mut flat);
@@ -416,8 +438,11 @@ fn parse_layer(
         } else if let Some(def) = registry::lookup(&key) {
             layer.values.insert(def.key, check(def, &raw, path)?);
         } else {
+            let near = registry::nearest(&key)
+                .map(|near| format!(" (did you mean {near}?)"))
+                .unwrap_or_default();
             warnings.push(format!(
-                "unknown setting {key} in {} is ignored",
+                "unknown setting {key} in {} is ignored{near}",
                 path.display()
             ));
         }
@@ -467,7 +492,9 @@ fn check(def: &Def, raw: &toml::Value, path: &Path) -> Result<Value, SettingsErr
         (Kind::Choice(choices), toml::Value::String(s)) if choices.contains(&s.as_str()) => {
             Some(Value::Str(s.clone()))
         }
-        (Kind::Text | Kind::Secret, toml::Value::String(s)) => Some(Value::Str(s.clone())),
+        (Kind::Text | Kind::Secret | Kind::CaFile, toml::Value::String(s)) => {
+            Some(Value::Str(s.clone()))
+        }
         (Kind::Json, toml::Value::String(s)) if is_json_object(s) => Some(Value::Str(s.clone())),
         (Kind::Toml, toml::Value::String(s)) if s.parse::<toml::Table>().is_ok() => {
             Some(Value::Str(s.clone()))
@@ -513,6 +540,7 @@ pub fn expected(kind: Kind) -> String {
         }
         Kind::Overrides => "comma-separated name=ip:port pairs".to_owned(),
         Kind::Ranges => "comma-separated address ranges (10.1.0.0/16, fd00::/8)".to_owned(),
+        Kind::CaFile => "an absolute path to a PEM file of CA certificates".to_owned(),
     }
 }
 

@@ -35,6 +35,9 @@ pub enum Kind {
     /// Comma-separated address ranges (`10.1.0.0/16`, `fd00::/8`, or one
     /// address).
     Ranges,
+    /// An absolute path to a PEM file of CA certificates, or empty;
+    /// checked when set.
+    CaFile,
 }
 
 /// A default value.
@@ -338,7 +341,7 @@ pub const REGISTRY: &[Def] = &[
     },
     Def {
         key: "network.extra_upstream_ca",
-        kind: Kind::Text,
+        kind: Kind::CaFile,
         default: Default::Str(""),
         description: "test/debug: a PEM file of CAs trusted for upstream servers besides the system's",
     },
@@ -363,4 +366,14 @@ pub const GUEST_ENV_PREFIX: &str = "guest.env.";
 /// The definition of `key`.
 pub fn lookup(key: &str) -> Option<&'static Def> {
     REGISTRY.iter().find(|def| def.key == key)
+}
+
+/// The known key nearest to an unknown `key`, if one is a few edits away.
+pub fn nearest(key: &str) -> Option<&'static str> {
+    REGISTRY
+        .iter()
+        .map(|def| (strsim::damerau_levenshtein(key, def.key), def.key))
+        .filter(|(distance, _)| *distance <= 3)
+        .min()
+        .map(|(_, near)| near)
 }

@@ -91,7 +91,8 @@ fn choose_with(
                 notice: None,
             },
             Some(reason) => tcg(Some(format!(
-                "KVM is not usable ({reason}); using QEMU TCG software emulation, which is slower"
+                "KVM is not usable ({reason}); using QEMU TCG software emulation, which is slower \
+                 (`capsem settings set vm.accel tcg` chooses it and silences this)"
             ))),
         }),
     }

@@ -2,6 +2,7 @@
 
 pub mod assets;
 pub mod doctor;
+pub mod help;
 pub mod net;
 pub mod run;
 pub mod sessions;

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::cli::NetAction;
 use crate::exit::Failure;
+use crate::out::outln;
 
 /// Runs a `net` subcommand; returns the exit code.
 pub fn run(action: NetAction) -> Result<i32, Failure> {
@@ -30,37 +31,43 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
     let (rows, calls, queries) = (log.requests, log.model_calls, log.dns);
     if json {
         for row in &queries {
-            println!("{}", json!({ "type": "dns", "data": row }));
+            outln!("{}", json!({ "type": "dns", "data": row }));
         }
         for row in &rows {
-            println!("{}", json!({ "type": "net", "data": row }));
+            outln!("{}", json!({ "type": "net", "data": row }));
         }
         for call in &calls {
-            println!("{}", json!({ "type": "model_call", "data": call }));
+            outln!("{}", json!({ "type": "model_call", "data": call }));
         }
         return Ok(0);
     }
     if rows.is_empty() && queries.is_empty() {
-        println!("session {id}: no network activity");
+        outln!("session {id}: no network activity");
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:>9}  {:<7}  {:<5}  {:<32}  {:>6}  {:>10}  {:>10}  REQUEST / RULE",
-        "TIME(s)", "VERDICT", "PROTO", "DESTINATION", "STATUS", "UP", "DOWN"
+        "TIME(s)",
+        "VERDICT",
+        "PROTO",
+        "DESTINATION",
+        "STATUS",
+        "UP",
+        "DOWN"
     );
     rows.iter().for_each(print_row);
     if !calls.is_empty() {
-        println!("\nmodel calls:");
+        outln!("\nmodel calls:");
         calls.iter().for_each(print_call);
     }
     let refused: Vec<&DnsRow> = queries.iter().filter(|q| !q.query.allowed).collect();
-    println!(
+    outln!(
         "\nDNS: {} queries, {} refused",
         queries.len(),
         refused.len()
     );
     for row in refused {
-        println!(
+        outln!(
             "{:>9.3}  DENIED   {}  ({})",
             row.at_us as f64 / 1e6,
             visible(&row.query.name),
@@ -68,10 +75,10 @@ pub fn run(action: NetAction) -> Result<i32, Failure> {
         );
     }
     if rows.iter().any(|r| r.event.reported_by == Reporter::Guest) {
-        println!("\n(guest) rows are the guest's own reports, which guest root can forge.");
+        outln!("\n(guest) rows are the guest's own reports, which guest root can forge.");
     }
     if rows.iter().any(|r| r.event.process.is_some()) {
-        println!("[process] is named by the guest and not verified by the host.");
+        outln!("[process] is named by the guest and not verified by the host.");
     }
     Ok(0)
 }
@@ -99,7 +106,7 @@ fn print_row(row: &NetRow) {
     if e.reported_by == Reporter::Guest {
         detail.push("(guest)".to_owned());
     }
-    println!(
+    outln!(
         "{:>9.3}  {verdict:<7}  {:<5}  {destination:<32}  {status:>6}  {:>10}  {:>10}  {}",
         row.at_us as f64 / 1e6,
         visible(&e.protocol),
@@ -114,7 +121,7 @@ fn print_call(row: &ModelRow) {
     let cost = c
         .cost_usd
         .map_or("?".to_owned(), |usd| format!("${usd:.4}"));
-    println!(
+    outln!(
         "{:>9.3}  {:<9}  {:<28}  {:>8} in  {:>8} out  {:<14}  {cost}",
         row.at_us as f64 / 1e6,
         c.provider,

@@ -14,7 +14,7 @@ use tokio::io::AsyncWrite;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::cli::{GlobalArgs, RunArgs};
+use crate::cli::{EnvArg, RunArgs};
 use crate::embedded;
 use crate::exit::{Failure, TIMED_OUT};
 use crate::report::Report;
@@ -31,17 +31,23 @@ const FORWARDED: [SignalKind; 4] = [
 const DEFAULT_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
 
 /// How the guest command's output reaches the user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Output {
     /// As it is: the command's output is the product.
     Raw,
     /// As a report of capsem's (`capsem doctor`): terminal controls the
     /// guest writes are shown as escapes.
     Report,
+    /// Kept for capsem to read (`capsem doctor --json`); stderr as a report.
+    Capture(Arc<std::sync::Mutex<Vec<u8>>>),
 }
 
+/// The AI CLIs, which open their interactive screen when run bare.
+const AI_CLIS: [&str; 3] = ["claude", "gemini", "codex"];
+
 /// Runs the command and returns capsem's exit code.
-pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant, output: Output) -> i32 {
+pub fn run(args: RunArgs, started: Instant, output: Output) -> i32 {
+    crate::init_logging(&args.options);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -51,7 +57,7 @@ pub fn run(args: RunArgs, global: &GlobalArgs, started: Instant, output: Output)
         Err(e) => return Failure::new(format!("starting the async runtime: {e}")).report(),
     };
     let code = runtime
-        .block_on(run_async(args, global, started, output))
+        .block_on(run_async(args, started, output))
         .unwrap_or_else(|failure| failure.report());
     // A thread may still be blocked reading a terminal stdin; waiting for
     // it would hang until the user pressed a key.
@@ -77,7 +83,7 @@ fn guest_env(
     settings: &Settings,
     tty: bool,
     pass: &[String],
-    user: Vec<(String, String)>,
+    user: Vec<EnvArg>,
 ) -> Result<Vec<(String, String)>, Failure> {
     let mut env = ai::guest_env(settings);
     if tty {
@@ -93,26 +99,41 @@ fn guest_env(
             .guest_env()
             .map(|(k, v, _)| (k.to_owned(), v.to_owned())),
     );
-    for name in pass {
+    let own = |option: &str, name: &str| {
         let value = std::env::var(name).map_err(|_| {
             Failure::new(format!(
-                "--pass-env {name}: {name} is not set in this environment"
+                "{option} {name}: {name} is not set in this environment"
             ))
         })?;
-        env.push((name.clone(), value));
+        Ok::<_, Failure>((name.to_owned(), value))
+    };
+    for name in pass {
+        env.push(own("--pass-env", name)?);
     }
-    env.extend(user);
+    for arg in user {
+        env.push(match arg {
+            EnvArg::Set(name, value) => (name, value),
+            EnvArg::Pass(name) => own("-e", &name)?,
+        });
+    }
     Ok(env)
 }
 
-async fn run_async(
-    args: RunArgs,
-    global: &GlobalArgs,
-    started: Instant,
-    output: Output,
-) -> Result<i32, Failure> {
+/// Whether a command runs on a guest terminal: when asked (`-t`), and for
+/// an AI CLI when capsem's stdin and stdout are a terminal, so that
+/// `capsem claude` opens Claude Code's screen as the README says.
+fn wants_terminal(args: &RunArgs) -> bool {
+    let ai_cli = args
+        .command
+        .first()
+        .is_some_and(|first| AI_CLIS.contains(&first.as_str()));
+    args.tty || (ai_cli && terminal::stdin_is_terminal() && terminal::stdout_is_terminal())
+}
+
+async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i32, Failure> {
+    let tty = wants_terminal(&args).then(|| terminal::size().unwrap_or(DEFAULT_SIZE));
+    let options = args.options;
     let command = command_of(args.command);
-    let tty = args.tty.then(|| terminal::size().unwrap_or(DEFAULT_SIZE));
     let controls = forward_controls(tty.is_some())?;
     let (manifest, asset_dir) = embedded::assets()?;
     let settings = Settings::load().map_err(|e| {
@@ -130,13 +151,13 @@ async fn run_async(
         ),
         _ => None,
     };
-    let quiet = global.quiet;
+    let quiet = options.quiet;
     let line_end = if raw.is_some() { "\r\n" } else { "\n" };
-    let notice = move |text: &str| {
+    let notice: capsem_core::Notice = Arc::new(move |text: &str| {
         if !quiet {
             eprint!("capsem: {text}{line_end}");
         }
-    };
+    });
     settings.warnings.iter().for_each(|w| notice(w));
     let sandbox = Sandbox {
         vm: settings.vm(),
@@ -151,13 +172,14 @@ async fn run_async(
             Arc::new(move || live.load())
         },
     };
-    let (stdout, stderr): (
-        Box<dyn AsyncWrite + Send + Unpin>,
-        Box<dyn AsyncWrite + Send + Unpin>,
-    ) = match output {
+    let (stdout, stderr): (Writer, Writer) = match output {
         Output::Raw => (Box::new(tokio::io::stdout()), Box::new(tokio::io::stderr())),
         Output::Report => (
             Box::new(Report::new(tokio::io::stdout())),
+            Box::new(Report::new(tokio::io::stderr())),
+        ),
+        Output::Capture(kept) => (
+            Box::new(Captured(kept)),
             Box::new(Report::new(tokio::io::stderr())),
         ),
     };
@@ -168,17 +190,19 @@ async fn run_async(
         controls,
     };
     let limit = settings.vm().timeout_secs;
-    let timeout = args
-        .timeout
-        .or_else(|| (limit > 0).then(|| Duration::from_secs(limit.into())));
+    // --timeout 0 lifts a configured limit.
+    let timeout = match options.timeout {
+        Some(limit) => Some(limit).filter(|l| !l.is_zero()),
+        None => (limit > 0).then(|| Duration::from_secs(limit.into())),
+    };
     let request = RunRequest {
         command,
-        env: guest_env(&settings, tty.is_some(), &args.pass_env, args.env)?,
+        env: guest_env(&settings, tty.is_some(), &options.pass_env, options.env)?,
         tty,
         files: ai::guest_files(&settings),
         timeout,
     };
-    let report = sandbox.run(request, io, &notice).await;
+    let report = sandbox.run(request, io, notice).await;
     drop(raw);
     Ok(match report?.outcome {
         Outcome::Exited(status) => i32::from(status.shell_code()),
@@ -187,8 +211,50 @@ async fn run_async(
             eprintln!("capsem: the command ran longer than {secs} s; the VM was destroyed");
             TIMED_OUT
         }
+        // As a shell reports a command killed by the signal.
+        Outcome::Interrupted(signal) => 128 + i32::from(signal),
     })
 }
+
+/// Where the guest's output goes.
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Output kept in memory for capsem to read after the run.
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl AsyncWrite for Captured {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // What the guest may make capsem keep is bounded.
+        let room = CAPTURE_LIMIT.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..buf.len().min(room)]);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Most bytes of a captured output kept.
+const CAPTURE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// Catches the signals a user sends to stop a command and queues them for
 /// the guest, where they reach the command's process group. On a terminal,
@@ -238,7 +304,7 @@ mod tests {
             &Settings::defaults(),
             true,
             &[],
-            vec![("TERM".into(), "dumb".into())],
+            vec![EnvArg::Set("TERM".into(), "dumb".into())],
         )
         .unwrap();
         let term: Vec<&str> = env

@@ -1,6 +1,5 @@
 //! `capsem sessions`: what ran, when, and how it ended.
 
-use std::path::Path;
 use std::time::Duration;
 
 use capsem_core::paths;
@@ -11,8 +10,10 @@ use capsem_core::settings::Settings;
 use capsem_core::text::visible;
 use serde_json::json;
 
-use crate::cli::SessionsAction;
+use crate::cli::{ListArgs, SessionsAction};
 use crate::exit::Failure;
+use crate::out::outln;
+use crate::terminal;
 
 /// Boot phases in the order they happen.
 const PHASES: [&str; 7] = [
@@ -26,13 +27,13 @@ const PHASES: [&str; 7] = [
 ];
 
 /// Runs a `sessions` subcommand; returns the exit code.
-pub fn run(action: Option<SessionsAction>, json: bool, limit: usize) -> Result<i32, Failure> {
+pub fn run(action: Option<SessionsAction>, listing: ListArgs) -> Result<i32, Failure> {
     let store = match Store::open(&paths::capsem_home()) {
         Ok(store) => store,
         // A database too damaged to open is what inspect exists to report.
         Err(e) if matches!(action, Some(SessionsAction::Inspect { .. })) => {
-            println!("{e}");
-            println!("PROBLEMS FOUND");
+            outln!("{e}");
+            outln!("PROBLEMS FOUND");
             return Ok(1);
         }
         Err(e) => {
@@ -44,36 +45,60 @@ pub fn run(action: Option<SessionsAction>, json: bool, limit: usize) -> Result<i
     // sessions of capsem processes that died.
     let repaired = || store.repair().map(drop).map_err(Failure::new);
     match action {
-        None => repaired().and_then(|()| list(&store, json, limit)),
+        None => repaired().and_then(|()| list(&store, &listing)),
+        Some(SessionsAction::List(listing)) => repaired().and_then(|()| list(&store, &listing)),
         Some(SessionsAction::Show { id, json }) => {
             repaired().and_then(|()| show(&store, &id, json))
         }
-        Some(SessionsAction::Inspect { id }) => inspect(&store, id.as_deref()),
+        Some(SessionsAction::Inspect { id, json }) => inspect(&store, id.as_deref(), json),
         Some(SessionsAction::Replay { id, timing }) => replay(&store, &id, timing),
-        Some(SessionsAction::Prune { older_than, keep }) => {
-            repaired().and_then(|()| prune(&store, older_than, keep))
-        }
+        Some(SessionsAction::Prune {
+            older_than,
+            keep,
+            dry_run,
+            yes,
+        }) => repaired().and_then(|()| {
+            prune(
+                &store,
+                Prune {
+                    older_than,
+                    keep,
+                    dry_run,
+                    yes,
+                },
+            )
+        }),
     }
 }
 
-fn list(store: &Store, json: bool, limit: usize) -> Result<i32, Failure> {
+fn list(store: &Store, listing: &ListArgs) -> Result<i32, Failure> {
+    // -n 0 lists them all, as 0 means no limit in every setting.
+    let limit = if listing.limit == 0 {
+        usize::MAX
+    } else {
+        listing.limit
+    };
     let rows = store.list(limit).map_err(Failure::new)?;
-    if json {
+    if listing.json {
         for row in &rows {
-            println!("{}", json!({ "type": "session", "data": row }));
+            outln!("{}", json!({ "type": "session", "data": row }));
         }
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("no sessions yet");
+        outln!("no sessions yet");
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<8}  {:<19}  {:>9}  {:<9}  {:>4}  COMMAND",
-        "ID", "STARTED", "DURATION", "STATUS", "EXIT"
+        "ID",
+        "STARTED",
+        "DURATION",
+        "STATUS",
+        "EXIT"
     );
     for row in &rows {
-        println!(
+        outln!(
             "{:<8}  {:<19}  {:>9}  {:<9}  {:>4}  {}",
             row.id,
             local_time(row.started_at_ms),
@@ -104,10 +129,10 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
             "qemu_log": dir.join("qemu.log"),
             "events": summary,
         });
-        println!("{}", json!({ "type": "session", "data": data }));
+        outln!("{}", json!({ "type": "session_detail", "data": data }));
         return Ok(0);
     }
-    let field = |name: &str, value: String| println!("{name:<9} {value}");
+    let field = |name: &str, value: String| outln!("{name:<9} {value}");
     field("session", row.id.clone());
     field("command", visible(&row.command).into_owned());
     let outcome = match (row.status, row.exit_code) {
@@ -133,32 +158,38 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
     field("rootfs", row.rootfs_blake3.clone());
     field("capsem", row.capsem_version.clone());
     if let Some(phases) = &row.phases {
-        println!("phases (ms since capsem started):");
+        outln!("phases (ms since capsem started):");
         for name in PHASES {
-            if let Some(ms) = duration_ms(&phases[name]) {
-                println!("  {:<16} {ms:>9.1}", name.replace('_', " "));
+            if let Some(ms) = phases.get(&format!("{name}_ms")) {
+                outln!("  {:<16} {ms:>9.1}", name.replace('_', " "));
             }
         }
-        if let Some(ms) = duration_ms(&phases["recording"]) {
-            println!("recording {ms:.1} ms on the critical path");
+        if let Some(ms) = phases.get("recording_ms") {
+            outln!("recording {ms:.1} ms on the critical path");
         }
     }
-    println!(
+    outln!(
         "events    {} recorded, {} lost",
-        row.event_count, row.lost_events
+        row.event_count,
+        row.lost_events
     );
     if row.over_budget_events > 0 || row.transcript_cut_bytes > 0 {
-        println!(
+        outln!(
             "budget    sessions.max_session_mib reached: {} events and {} transcript bytes not kept",
-            row.over_budget_events, row.transcript_cut_bytes
+            row.over_budget_events,
+            row.transcript_cut_bytes
         );
     }
     if let Some(summary) = &summary {
-        for (kind, count, bytes) in &summary.kinds {
-            println!("  {kind:<8} {count:>8} events {bytes:>12} bytes");
+        for (kind, count) in &summary.kinds {
+            outln!(
+                "  {kind:<8} {:>8} events {:>12} bytes",
+                count.events,
+                count.bytes
+            );
         }
         let net = &summary.network;
-        println!(
+        outln!(
             "network   {} allowed, {} denied, {} failed; {} bytes up, {} down; \
              {} DNS queries ({} refused)",
             net.allowed,
@@ -170,9 +201,12 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
             net.dns_denied
         );
         if net.model_calls > 0 {
-            println!(
+            outln!(
                 "models    {} calls, {} input and {} output tokens, ~${:.4}",
-                net.model_calls, net.input_tokens, net.output_tokens, net.cost_usd
+                net.model_calls,
+                net.input_tokens,
+                net.output_tokens,
+                net.cost_usd
             );
         }
     }
@@ -188,34 +222,67 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
 }
 
 /// Prints what is wrong, if anything; the exit code is 1 when something is.
-fn inspect(store: &Store, prefix: Option<&str>) -> Result<i32, Failure> {
-    let mut ok = match store.inspect() {
-        Ok(report) => {
-            print_inspection(&report);
-            report.is_ok()
+fn inspect(store: &Store, prefix: Option<&str>, json: bool) -> Result<i32, Failure> {
+    let report = store.inspect();
+    let events = match prefix {
+        Some(prefix) => {
+            let id = store.resolve(prefix).map_err(Failure::new)?;
+            let path = store.dir_of(&id).join(EVENTS_FILE);
+            Some((
+                id,
+                events::summarize(&path).map_err(|e| format!("{}: {e}", path.display())),
+            ))
         }
-        Err(e) => {
-            println!("{e}");
-            false
-        }
+        None => None,
     };
-    if let Some(prefix) = prefix {
-        let id = store.resolve(prefix).map_err(Failure::new)?;
-        ok &= inspect_events(&store.dir_of(&id).join(EVENTS_FILE));
+    let index_ok = report.as_ref().is_ok_and(Inspection::is_ok);
+    let events_ok = events
+        .as_ref()
+        .is_none_or(|(_, s)| s.as_ref().is_ok_and(|s| s.integrity == ["ok"]));
+    let ok = index_ok && events_ok;
+    if json {
+        let data = json!({
+            "ok": ok,
+            "index": report.as_ref().ok(),
+            "index_error": report.as_ref().err().map(ToString::to_string),
+            "session": events.as_ref().map(|(id, _)| id),
+            "events": events.as_ref().and_then(|(_, s)| s.as_ref().ok()),
+            "events_error": events.as_ref().and_then(|(_, s)| s.as_ref().err()),
+        });
+        outln!("{}", json!({ "type": "inspection", "data": data }));
+        return Ok(if ok { 0 } else { 1 });
     }
-    println!("{}", if ok { "ok" } else { "PROBLEMS FOUND" });
+    match &report {
+        Ok(report) => print_inspection(report),
+        Err(e) => outln!("{e}"),
+    }
+    match &events {
+        Some((_, Ok(summary))) => {
+            outln!("events integrity: {}", summary.integrity.join("; "));
+            for (kind, count) in &summary.kinds {
+                outln!(
+                    "  {kind:<8} {:>8} events {:>12} bytes",
+                    count.events,
+                    count.bytes
+                );
+            }
+        }
+        Some((_, Err(e))) => outln!("events database {e}"),
+        None => {}
+    }
+    outln!("{}", if ok { "ok" } else { "PROBLEMS FOUND" });
     Ok(if ok { 0 } else { 1 })
 }
 
 fn print_inspection(report: &Inspection) {
-    println!("index integrity: {}", report.integrity.join("; "));
-    println!("schema version:  {}", report.schema_version);
+    outln!("index integrity: {}", report.integrity.join("; "));
+    outln!("schema version:  {}", report.schema_version);
     let counts: Vec<String> = report
         .by_status
         .iter()
         .map(|(status, n)| format!("{status} {n}"))
         .collect();
-    println!(
+    outln!(
         "sessions:        {}",
         if counts.is_empty() {
             "none".into()
@@ -224,34 +291,16 @@ fn print_inspection(report: &Inspection) {
         }
     );
     for id in &report.rows_without_dir {
-        println!("row without directory: {id}");
+        outln!("row without directory: {id}");
     }
     for id in &report.dirs_without_row {
-        println!("directory without row: {id}");
-    }
-}
-
-/// Checks one session's event database; prints its summary.
-fn inspect_events(path: &Path) -> bool {
-    match events::summarize(path) {
-        Ok(summary) => {
-            println!("events integrity: {}", summary.integrity.join("; "));
-            for (kind, count, bytes) in &summary.kinds {
-                println!("  {kind:<8} {count:>8} events {bytes:>12} bytes");
-            }
-            summary.integrity == ["ok"]
-        }
-        Err(e) => {
-            println!("events database {}: {e}", path.display());
-            false
-        }
+        outln!("directory without row: {id}");
     }
 }
 
 /// Writes the output of a terminal session to stdout, optionally paced as
 /// it was produced.
 fn replay(store: &Store, prefix: &str, timing: bool) -> Result<i32, Failure> {
-    use std::io::Write;
     let id = store.resolve(prefix).map_err(Failure::new)?;
     let path = store.dir_of(&id).join(TRANSCRIPT_FILE);
     let file = std::fs::File::open(&path).map_err(|e| {
@@ -263,7 +312,6 @@ fn replay(store: &Store, prefix: &str, timing: bool) -> Result<i32, Failure> {
     })?;
     let reading = |e| Failure::new(format!("reading {}: {e}", path.display()));
     let records = transcript::Reader::new(file).map_err(reading)?;
-    let mut out = std::io::stdout().lock();
     let mut shown = Duration::ZERO;
     for record in records {
         let (at, record) = record.map_err(reading)?;
@@ -273,12 +321,9 @@ fn replay(store: &Store, prefix: &str, timing: bool) -> Result<i32, Failure> {
                     std::thread::sleep(at.saturating_sub(shown));
                     shown = at;
                 }
-                out.write_all(&bytes)
-                    .and_then(|()| out.flush())
-                    .map_err(Failure::new)?;
+                crate::out::bytes(&bytes);
             }
             Record::Cut => {
-                out.flush().map_err(Failure::new)?;
                 eprintln!(
                     "\r\ncapsem: the transcript stops here: the session reached sessions.max_session_mib"
                 );
@@ -289,8 +334,16 @@ fn replay(store: &Store, prefix: &str, timing: bool) -> Result<i32, Failure> {
     Ok(0)
 }
 
-fn prune(store: &Store, older_than: Option<Duration>, keep: Option<usize>) -> Result<i32, Failure> {
-    let (older_than, keep) = if older_than.is_none() && keep.is_none() {
+/// What `sessions prune` was asked.
+struct Prune {
+    older_than: Option<Duration>,
+    keep: Option<usize>,
+    dry_run: bool,
+    yes: bool,
+}
+
+fn prune(store: &Store, ask: Prune) -> Result<i32, Failure> {
+    let (older_than, keep) = if ask.older_than.is_none() && ask.keep.is_none() {
         let retention = Settings::load().map_err(Failure::new)?.sessions();
         (
             (retention.retention_days > 0)
@@ -298,15 +351,41 @@ fn prune(store: &Store, older_than: Option<Duration>, keep: Option<usize>) -> Re
             (retention.max_count > 0).then_some(retention.max_count as usize),
         )
     } else {
-        (older_than, keep)
+        (ask.older_than, ask.keep)
     };
+    let doomed = store.doomed(older_than, keep).map_err(Failure::new)?;
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    if ask.dry_run {
+        outln!(
+            "would prune {} session{}",
+            doomed.len(),
+            plural(doomed.len())
+        );
+        doomed.iter().for_each(|id| outln!("  {id}"));
+        return Ok(0);
+    }
+    if keep == Some(0) && !ask.yes && !doomed.is_empty() && !confirm(doomed.len())? {
+        return Ok(1);
+    }
     let gone = store.prune(older_than, keep).map_err(Failure::new)?;
-    println!(
-        "pruned {} session{}",
-        gone.len(),
-        if gone.len() == 1 { "" } else { "s" }
-    );
+    outln!("pruned {} session{}", gone.len(), plural(gone.len()));
     Ok(0)
+}
+
+/// Asks on the terminal before every finished session goes; without a
+/// terminal, `--yes` is the only way.
+fn confirm(count: usize) -> Result<bool, Failure> {
+    if !terminal::stdin_is_terminal() {
+        return Err(Failure::new(format!(
+            "--keep 0 deletes every finished session ({count}); add --yes to do that"
+        )));
+    }
+    eprint!("capsem: delete all {count} finished sessions? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::new(format!("reading the answer: {e}")))?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 /// A Unix time in ms as local wall-clock time.
@@ -325,11 +404,6 @@ fn duration(row: &SessionRow) -> String {
         Some(end) => format!("{:.1}s", (end - row.started_at_ms) as f64 / 1000.0),
         None => "-".into(),
     }
-}
-
-/// A serialized `Duration` (`{"secs", "nanos"}`) in ms.
-fn duration_ms(value: &serde_json::Value) -> Option<f64> {
-    Some(value["secs"].as_f64()? * 1e3 + value["nanos"].as_f64()? / 1e6)
 }
 
 /// The first line of `text`, at most `width` characters.
@@ -354,14 +428,5 @@ mod tests {
         assert_eq!(one_line("echo 0123456789", 10), "echo 0123…");
         assert_eq!(one_line("a\nb", 10), "a…");
         assert_eq!(one_line("a\x1b[31mb", 12), "a\\x1b[31mb");
-    }
-
-    #[test]
-    fn serialized_durations_read_back_in_ms() {
-        assert_eq!(
-            duration_ms(&json!({"secs": 1, "nanos": 500_000_000})),
-            Some(1500.0)
-        );
-        assert_eq!(duration_ms(&json!(null)), None);
     }
 }

@@ -3,22 +3,26 @@
 use std::io::Read;
 
 use capsem_core::paths;
-use capsem_core::settings::registry::{self, GUEST_ENV_PREFIX, Kind};
-use capsem_core::settings::{Settings, Source, Value, display, edit};
+use capsem_core::settings::registry::{self, Def, GUEST_ENV_PREFIX, Kind};
+use capsem_core::settings::{Entry, Settings, Source, Value, display, edit};
 use serde_json::json;
 
 use crate::cli::SettingsAction;
 use crate::exit::Failure;
+use crate::out::{out, outln};
 
 /// Runs a `settings` subcommand; returns the exit code.
 pub fn run(action: Option<SettingsAction>) -> Result<i32, Failure> {
     let (user, corp) = (paths::user_settings(), paths::corp_settings());
     match action.unwrap_or(SettingsAction::List { json: false }) {
         SettingsAction::List { json } => list(&load()?, json),
-        SettingsAction::Get { key } => get(&load()?, &key),
+        SettingsAction::Get { key, json } => get(&load()?, &key, json),
         SettingsAction::Set { key, value } => {
             let value = if value == "-" { read_stdin()? } else { value };
-            edit::set(&user, &corp, &key, &value).map_err(Failure::new)?;
+            let warnings = edit::set(&user, &corp, &key, &value).map_err(|e| {
+                Failure::new(e).hint(format!("settings live in {}", user.display()))
+            })?;
+            warnings.iter().for_each(|w| eprintln!("capsem: {w}"));
             Ok(0)
         }
         SettingsAction::Reset { key } => {
@@ -28,8 +32,8 @@ pub fn run(action: Option<SettingsAction>) -> Result<i32, Failure> {
             Ok(0)
         }
         SettingsAction::Path => {
-            println!("user {}", user.display());
-            println!("corp {}", corp.display());
+            outln!("user {}", user.display());
+            outln!("corp {}", corp.display());
             Ok(0)
         }
     }
@@ -74,70 +78,128 @@ fn brief(kind: Kind, value: &Value) -> String {
 }
 
 fn list(settings: &Settings, json: bool) -> Result<i32, Failure> {
-    let mut rows: Vec<(String, String, String, Source, &str)> = settings
-        .entries()
-        .map(|(def, entry)| {
-            let full = edit::shown(def.kind, &entry.value);
-            let short = brief(def.kind, &entry.value);
-            (
-                def.key.to_owned(),
-                short,
-                full,
-                entry.source,
-                def.description,
-            )
-        })
-        .collect();
-    rows.extend(settings.guest_env().map(|(name, value, source)| {
-        let shown = format!("{value:?}");
-        (
-            format!("{GUEST_ENV_PREFIX}{name}"),
-            shown.clone(),
-            value.to_owned(),
-            source,
-            "guest environment variable",
-        )
-    }));
-    for (key, short, full, source, description) in &rows {
+    for (def, entry) in settings.entries() {
         if json {
-            let data = json!({
-                "key": key,
-                "value": full,
-                "source": match source { Source::Default => "default", Source::User => "user", Source::Corp => "corp" },
-                "locked": *source == Source::Corp,
-                "description": description,
-            });
-            println!("{}", json!({ "type": "setting", "data": data }));
+            outln!(
+                "{}",
+                json!({ "type": "setting", "data": record(def, entry) })
+            );
         } else {
-            println!("{key:<30} {short:<34} {}", source_name(*source));
+            let short = brief(def.kind, &entry.value);
+            outln!("{:<30} {short:<34} {}", def.key, source_name(entry.source));
+        }
+    }
+    for (name, value, source) in settings.guest_env() {
+        let key = format!("{GUEST_ENV_PREFIX}{name}");
+        if json {
+            outln!(
+                "{}",
+                json!({ "type": "setting", "data": env_record(&key, value, source) })
+            );
+        } else {
+            outln!(
+                "{key:<30} {:<34} {}",
+                format!("{value:?}"),
+                source_name(source)
+            );
         }
     }
     Ok(0)
 }
 
-fn get(settings: &Settings, key: &str) -> Result<i32, Failure> {
+/// A setting as JSON: its value in its own type (a secret as `null` when
+/// unset, else only its last characters).
+fn record(def: &Def, entry: &Entry) -> serde_json::Value {
+    let value = match (def.kind, &entry.value) {
+        (Kind::Secret, Value::Str(s)) if s.is_empty() => serde_json::Value::Null,
+        (Kind::Secret, value) => display(def.kind, value).into(),
+        (_, Value::Bool(b)) => (*b).into(),
+        (_, Value::Int(i)) => (*i).into(),
+        (_, Value::Str(s)) => s.as_str().into(),
+    };
+    json!({
+        "key": def.key,
+        "value": value,
+        "kind": kind_name(def.kind),
+        "source": source_key(entry.source),
+        "locked": entry.source == Source::Corp,
+        "description": def.description,
+    })
+}
+
+fn env_record(key: &str, value: &str, source: Source) -> serde_json::Value {
+    json!({
+        "key": key,
+        "value": value,
+        "kind": "text",
+        "source": source_key(source),
+        "locked": source == Source::Corp,
+        "description": "guest environment variable",
+    })
+}
+
+fn source_key(source: Source) -> &'static str {
+    match source {
+        Source::Default => "default",
+        Source::User => "user",
+        Source::Corp => "corp",
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Bool => "bool",
+        Kind::Int { .. } => "int",
+        Kind::Choice(_) => "choice",
+        Kind::Text => "text",
+        Kind::Json => "json",
+        Kind::Toml => "toml",
+        Kind::Secret => "secret",
+        Kind::Domains => "domains",
+        Kind::Overrides => "overrides",
+        Kind::Ranges => "ranges",
+        Kind::CaFile => "ca_file",
+    }
+}
+
+fn get(settings: &Settings, key: &str, json: bool) -> Result<i32, Failure> {
     if let Some(name) = key.strip_prefix(GUEST_ENV_PREFIX) {
-        let value = settings
-            .guest_env()
-            .find(|(n, _, _)| *n == name)
-            .map(|(_, v, _)| v);
-        return match value {
-            Some(value) => {
-                println!("{value}");
-                Ok(0)
-            }
-            None => Err(Failure::new(format!("{key} is not set"))),
+        let found = settings.guest_env().find(|(n, _, _)| *n == name);
+        let Some((_, value, source)) = found else {
+            return Err(Failure::new(format!("{key} is not set")));
         };
+        if json {
+            outln!(
+                "{}",
+                json!({ "type": "setting", "data": env_record(key, value, source) })
+            );
+        } else {
+            outln!("{value}");
+        }
+        return Ok(0);
     }
     let def = registry::lookup(key).ok_or_else(|| {
-        Failure::new(format!("unknown setting {key}")).hint("`capsem settings list` shows them all")
+        let near = registry::nearest(key).map(|n| format!("; did you mean `{n}`?"));
+        Failure::new(format!(
+            "unknown setting `{key}`{}",
+            near.unwrap_or_default()
+        ))
+        .hint("`capsem settings list` shows them all")
     })?;
-    let shown = edit::shown(def.kind, &settings.entry(key).value);
+    let entry = settings.entry(key);
+    if json {
+        outln!(
+            "{}",
+            json!({ "type": "setting", "data": record(def, entry) })
+        );
+        return Ok(0);
+    }
+    let shown = edit::shown(def.kind, &entry.value);
     // File contents end in their own newline.
     if shown.ends_with('\n') {
-        print!("{shown}");
+        out!("{shown}");
     } else {
-        println!("{shown}");
+        outln!("{shown}");
     }
     Ok(0)
 }

@@ -98,16 +98,15 @@ fn the_ai_clis_are_installed_at_their_pinned_versions() {
     }
 }
 
-/// Starts `cli` on a guest terminal and waits for `ready`; fails if any of
-/// `prompts` showed up on the way.
-fn starts_without_prompts(cli: &str, env: &[&str], ready: &str, prompts: &[&str]) {
+/// Starts `cli` bare (`capsem claude`) from a terminal, with an API key
+/// set in `settings`, and waits for `ready`; fails if any of `prompts`
+/// showed up on the way. A bare AI CLI on a terminal gets a guest
+/// terminal without `-t`.
+fn starts_without_prompts(cli: &str, settings: &str, ready: &str, prompts: &[&str]) {
     let capsem = Capsem::new();
+    capsem.user_settings(settings);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsem"));
-    cmd.arg("-q");
-    for var in env {
-        cmd.args(["-e", var]);
-    }
-    cmd.args(["run", "-t", "--", cli])
+    cmd.args(["-q", cli])
         .env("CAPSEM_HOME", capsem.home())
         .env("CAPSEM_CORP_CONFIG", capsem.home().join("no-corp.toml"))
         .env("TERM", "xterm-256color");
@@ -131,13 +130,14 @@ fn starts_without_prompts(cli: &str, env: &[&str], ready: &str, prompts: &[&str]
 fn claude_code_starts_in_bypass_mode_without_onboarding_or_trust_prompts() {
     starts_without_prompts(
         "claude",
-        &[],
+        "[ai.anthropic]\napi_key = \"sk-ant-api03-a-key-set-in-settings\"\n",
         "bypass permissions on",
         &[
             "Do you trust",
             "Choose the text style",
             "Let's get started",
             "Bypass Permissions mode",
+            "Detected a custom API key",
         ],
     );
 }
@@ -146,7 +146,7 @@ fn claude_code_starts_in_bypass_mode_without_onboarding_or_trust_prompts() {
 fn gemini_cli_starts_in_yolo_mode_without_auth_or_trust_prompts() {
     starts_without_prompts(
         "gemini",
-        &["GEMINI_API_KEY=placeholder"],
+        "[ai.google]\napi_key = \"AIza-a-key-set-in-settings\"\n",
         "Type your message",
         &[
             "Do you trust",
@@ -160,7 +160,7 @@ fn gemini_cli_starts_in_yolo_mode_without_auth_or_trust_prompts() {
 fn codex_starts_without_trust_or_sign_in_prompts() {
     starts_without_prompts(
         "codex",
-        &["OPENAI_API_KEY=placeholder"],
+        "[ai.openai]\napi_key = \"sk-proj-a-key-set-in-settings\"\n",
         "Ask Codex to do anything",
         &[
             "trust the contents",

@@ -3,10 +3,12 @@
 //! assets are built once and the harness runs VMs in parallel.
 
 mod agents;
+mod cli;
 mod doctor;
 mod errors;
 mod exec;
 mod hostile;
+mod json;
 mod kernel;
 mod lifecycle;
 mod network;

@@ -473,7 +473,7 @@ for i in range(20000):
     let mut per_second = std::collections::HashMap::new();
     for row in log.iter().filter(|r| r["protocol"] == "udp") {
         *per_second
-            .entry(row["at_us"].as_u64().unwrap() / 1_000_000)
+            .entry((row["at_ms"].as_f64().unwrap() / 1000.0) as u64)
             .or_insert(0) += 1;
     }
     let busiest = per_second.values().max().copied().unwrap_or(0);

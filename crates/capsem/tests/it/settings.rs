@@ -18,7 +18,7 @@ fn set_get_list_and_reset_round_trip() {
     let setting = |key: &str| list.iter().find(|r| r["data"]["key"] == key);
     let cpus = setting("vm.cpus").unwrap();
     assert_eq!(cpus["data"]["source"], "user");
-    assert_eq!(cpus["data"]["value"], "1");
+    assert_eq!(cpus["data"]["value"], 1, "a value keeps its type");
     assert!(setting("guest.env.EDITOR").is_some());
     let file = fs::read_to_string(capsem.home().join("user.toml")).unwrap();
     assert!(file.contains("[vm]\ncpus = 1"), "{file}");
