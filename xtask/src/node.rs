@@ -1,6 +1,7 @@
-//! The pinned Node.js and npm (`images/rootfs/runtimes.toml`): downloaded
-//! once into the cache, checked against their SHA-512 integrity, used to
-//! build the guest's npm packages and copied into the rootfs.
+//! The pinned Node.js, npm and uv (`images/rootfs/runtimes.toml`):
+//! downloaded once into the cache, checked against their SHA-512
+//! integrity, used to build the guest's npm packages and copied into the
+//! rootfs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -19,17 +20,25 @@ use crate::{proc, workspace};
 /// may hold a proxy's CA that Debian's bundle lacks.
 pub const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Bump when the layout below changes.
-const RECIPE: u32 = 1;
+const RECIPE: u32 = 2;
 
 #[derive(Debug, Deserialize)]
 struct Runtimes {
     node: Download,
     npm: Download,
+    uv: Wheel,
 }
 
 #[derive(Debug, Deserialize)]
 struct Download {
     tarball: String,
+    integrity: String,
+}
+
+/// A wheel from PyPI.
+#[derive(Debug, Deserialize)]
+struct Wheel {
+    wheel: String,
     integrity: String,
 }
 
@@ -54,7 +63,8 @@ impl Toolchain {
             let runtimes: Runtimes = toml::from_str(&fs::read_to_string(&runtimes_toml)?)
                 .context("parsing images/rootfs/runtimes.toml")?;
             fetch(&runtimes.node, out, &out.join("node"), log)?;
-            fetch(&runtimes.npm, out, &out.join("npm"), log)
+            fetch(&runtimes.npm, out, &out.join("npm"), log)?;
+            fetch_wheel(&runtimes.uv, out, &out.join("uv"), log)
         })?;
         Ok(Toolchain { dir })
     }
@@ -67,6 +77,18 @@ impl Toolchain {
     /// The unpacked npm package.
     pub fn npm_package(&self) -> PathBuf {
         self.dir.join("npm")
+    }
+
+    /// The directory holding the `uv` and `uvx` binaries.
+    pub fn uv_bin(&self) -> PathBuf {
+        let unpacked = self.dir.join("uv");
+        fs::read_dir(&unpacked)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path().join("scripts"))
+            .find(|scripts| scripts.join("uv").is_file())
+            .unwrap_or_else(|| unpacked.join("scripts"))
     }
 
     /// `npm ARGS` in `dir`, with a private home and the host's CAs.
@@ -132,28 +154,46 @@ pub fn refresh_lock(log: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Downloads `dl`, checks its SHA-512 integrity, and unpacks it into `dest`.
-fn fetch(dl: &Download, scratch: &Path, dest: &Path, log: &Path) -> Result<()> {
-    let file = scratch.join("download.tgz");
+/// Downloads `url` into `file` and checks its SHA-512 `integrity`.
+fn download(url: &str, integrity: &str, file: &Path, log: &Path) -> Result<()> {
     proc::run_logged(
         Command::new("curl")
             .args(["-fsSL", "--retry", "3", "--cacert", HOST_CA_BUNDLE, "-o"])
-            .arg(&file)
-            .arg(&dl.tarball),
+            .arg(file)
+            .arg(url),
         log,
     )?;
-    let bytes = fs::read(&file)?;
+    let bytes = fs::read(file)?;
     let actual = format!(
         "sha512-{}",
         base64::engine::general_purpose::STANDARD.encode(Sha512::digest(&bytes))
     );
-    if actual != dl.integrity {
-        bail!(
-            "{} does not match its pinned integrity (got {actual}, expected {})",
-            dl.tarball,
-            dl.integrity
-        );
+    if actual != integrity {
+        bail!("{url} does not match its pinned integrity (got {actual}, expected {integrity})");
     }
+    Ok(())
+}
+
+/// Downloads a wheel, checks it, and unpacks it (a zip) into `dest`.
+fn fetch_wheel(wheel: &Wheel, scratch: &Path, dest: &Path, log: &Path) -> Result<()> {
+    let file = scratch.join("download.whl");
+    download(&wheel.wheel, &wheel.integrity, &file, log)?;
+    fs::create_dir_all(dest)?;
+    proc::run_logged(
+        Command::new("python3")
+            .args(["-m", "zipfile", "-e"])
+            .arg(&file)
+            .arg(dest),
+        log,
+    )?;
+    fs::remove_file(&file)?;
+    Ok(())
+}
+
+/// Downloads `dl`, checks its SHA-512 integrity, and unpacks it into `dest`.
+fn fetch(dl: &Download, scratch: &Path, dest: &Path, log: &Path) -> Result<()> {
+    let file = scratch.join("download.tgz");
+    download(&dl.tarball, &dl.integrity, &file, log)?;
     fs::create_dir_all(dest)?;
     proc::run_logged(
         Command::new("tar")

@@ -1,7 +1,8 @@
 //! The guest root filesystem: Debian bookworm from `mmdebstrap` with the
-//! checked-in package list, Node.js and npm from the npm registry, the npm
-//! project of AI CLIs (`images/rootfs/npm`, installed exactly as locked),
-//! the diagnostics and the guest files; packed read-only as erofs.
+//! checked-in package list, Node.js and npm from the npm registry, uv from
+//! PyPI, the npm project of AI CLIs (`images/rootfs/npm`, installed
+//! exactly as locked), the diagnostics and the guest files; stripped of
+//! setuid and setgid bits; packed read-only as erofs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use crate::node::{self, Toolchain};
 use crate::{deps, proc, workspace};
 
 /// Bump when the recipe below changes the image it produces.
-const RECIPE: u32 = 5;
+const RECIPE: u32 = 6;
 const SUITE: &str = "bookworm";
 const MIRRORS: &[&str] = &[
     "deb http://deb.debian.org/debian bookworm main",
@@ -70,6 +71,8 @@ pub fn build(log_dir: &Path) -> Result<PathBuf> {
         copy_tree(&dir.join("files"), &tree)?;
         install_diagnostics(&diagnostics, &tree)?;
         clean(&tree)?;
+        for_agents(&tree)?;
+        strip_setid(&tree)?;
         pack(&tree, &out.join("rootfs.erofs"), &log)?;
         fs::remove_dir_all(&tree).context("removing the rootfs tree")
     })
@@ -92,11 +95,16 @@ fn bootstrap(tree: &Path, packages: &[String], log: &Path) -> Result<()> {
     proc::run_logged(&mut cmd, log)
 }
 
-/// Copies Node.js and npm from the pinned toolchain into `/usr/local`.
+/// Copies Node.js, npm and uv from the pinned toolchain into `/usr/local`.
 fn install_runtimes(tree: &Path, toolchain: &Toolchain) -> Result<()> {
     let local = tree.join("usr/local");
     fs::create_dir_all(local.join("bin"))?;
     fs::copy(toolchain.node(), local.join("bin/node")).context("installing node")?;
+    for uv in ["uv", "uvx"] {
+        let to = local.join("bin").join(uv);
+        fs::copy(toolchain.uv_bin().join(uv), &to).with_context(|| format!("installing {uv}"))?;
+        fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
     let npm = local.join("lib/node_modules/npm");
     fs::create_dir_all(&npm)?;
     copy_tree(&toolchain.npm_package(), &npm)?;
@@ -230,6 +238,68 @@ fn trust_store_in_run(tree: &Path) -> Result<()> {
         certs.join("ca-certificates.crt"),
     )
     .context("linking the CA bundle")
+}
+
+/// What lets an agent install what it needs once the root is an overlay:
+/// pip and uv install into the system (the PEP 668 marker protects a
+/// system the agent cannot break for anyone but itself, so it goes), apt
+/// finds its working directories, `fd` is fd-find's name.
+fn for_agents(tree: &Path) -> Result<()> {
+    for marker in glob_python(tree, "EXTERNALLY-MANAGED")? {
+        fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
+    }
+    for dir in [
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+    ] {
+        fs::create_dir_all(tree.join(dir)).with_context(|| format!("creating {dir}"))?;
+    }
+    let fd = tree.join("usr/local/bin/fd");
+    if !fd.exists() {
+        std::os::unix::fs::symlink("/usr/bin/fdfind", fd).context("linking fd")?;
+    }
+    Ok(())
+}
+
+/// Files named `name` directly in `/usr/lib/python3*`.
+fn glob_python(tree: &Path, name: &str) -> Result<Vec<PathBuf>> {
+    let lib = tree.join("usr/lib");
+    let mut found = Vec::new();
+    for entry in fs::read_dir(&lib).with_context(|| format!("listing {}", lib.display()))? {
+        let path = entry?.path().join(name);
+        let python = path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().starts_with("python3"));
+        if python && path.is_file() {
+            found.push(path);
+        }
+    }
+    Ok(found)
+}
+
+/// Clears every setuid and setgid bit: the agent's commands run as root
+/// anyway, and the bits only widen what a non-root process could do.
+fn strip_setid(tree: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![tree.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() {
+                let mode = entry.metadata()?.permissions().mode();
+                if mode & 0o6000 != 0 {
+                    let cleared = fs::Permissions::from_mode(mode & !0o6000);
+                    fs::set_permissions(entry.path(), cleared)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pack(tree: &Path, image: &Path, log: &Path) -> Result<()> {

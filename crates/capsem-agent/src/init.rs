@@ -1,9 +1,11 @@
 //! Turning the initramfs into the sandbox's filesystem.
 //!
 //! The initramfs holds only this binary. The real root is the read-only
-//! erofs image on the first virtio disk; `/root`, `/tmp`, `/run` and
-//! `/dev/shm` are fresh tmpfs mounts, so every boot starts empty and nothing
-//! a command writes outlives the VM.
+//! erofs image on the first virtio disk, seen through an overlay whose
+//! writable layer is a fresh tmpfs (or, with `capsem_root=read-only` on
+//! the kernel command line, as it is); `/root`, `/tmp`, `/run` and
+//! `/dev/shm` are fresh tmpfs mounts, so every boot starts empty and
+//! nothing a command writes outlives the VM or reaches the image.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
@@ -16,6 +18,14 @@ use nix::mount::{MsFlags, mount};
 /// The root filesystem device: the VM's only disk.
 const ROOT_DEVICE: &str = "/dev/vda";
 const NEW_ROOT: &str = "/newroot";
+/// The image, under the overlay (in the initramfs, out of the guest's
+/// sight once the root is switched).
+const LOWER: &str = "/image";
+/// The overlay's writable layer and its work directory.
+const WRITABLE: &str = "/writable";
+/// How the host asks for the root (`capsem_root=` on the kernel command
+/// line, which the kernel hands to init as an environment variable).
+const ROOT_MODE_VAR: &str = "capsem_root";
 /// How long to wait for the root disk to appear.
 const ROOT_WAIT: Duration = Duration::from_secs(5);
 const HOSTNAME: &str = "capsem";
@@ -123,6 +133,7 @@ fn make_dir(path: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {path}"))
 }
 
+/// Mounts the image read-only at `NEW_ROOT`, or under an overlay there.
 fn mount_root() -> Result<()> {
     let deadline = Instant::now() + ROOT_WAIT;
     while !Path::new(ROOT_DEVICE).exists() {
@@ -132,14 +143,39 @@ fn mount_root() -> Result<()> {
         std::thread::sleep(Duration::from_millis(5));
     }
     make_dir(NEW_ROOT, 0o755)?;
+    let read_only = std::env::var(ROOT_MODE_VAR).is_ok_and(|mode| mode == "read-only");
+    let image = if read_only { NEW_ROOT } else { LOWER };
+    make_dir(image, 0o755)?;
     mount(
         Some(ROOT_DEVICE),
-        NEW_ROOT,
+        image,
         Some("erofs"),
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .with_context(|| format!("mounting the root filesystem {ROOT_DEVICE} read-only"))
+    .with_context(|| format!("mounting the root filesystem {ROOT_DEVICE} read-only"))?;
+    if read_only {
+        return Ok(());
+    }
+    make_dir(WRITABLE, 0o755)?;
+    mount_fs(
+        "tmpfs",
+        WRITABLE,
+        "tmpfs",
+        nodev_nosuid(),
+        Some("mode=0755"),
+    )?;
+    for dir in ["upper", "work"] {
+        make_dir(&format!("{WRITABLE}/{dir}"), 0o755)?;
+    }
+    let options = format!("lowerdir={LOWER},upperdir={WRITABLE}/upper,workdir={WRITABLE}/work");
+    mount_fs(
+        "overlay",
+        NEW_ROOT,
+        "overlay",
+        MsFlags::MS_NODEV,
+        Some(&options),
+    )
 }
 
 /// Makes `NEW_ROOT` the root. The initramfs cannot be unmounted; freeing

@@ -106,3 +106,74 @@ def test_npm_runs_a_package_script(workdir):
 
 def test_git_runs():
     assert version_of("git --version").startswith("git version 2.")
+
+
+# --- installing what an agent needs (the system is an overlay) ------------------
+
+def root_is_overlay():
+    with open("/proc/mounts") as mounts:
+        return any(line.split()[1:3] == ["/", "overlay"] for line in mounts)
+
+
+needs_overlay = pytest.mark.skipif(not root_is_overlay(), reason="guest.root is read-only")
+
+
+def local_wheel(workdir, name="capsem_local"):
+    """A pure-Python wheel, built by hand (no network, no build backend)."""
+    import zipfile
+    path = workdir / f"{name}-1.0-py3-none-any.whl"
+    dist = f"{name}-1.0.dist-info"
+    with zipfile.ZipFile(path, "w") as whl:
+        whl.writestr(f"{name}/__init__.py", "VALUE = 42\n")
+        whl.writestr(f"{dist}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        whl.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: doctor\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        whl.writestr(f"{dist}/RECORD", "")
+    return path
+
+
+@needs_overlay
+def test_pip_installs_without_breaking_system_packages(workdir):
+    wheel = local_wheel(workdir, "capsem_pip")
+    run(f"pip install --no-index --quiet {wheel}")
+    assert run([sys.executable, "-c", "import capsem_pip; print(capsem_pip.VALUE)"]).stdout.strip() == "42"
+
+
+@needs_overlay
+def test_uv_installs_and_runs(workdir):
+    wheel = local_wheel(workdir, "capsem_uv")
+    run(f"uv pip install --offline --quiet {wheel}")
+    assert run([sys.executable, "-c", "import capsem_uv; print(capsem_uv.VALUE)"]).stdout.strip() == "42"
+    out = run("uv run --offline --no-project python -c 'print(6 * 7)'", cwd=workdir).stdout
+    assert out.strip() == "42"
+
+
+@needs_overlay
+def test_npm_installs_globally_onto_the_path(workdir):
+    pkg = workdir / "capsem-hello"
+    pkg.mkdir()
+    (pkg / "package.json").write_text(json.dumps({"name": "capsem-hello", "version": "1.0.0", "bin": {"capsem-hello": "hello.js"}}))
+    (pkg / "hello.js").write_text("#!/usr/bin/env node\nconsole.log('hello from npm -g')\n")
+    run(f"npm install -g --offline --silent {pkg}")
+    assert run("capsem-hello").stdout.strip() == "hello from npm -g"
+
+
+@needs_overlay
+def test_apt_installs_a_local_deb(workdir):
+    root = workdir / "deb"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: capsem-local\nVersion: 1.0\nArchitecture: all\nMaintainer: doctor <d@capsem>\nDescription: a local package\n")
+    script = root / "usr/bin/capsem-local"
+    script.write_text("#!/bin/sh\necho installed by apt\n")
+    script.chmod(0o755)
+    run(f"dpkg-deb --build --root-owner-group {root} {workdir / 'capsem-local.deb'}")
+    run(f"apt-get install -y -q {workdir / 'capsem-local.deb'}")
+    assert run("capsem-local").stdout.strip() == "installed by apt"
+
+
+def test_c_extensions_can_be_built(workdir):
+    (workdir / "hello.c").write_text('#include <Python.h>\n#include <stdio.h>\nint main(void) { printf("%d\\n", PY_MAJOR_VERSION); return 0; }\n')
+    flags = run("python3-config --includes").stdout.strip()
+    run(f"gcc {flags} -o hello hello.c", cwd=workdir)
+    assert run("./hello", cwd=workdir).stdout.strip() == "3"

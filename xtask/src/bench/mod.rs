@@ -16,7 +16,7 @@ use capsem_core::assets::CurrentAssets;
 use capsem_core::session::store::Store;
 use capsem_core::session::{ExecEvent, events};
 use capsem_core::settings::VmSettings;
-use capsem_core::vm::{self, AccelSetting, qemu};
+use capsem_core::vm::{self, AccelSetting, GuestRoot, qemu};
 use clap::Args;
 use serde_json::{Value, json};
 
@@ -73,17 +73,26 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     eprintln!("xtask: warming up (first run hashes the assets)");
     run_capsem(&capsem, &home, "true")?;
-    let (mut floor, mut cold) = (Vec::new(), Vec::new());
+    // The same cold start with the image as the root, for the overlay's cost.
+    let read_only_home = scratch.join("read-only-home");
+    fs::create_dir_all(&read_only_home)?;
+    fs::write(
+        read_only_home.join("user.toml"),
+        "[guest]\nroot = \"read-only\"\n",
+    )?;
+    let (mut floor, mut cold, mut read_only) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.runs {
         eprintln!("xtask: run {}/{}", i + 1, args.runs);
         floor.push(run_floor(&current, &floor_initrd, &vm, accel, &scratch)?);
         cold.push(run_capsem(&capsem, &home, "true")?);
+        read_only.push(run_capsem(&capsem, &read_only_home, "true")?);
     }
     let idle = (0..3)
         .map(|_| run_capsem(&capsem, &home, "sleep 2"))
         .collect::<Result<Vec<_>>>()?;
 
     let mut report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
+    report["guest_root"] = guest_root(&cold, &read_only);
     report["session_recording"] = recording(&report, &scratch)?;
     eprintln!("xtask: AI CLI cold starts");
     report["ai_cli_cold_start_ms"] = agents::cold_starts(&capsem, &home)?;
@@ -142,7 +151,12 @@ fn run_floor(
     let started = Instant::now();
     let child = Command::new("qemu-system-x86_64")
         .args(qemu::machine_args(accel, vm.cpus, vm.memory_mib))
-        .args(qemu::boot_args(accel, &path(&kernel), &path(initrd)))
+        .args(qemu::boot_args(
+            accel,
+            GuestRoot::ReadOnly,
+            &path(&kernel),
+            &path(initrd),
+        ))
         .args(["-chardev", &console, "-serial", "chardev:console"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -301,6 +315,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Cold start with the overlay root (the default) against the image as
+/// the root.
+fn guest_root(overlay: &[Sample], read_only: &[Sample]) -> Value {
+    let overlay = stats(overlay.iter().map(|s| ms(s.wall)));
+    let read_only = stats(read_only.iter().map(|s| ms(s.wall)));
+    let ratio = round(median_of(&overlay) / median_of(&read_only));
+    json!({ "overlay_wall_ms": overlay, "read_only_wall_ms": read_only, "ratio": ratio })
+}
+
 fn median_of(value: &Value) -> f64 {
     value["median"].as_f64().unwrap_or(f64::NAN)
 }
@@ -388,6 +411,13 @@ fn recording(report: &Value, scratch: &Path) -> Result<Value> {
 }
 
 fn print_summary(report: &Value) {
+    let root = &report["guest_root"];
+    println!(
+        "guest root: overlay {:.1} ms, read-only {:.1} ms (ratio {})",
+        median_of(&root["overlay_wall_ms"]),
+        median_of(&root["read_only_wall_ms"]),
+        root["ratio"]
+    );
     let c = &report["conditions"];
     println!(
         "conditions: {} accel, {} vCPUs, {} MiB guest, {} runs each",

@@ -24,6 +24,9 @@ const DEFAULT_ENV: &[(&str, &str)] = &[
     ("LANG", "C.UTF-8"),
     ("USER", "root"),
     ("SHELL", "/bin/bash"),
+    // The system is the agent's to change (an overlay over the image):
+    // `uv pip install` installs into it, as `pip install` does.
+    ("UV_SYSTEM_PYTHON", "1"),
     // Clients that bring their own CA list still trust the host's proxy.
     ("SSL_CERT_FILE", crate::net::trust::BUNDLE),
     ("REQUESTS_CA_BUNDLE", crate::net::trust::BUNDLE),

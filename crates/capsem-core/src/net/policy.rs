@@ -18,6 +18,7 @@ pub const SWITCHED: &[&str] = &[
     "registry.pypi",
     "registry.github",
     "registry.crates",
+    "registry.debian",
 ];
 
 /// A pattern that is not a name, `*.name` or `*`.

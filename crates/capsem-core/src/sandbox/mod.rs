@@ -371,6 +371,7 @@ impl Sandbox {
             accel,
             cpus: self.vm.cpus,
             memory_mib: self.vm.memory_mib,
+            root: self.vm.root,
             channel: channel_vm.into(),
             console: console_vm.into(),
             monitor_log: crate::fsutil::create_private(&session.monitor_log())

@@ -164,6 +164,8 @@ pub struct VmSettings {
     pub boot_timeout_secs: u32,
     /// `vm.timeout_secs`; 0 for none.
     pub timeout_secs: u32,
+    /// `guest.root`.
+    pub root: crate::vm::GuestRoot,
 }
 
 impl Default for VmSettings {
@@ -322,6 +324,10 @@ impl Settings {
             memory_mib: self.u32("vm.memory_mib"),
             boot_timeout_secs: self.u32("vm.boot_timeout_secs"),
             timeout_secs: self.u32("vm.timeout_secs"),
+            root: match self.text("guest.root") {
+                "read-only" => crate::vm::GuestRoot::ReadOnly,
+                _ => crate::vm::GuestRoot::Overlay,
+            },
         }
     }
 

@@ -103,6 +103,12 @@ pub const REGISTRY: &[Def] = &[
         description: "kill a command's VM after this many seconds (0: no limit; --timeout wins)",
     },
     Def {
+        key: "guest.root",
+        kind: Kind::Choice(&["overlay", "read-only"]),
+        default: Default::Str("overlay"),
+        description: "the guest's system: writable for the session over the read-only image (overlay), or read-only",
+    },
+    Def {
         key: "guest.shell.term",
         kind: Kind::Text,
         default: Default::Str("xterm-256color"),
@@ -311,6 +317,18 @@ pub const REGISTRY: &[Def] = &[
         kind: Kind::Domains,
         default: Default::Str("crates.io, *.crates.io"),
         description: "the names of crates.io",
+    },
+    Def {
+        key: "registry.debian.allow",
+        kind: Kind::Bool,
+        default: Default::Bool(false),
+        description: "let guest programs reach Debian's archive (apt-get update and install)",
+    },
+    Def {
+        key: "registry.debian.domains",
+        kind: Kind::Domains,
+        default: Default::Str("deb.debian.org, security.debian.org"),
+        description: "the names of Debian's archive",
     },
     Def {
         key: "network.log_bodies",

@@ -27,12 +27,35 @@ pub struct VmConfig {
     pub cpus: u32,
     /// Guest RAM.
     pub memory_mib: u32,
+    /// How the guest sees its root filesystem.
+    pub root: GuestRoot,
     /// The VM's end of the channel socket pair.
     pub channel: OwnedFd,
     /// The VM's end of the console socket pair; the host reads the other.
     pub console: OwnedFd,
     /// Where the monitor's own stdout and stderr go.
     pub monitor_log: File,
+}
+
+/// How the guest sees the read-only image (`guest.root`): under an overlay
+/// whose writable layer is memory, or as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GuestRoot {
+    /// Writable for the session; nothing reaches the image.
+    #[default]
+    Overlay,
+    /// Read-only, as the image is.
+    ReadOnly,
+}
+
+impl GuestRoot {
+    /// The `capsem_root=` value the agent reads.
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestRoot::Overlay => "overlay",
+            GuestRoot::ReadOnly => "read-only",
+        }
+    }
 }
 
 /// How the VM process ended.

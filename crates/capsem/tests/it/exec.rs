@@ -128,6 +128,35 @@ fn nothing_persists_between_runs() {
 }
 
 #[test]
+fn a_write_to_the_system_is_gone_in_the_next_run() {
+    let capsem = Capsem::new();
+    let write = "echo planted > /usr/bin/capsem-planted && echo x >> /etc/passwd && cat /usr/bin/capsem-planted";
+    let out = capsem.run(&["-q", write]);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "planted\n");
+    let out = capsem.run(&[
+        "-q",
+        "test -e /usr/bin/capsem-planted; echo $?; tail -c 2 /etc/passwd",
+    ]);
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).starts_with("1\n"),
+        "the write survived: {}",
+        stdout(&out)
+    );
+    assert!(!stdout(&out).ends_with("x\n"), "{}", stdout(&out));
+    // guest.root = "read-only" keeps the image as it is.
+    capsem.user_settings("[guest]\nroot = \"read-only\"\n");
+    let out = capsem.run(&["-q", "touch /usr/bin/capsem-planted"]);
+    assert_code(&out, 1);
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn a_closed_stdout_gives_the_command_sigpipe() {
     // `yes` writes forever; the host side closes after one line.
     let capsem = Capsem::new();

@@ -7,6 +7,7 @@
 use std::ffi::OsString;
 
 use super::super::accel::Accel;
+use super::super::backend::GuestRoot;
 
 /// Name of the channel port, matched by the agent.
 pub const CHANNEL_PORT: &str = "capsem.0";
@@ -15,8 +16,10 @@ pub const CHANNEL_PORT: &str = "capsem.0";
 const TCG_TB_SIZE_MIB: u32 = 64;
 /// Kernel command line. `reboot=t` + `-no-reboot` make a guest power-off
 /// end QEMU (there is no ACPI); `panic=-1` does the same on a guest panic.
+/// `slab_nomerge`, `page_alloc.shuffle=1` and `init_on_alloc=1` make heap
+/// exploits of the guest kernel harder.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet reboot=t panic=-1 8250.nr_uarts=1 \
-    rdinit=/init random.trust_cpu=on";
+    rdinit=/init random.trust_cpu=on slab_nomerge page_alloc.shuffle=1 init_on_alloc=1";
 /// The guest kernel's timer frequency (`CONFIG_HZ_100` in
 /// `images/kernel/capsem.config`).
 const GUEST_HZ: u64 = 100;
@@ -67,23 +70,30 @@ pub fn machine_args(accel: Accel, cpus: u32, memory_mib: u32) -> Vec<OsString> {
 }
 
 /// Direct kernel boot of `kernel` with `initramfs`.
-pub fn boot_args(accel: Accel, kernel: &str, initramfs: &str) -> Vec<OsString> {
+pub fn boot_args(accel: Accel, root: GuestRoot, kernel: &str, initramfs: &str) -> Vec<OsString> {
     to_args(&[
         "-kernel",
         kernel,
         "-initrd",
         initramfs,
         "-append",
-        &kernel_cmdline(accel),
+        &kernel_cmdline(accel, root),
     ])
 }
 
 /// The full command line of a capsem VM with its resources at [`Fd`].
-pub fn vm_args(accel: Accel, cpus: u32, memory_mib: u32, name: &str) -> Vec<OsString> {
+pub fn vm_args(
+    accel: Accel,
+    root: GuestRoot,
+    cpus: u32,
+    memory_mib: u32,
+    name: &str,
+) -> Vec<OsString> {
     let fd = |fd: Fd| fd as i32;
     let mut args = machine_args(accel, cpus, memory_mib);
     args.extend(boot_args(
         accel,
+        root,
         &format!("/proc/self/fd/{}", fd(Fd::Kernel)),
         &format!("/proc/self/fd/{}", fd(Fd::Initramfs)),
     ));
@@ -123,14 +133,16 @@ fn to_args(parts: &[&str]) -> Vec<OsString> {
 /// secondary CPU (~150 ms each); `lpj=` from the host's clock rate skips
 /// that. Delays computed from it are at least as long as intended, as an
 /// emulated loop runs slower than the host.
-fn kernel_cmdline(accel: Accel) -> String {
+fn kernel_cmdline(accel: Accel, root: GuestRoot) -> String {
     let lpj = match accel {
         Accel::Tcg => host_mhz().map(|mhz| (mhz * 1e6) as u64 / GUEST_HZ),
         Accel::Kvm => None,
     };
+    // Unknown `name=value` words reach init as its environment.
+    let line = format!("{KERNEL_CMDLINE} capsem_root={}", root.name());
     match lpj {
-        Some(lpj) => format!("{KERNEL_CMDLINE} lpj={lpj}"),
-        None => KERNEL_CMDLINE.to_owned(),
+        Some(lpj) => format!("{line} lpj={lpj}"),
+        None => line,
     }
 }
 
@@ -155,7 +167,7 @@ mod tests {
     use super::*;
 
     fn joined(accel: Accel) -> String {
-        vm_args(accel, 2, 1024, "capsem-test")
+        vm_args(accel, GuestRoot::Overlay, 2, 1024, "capsem-test")
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
@@ -176,7 +188,7 @@ mod tests {
 
     #[test]
     fn qemu_is_given_no_host_path_but_dev_urandom() {
-        let args: Vec<String> = vm_args(Accel::Tcg, 2, 1024, "capsem-test")
+        let args: Vec<String> = vm_args(Accel::Tcg, GuestRoot::Overlay, 2, 1024, "capsem-test")
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -201,9 +213,19 @@ mod tests {
 
     #[test]
     fn tcg_skips_delay_calibration_and_kvm_needs_nothing_extra() {
-        assert_eq!(kernel_cmdline(Accel::Kvm), KERNEL_CMDLINE);
+        let kvm = kernel_cmdline(Accel::Kvm, GuestRoot::Overlay);
+        assert_eq!(kvm, format!("{KERNEL_CMDLINE} capsem_root=overlay"));
         if host_mhz().is_some() {
-            assert!(kernel_cmdline(Accel::Tcg).contains(" lpj="));
+            assert!(kernel_cmdline(Accel::Tcg, GuestRoot::Overlay).contains(" lpj="));
+        }
+        let read_only = kernel_cmdline(Accel::Kvm, GuestRoot::ReadOnly);
+        assert!(read_only.ends_with(" capsem_root=read-only"));
+    }
+
+    #[test]
+    fn the_kernel_is_told_to_harden_its_heap() {
+        for flag in ["slab_nomerge", "page_alloc.shuffle=1", "init_on_alloc=1"] {
+            assert!(KERNEL_CMDLINE.split(' ').any(|w| w == flag), "{flag}");
         }
     }
 }

@@ -25,6 +25,7 @@ pub fn launch(binary: &Path, config: VmConfig) -> std::io::Result<VmHandle> {
     let mut cmd = Command::new(binary);
     cmd.args(vm_args(
         config.accel,
+        config.root,
         config.cpus,
         config.memory_mib,
         &config.name,
