@@ -1,11 +1,14 @@
 //! Turning the initramfs into the sandbox's filesystem.
 //!
 //! The initramfs holds only this binary. The real root is the read-only
-//! erofs image on the first virtio disk, seen through an overlay whose
-//! writable layer is a fresh tmpfs (or, with `capsem_root=read-only` on
-//! the kernel command line, as it is); `/root`, `/tmp`, `/run` and
-//! `/dev/shm` are fresh tmpfs mounts, so every boot starts empty and
-//! nothing a command writes outlives the VM or reaches the image.
+//! erofs image on the disk whose serial is `capsem-root`, seen through an
+//! overlay whose writable layer is a fresh tmpfs (or, with
+//! `capsem_root=read-only` on the kernel command line, as it is); `/tmp`,
+//! `/run` and `/dev/shm` are fresh tmpfs mounts, so every boot starts
+//! empty and nothing a command writes outlives the VM or reaches the
+//! image. `/root` is a fresh tmpfs too, except in a named sandbox
+//! (`capsem_home=disk`): there it is the sandbox's own ext4 disk (serial
+//! `capsem-home`), which the host formatted and keeps between boots.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
@@ -15,9 +18,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::mount::{MsFlags, mount};
 
-/// The root filesystem device: the VM's only disk.
-const ROOT_DEVICE: &str = "/dev/vda";
+/// The disks, by the serial numbers the host gives them.
+const ROOT_SERIAL: &str = "capsem-root";
+const HOME_SERIAL: &str = "capsem-home";
 const NEW_ROOT: &str = "/newroot";
+/// Where the home disk is mounted (in the initramfs, out of the guest's
+/// sight); its `root` directory becomes `/root`.
+const HOME_DISK: &str = "/home-disk";
+/// Set on the kernel command line when `/root` is a disk.
+const HOME_VAR: &str = "capsem_home";
 /// The image, under the overlay (in the initramfs, out of the guest's
 /// sight once the root is switched).
 const LOWER: &str = "/image";
@@ -26,8 +35,8 @@ const WRITABLE: &str = "/writable";
 /// How the host asks for the root (`capsem_root=` on the kernel command
 /// line, which the kernel hands to init as an environment variable).
 const ROOT_MODE_VAR: &str = "capsem_root";
-/// How long to wait for the root disk to appear.
-const ROOT_WAIT: Duration = Duration::from_secs(5);
+/// How long to wait for a disk to appear.
+const DISK_WAIT: Duration = Duration::from_secs(5);
 const HOSTNAME: &str = "capsem";
 
 /// Makes the agent's own descriptors (the channel to the host above all)
@@ -53,25 +62,39 @@ pub fn setup() -> Result<()> {
         MsFlags::MS_NOSUID,
         Some("mode=0755"),
     )?;
+    // The disks are found by their serial numbers in sysfs.
+    make_dir("/sys", 0o555)?;
+    mount_fs(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        nodev_nosuid() | MsFlags::MS_NOEXEC,
+        None,
+    )?;
     mount_root()?;
-    for (dir, mode) in [("root", "0700"), ("tmp", "1777"), ("run", "0755")] {
+    if std::env::var(HOME_VAR).is_ok_and(|v| v == "disk") {
+        mount_home_disk()?;
+    } else {
+        mount_fs(
+            "tmpfs",
+            &format!("{NEW_ROOT}/root"),
+            "tmpfs",
+            nodev_nosuid(),
+            Some("mode=0700"),
+        )?;
+    }
+    for (dir, mode) in [("tmp", "1777"), ("run", "0755")] {
         let target = format!("{NEW_ROOT}/{dir}");
         let opts = format!("mode={mode}");
         mount_fs("tmpfs", &target, "tmpfs", nodev_nosuid(), Some(&opts))?;
     }
     move_mount("/dev", &format!("{NEW_ROOT}/dev"))?;
+    move_mount("/sys", &format!("{NEW_ROOT}/sys"))?;
     switch_root()?;
     mount_fs(
         "proc",
         "/proc",
         "proc",
-        nodev_nosuid() | MsFlags::MS_NOEXEC,
-        None,
-    )?;
-    mount_fs(
-        "sysfs",
-        "/sys",
-        "sysfs",
         nodev_nosuid() | MsFlags::MS_NOEXEC,
         None,
     )?;
@@ -133,27 +156,74 @@ fn make_dir(path: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {path}"))
 }
 
-/// Mounts the image read-only at `NEW_ROOT`, or under an overlay there.
-fn mount_root() -> Result<()> {
-    let deadline = Instant::now() + ROOT_WAIT;
-    while !Path::new(ROOT_DEVICE).exists() {
+/// The device of the virtio disk with this serial number, once it exists.
+fn find_disk(serial: &str) -> Result<String> {
+    let deadline = Instant::now() + DISK_WAIT;
+    loop {
+        if let Some(name) = disk_with_serial(serial) {
+            let device = format!("/dev/{name}");
+            if Path::new(&device).exists() {
+                return Ok(device);
+            }
+        }
         if Instant::now() > deadline {
-            bail!("root disk {ROOT_DEVICE} did not appear within {ROOT_WAIT:?}");
+            bail!("the disk {serial} did not appear within {DISK_WAIT:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+fn disk_with_serial(serial: &str) -> Option<String> {
+    fs::read_dir("/sys/block")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let found = fs::read_to_string(entry.path().join("serial")).ok()?;
+            (found.trim() == serial).then(|| entry.file_name().to_string_lossy().into_owned())
+        })
+}
+
+/// Mounts the sandbox's disk and binds its `root` directory at `/root`
+/// (the file system's own root holds `lost+found`).
+fn mount_home_disk() -> Result<()> {
+    let device = find_disk(HOME_SERIAL)?;
+    make_dir(HOME_DISK, 0o700)?;
+    mount(
+        Some(device.as_str()),
+        HOME_DISK,
+        Some("ext4"),
+        nodev_nosuid(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting the sandbox's disk {device}"))?;
+    let home = format!("{HOME_DISK}/root");
+    make_dir(&home, 0o700)?;
+    let target = format!("{NEW_ROOT}/root");
+    mount(
+        Some(home.as_str()),
+        target.as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("binding {home} at /root"))
+}
+
+/// Mounts the image read-only at `NEW_ROOT`, or under an overlay there.
+fn mount_root() -> Result<()> {
+    let device = find_disk(ROOT_SERIAL)?;
     make_dir(NEW_ROOT, 0o755)?;
     let read_only = std::env::var(ROOT_MODE_VAR).is_ok_and(|mode| mode == "read-only");
     let image = if read_only { NEW_ROOT } else { LOWER };
     make_dir(image, 0o755)?;
     mount(
-        Some(ROOT_DEVICE),
+        Some(device.as_str()),
         image,
         Some("erofs"),
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         None::<&str>,
     )
-    .with_context(|| format!("mounting the root filesystem {ROOT_DEVICE} read-only"))?;
+    .with_context(|| format!("mounting the root filesystem {device} read-only"))?;
     if read_only {
         return Ok(());
     }

@@ -11,6 +11,7 @@
 //! shell script: a panic or error ends in [`power::off`], so the VM never
 //! hangs with the host waiting.
 
+mod archive;
 mod exec;
 mod files;
 mod init;

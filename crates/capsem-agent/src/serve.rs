@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::codec::Framed;
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
+use crate::archive;
 use crate::exec::{self, Channel, Running};
 use crate::files;
 use crate::net;
@@ -116,6 +117,8 @@ async fn handle(
             exec::run(channel, req, reaper, running).await
         }
         HostToGuest::WriteFiles(files) => files::serve(channel, files).await,
+        HostToGuest::PutArchive(target) => archive::put(channel, target).await,
+        HostToGuest::GetArchive { path } => archive::get(channel, path).await,
         HostToGuest::Signal { .. } | HostToGuest::Resize { .. } | HostToGuest::Shutdown => {
             if let Err(e) = control(first, channel, running, shutdown).await {
                 tracing::warn!("control stream: {e:#}");

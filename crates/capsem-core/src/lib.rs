@@ -27,4 +27,7 @@ pub mod settings;
 pub mod text;
 pub mod vm;
 
-pub use sandbox::{Notice, Outcome, Phases, RunError, RunReport, RunRequest, Sandbox};
+pub use sandbox::{
+    BootSpec, Booted, Live, Notice, Opened, Outcome, Phases, RunError, RunReport, RunRequest,
+    Sandbox,
+};

@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod blocking;
 pub mod frame;
 pub mod limits;
 pub mod msg;
@@ -40,9 +41,10 @@ pub mod mux;
 
 pub use frame::{FrameCodec, FrameError};
 pub use msg::{
-    Command, ConnectRequest, EnvError, ExecRequest, ExitStatus, FILE_ROOTS, GuestFile, GuestHello,
-    GuestToHost, HostHello, HostToGuest, ProcessInfo, ProtocolError, TtySize, validate_env_name,
-    validate_files, validate_name,
+    ArchiveTarget, Command, ConnectRequest, EnvError, ExecRequest, ExitStatus, FILE_ROOTS,
+    GuestFile, GuestHello, GuestToHost, HostHello, HostToGuest, ProcessInfo, ProtocolError,
+    TtySize, validate_copy_path, validate_env_name, validate_files, validate_name,
+    validate_top_name,
 };
 
 /// The codec the host uses: decodes guest messages, encodes host messages.

@@ -257,6 +257,50 @@ pub enum HostToGuest {
     /// every connection to the name it was resolved from); none means the
     /// name does not exist.
     Resolved(Option<[u8; 4]>),
+    /// First message of a stream of its own: a tar archive follows (as
+    /// [`HostToGuest::Data`], then [`HostToGuest::DataEnd`]) whose entries
+    /// all sit under one top name; it becomes `dest`, or `dest/name` when
+    /// `dest` is a directory. Answered with [`GuestToHost::Done`].
+    PutArchive(ArchiveTarget),
+    /// First and only message of a stream of its own: send `path` as a tar
+    /// archive under its own name ([`GuestToHost::Data`], then
+    /// [`GuestToHost::Done`]).
+    GetArchive {
+        /// An absolute path in the guest.
+        path: String,
+    },
+    /// A chunk of an archive.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The archive is complete.
+    DataEnd,
+}
+
+/// Where an archive from the host goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveTarget {
+    /// An absolute path in the guest.
+    pub dest: String,
+    /// The archive's top name (one normal path component).
+    pub name: String,
+}
+
+/// Checks a guest path of a copy: absolute, no NUL, bounded.
+pub fn validate_copy_path(path: &str) -> Result<(), ProtocolError> {
+    check_text(path)?;
+    check_no_nul("a path", path)?;
+    if !path.starts_with('/') {
+        return Err(ProtocolError::BadPath(path.chars().take(200).collect()));
+    }
+    Ok(())
+}
+
+/// Checks an archive's top name: one path component, not `.` or `..`.
+pub fn validate_top_name(name: &str) -> Result<(), ProtocolError> {
+    check_text(name)?;
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(ProtocolError::BadPath(name.chars().take(200).collect()));
+    }
+    Ok(())
 }
 
 /// How a guest command ended.
@@ -289,8 +333,10 @@ pub enum GuestToHost {
     Exited(ExitStatus),
     /// The agent refused the request (a bad request, not a failed command).
     Refused(String),
-    /// The request of this stream (writing files) is done.
+    /// The request of this stream (writing files, a copy) is done.
     Done,
+    /// A chunk of an archive the host asked for.
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// First message of a stream the guest opens: a process connected out;
     /// may it? After [`HostToGuest::Connected`] the stream carries the
     /// connection's bytes, unframed.
@@ -372,6 +418,10 @@ pub enum ProtocolError {
     /// A message that does not belong at this point of the stream.
     #[error("unexpected message: {0}")]
     Unexpected(&'static str),
+    /// A copy's path that is not absolute, or a top name that is not one
+    /// component.
+    #[error("'{0}' is not a path a copy can take")]
+    BadPath(String),
 }
 
 /// Checks that a peer's protocol version matches ours.
@@ -441,7 +491,9 @@ impl GuestToHost {
     /// Checks a message from an untrusted guest.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
-            GuestToHost::Stdout(data) | GuestToHost::Stderr(data) => check_chunk(data),
+            GuestToHost::Stdout(data) | GuestToHost::Stderr(data) | GuestToHost::Data(data) => {
+                check_chunk(data)
+            }
             GuestToHost::Exited(ExitStatus::Signal(sig)) => check_signal(*sig),
             GuestToHost::Exited(ExitStatus::Code(_)) => Ok(()),
             GuestToHost::Refused(text) => check_text(text),
@@ -489,13 +541,19 @@ impl HostToGuest {
         match self {
             HostToGuest::Exec(req) => req.validate(),
             HostToGuest::WriteFiles(files) => validate_files(files),
-            HostToGuest::Stdin(data) => check_chunk(data),
+            HostToGuest::Stdin(data) | HostToGuest::Data(data) => check_chunk(data),
+            HostToGuest::PutArchive(target) => {
+                validate_copy_path(&target.dest)?;
+                validate_top_name(&target.name)
+            }
+            HostToGuest::GetArchive { path } => validate_copy_path(path),
             HostToGuest::Signal { signal, .. } => check_signal(*signal),
             HostToGuest::Resize { size, .. } => check_size(*size),
             HostToGuest::Denied(reason) => check_text(reason),
             HostToGuest::StdinEof
             | HostToGuest::StdoutClosed
             | HostToGuest::Shutdown
+            | HostToGuest::DataEnd
             | HostToGuest::Connected
             | HostToGuest::Resolved(_) => Ok(()),
         }

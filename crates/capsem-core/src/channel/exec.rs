@@ -6,9 +6,12 @@
 //! blocks too, so a flood of output never piles up in memory. When the host
 //! stops taking stdout (a closed pipe), the guest closes the command's
 //! stdout and the command sees `SIGPIPE`, as it would locally. On a
-//! terminal, everything the command shows arrives as stdout.
+//! terminal, everything the command shows arrives as stdout. A command
+//! that outlives its timeout has its process group killed; the channel and
+//! the VM go on.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use capsem_proto::limits::MAX_CHUNK_BYTES;
 use capsem_proto::{
@@ -31,7 +34,22 @@ pub struct ExecSpec {
     pub env: Vec<(String, String)>,
     /// Run it on a terminal of this size.
     pub tty: Option<TtySize>,
+    /// Kill its process group if it runs longer than this.
+    pub timeout: Option<Duration>,
 }
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited, or a signal killed it.
+    Exited(ExitStatus),
+    /// It ran past its timeout and its process group was killed.
+    TimedOut,
+}
+
+/// How long a command killed at its timeout may take to report its end.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+const SIGKILL: u8 = 9;
 
 /// Something to tell a running command out of band.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,11 +91,11 @@ impl Recording<'_> {
 
 /// Runs `spec`, recording what happens.
 pub async fn run(
-    channel: &mut Channel,
+    channel: &Channel,
     spec: ExecSpec,
     io: ExecIo,
     recording: Recording<'_>,
-) -> Result<ExitStatus, ChannelError> {
+) -> Result<Ended, ChannelError> {
     let id = channel.exec_id();
     let req = ExecRequest {
         id,
@@ -119,18 +137,36 @@ pub async fn run(
         stderr: io.stderr,
         recording,
     };
-    let receive = receive(channel, id, source, outputs, io.controls, out_tx);
-    let status = tokio::select! {
+    let receive = receive(
+        Target {
+            channel,
+            id,
+            timeout: spec.timeout,
+        },
+        source,
+        outputs,
+        io.controls,
+        out_tx,
+    );
+    let ended = tokio::select! {
         result = receive => result?,
         never = background => match never {},
     };
-    recording.events.exec(
-        id,
-        ExecEvent::Exited {
+    let event = match ended {
+        Ended::Exited(status) => ExecEvent::Exited {
             code: status.shell_code(),
         },
-    );
-    Ok(status)
+        Ended::TimedOut => ExecEvent::TimedOut,
+    };
+    recording.events.exec(id, event);
+    Ok(ended)
+}
+
+/// The command being received: where to send its controls, and its limit.
+struct Target<'a> {
+    channel: &'a Channel,
+    id: u32,
+    timeout: Option<Duration>,
 }
 
 async fn feed_stdin(
@@ -169,16 +205,32 @@ struct Outputs<'a> {
 }
 
 async fn receive(
-    channel: &mut Channel,
-    id: u32,
+    cmd: Target<'_>,
     mut source: futures::stream::SplitStream<super::Stream>,
     mut out: Outputs<'_>,
     mut controls: mpsc::Receiver<Control>,
     out_tx: mpsc::Sender<HostToGuest>,
-) -> Result<ExitStatus, ChannelError> {
+) -> Result<Ended, ChannelError> {
+    let Target {
+        channel,
+        id,
+        timeout,
+    } = cmd;
     let mut stdout_open = true;
+    // Armed at the timeout; once it fires, re-armed for the kill's grace.
+    let limit = tokio::time::sleep(timeout.unwrap_or(Duration::MAX));
+    tokio::pin!(limit);
+    let mut killed = false;
     loop {
         tokio::select! {
+            () = &mut limit, if timeout.is_some() => {
+                if killed {
+                    return Ok(Ended::TimedOut);
+                }
+                killed = true;
+                channel.control(HostToGuest::Signal { exec: id, signal: SIGKILL }).await?;
+                limit.as_mut().reset(tokio::time::Instant::now() + KILL_GRACE);
+            }
             msg = source.next() => {
                 let msg = msg.ok_or(ChannelError::Closed)??;
                 msg.validate()?;
@@ -198,13 +250,15 @@ async fn receive(
                         // A closed stderr is no reason to disturb the command.
                         let _ = write_chunk(&mut out.stderr, &data).await;
                     }
-                    GuestToHost::Exited(status) => return Ok(status),
+                    GuestToHost::Exited(_) if killed => return Ok(Ended::TimedOut),
+                    GuestToHost::Exited(status) => return Ok(Ended::Exited(status)),
                     GuestToHost::Refused(reason) => return Err(ChannelError::Refused(reason)),
                     GuestToHost::Done
+                    | GuestToHost::Data(_)
                     | GuestToHost::Connect(_)
                     | GuestToHost::Resolve { .. }
                     | GuestToHost::Blocked { .. } => {
-                        return Err(ProtocolError::Unexpected("a network message on an exec stream").into());
+                        return Err(ProtocolError::Unexpected("a network or copy message on an exec stream").into());
                     }
                 }
             }

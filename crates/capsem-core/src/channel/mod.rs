@@ -6,8 +6,10 @@
 //! Everything the guest sends is validated; the first bad frame ends the
 //! channel with a [`ChannelError`].
 
+mod copy;
 pub mod exec;
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use capsem_proto::mux::{self, ConnectionError, Mode, Opener};
@@ -22,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedWrite};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
-pub use exec::{Control, ExecIo, ExecSpec, Recording, run as exec};
+pub use exec::{Control, Ended, ExecIo, ExecSpec, Recording, run as exec};
 
 /// A multiplexed stream framed with the host's codec.
 pub type Stream = Framed<Compat<mux::Stream>, HostCodec>;
@@ -60,13 +62,14 @@ impl ChannelError {
     }
 }
 
-/// An open channel.
+/// An open channel. Any number of commands and copies may use it at once
+/// (each on a stream of its own); signals share the control stream.
 pub struct Channel {
     hello: GuestHello,
     opener: Opener,
     driver: JoinHandle<Result<(), ConnectionError>>,
-    control: FramedWrite<Compat<mux::Stream>, HostCodec>,
-    next_exec: u32,
+    control: tokio::sync::Mutex<FramedWrite<Compat<mux::Stream>, HostCodec>>,
+    next_exec: AtomicU32,
 }
 
 /// The streams the guest opens (its network connections and queries).
@@ -105,8 +108,8 @@ impl Channel {
             hello,
             opener,
             driver,
-            control,
-            next_exec: 1,
+            control: tokio::sync::Mutex::new(control),
+            next_exec: AtomicU32::new(1),
         };
         Ok((channel, inbound))
     }
@@ -117,26 +120,25 @@ impl Channel {
     }
 
     /// Opens a new framed stream.
-    async fn open(&mut self) -> Result<Stream, ChannelError> {
-        let stream = self.opener.open().await?;
+    async fn open(&self) -> Result<Stream, ChannelError> {
+        let stream = self.opener.clone().open().await?;
         Ok(Framed::new(stream.compat(), HostCodec::new()))
     }
 
-    /// Allocates the id of a new command.
-    fn exec_id(&mut self) -> u32 {
-        let id = self.next_exec;
-        self.next_exec = self.next_exec.wrapping_add(1);
-        id
+    /// Allocates the id of a new command; ids are never reused while the
+    /// channel lives (2^32 commands).
+    fn exec_id(&self) -> u32 {
+        self.next_exec.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Sends a message on the control stream.
-    async fn control(&mut self, msg: HostToGuest) -> Result<(), ChannelError> {
-        self.control.send(msg).await?;
+    async fn control(&self, msg: HostToGuest) -> Result<(), ChannelError> {
+        self.control.lock().await.send(msg).await?;
         Ok(())
     }
 
-    /// Has the guest write `files` (before any command runs).
-    pub async fn write_files(&mut self, files: Vec<GuestFile>) -> Result<(), ChannelError> {
+    /// Has the guest write `files` (small ones, e.g. the AI CLIs' settings).
+    pub async fn write_files(&self, files: Vec<GuestFile>) -> Result<(), ChannelError> {
         validate_files(&files)?;
         let mut stream = self.open().await?;
         stream.send(HostToGuest::WriteFiles(files)).await?;
@@ -150,7 +152,7 @@ impl Channel {
     }
 
     /// Asks the guest to power off. The VM's exit confirms it.
-    pub async fn shutdown(&mut self) -> Result<(), ChannelError> {
+    pub async fn shutdown(&self) -> Result<(), ChannelError> {
         self.control(HostToGuest::Shutdown).await
     }
 }

@@ -1,10 +1,15 @@
 //! One sandboxed run, from verified assets to a destroyed VM.
 //!
-//! [`Sandbox::run`] verifies the assets, picks the accelerator, creates the
-//! session, boots the VM, waits for the agent's hello, runs the command,
-//! and always tears the VM down, whatever happened in between. Each phase is
-//! timed from the start of the capsem process.
+//! [`Sandbox::open`] verifies the assets, picks the accelerator and opens
+//! the session; [`Sandbox::boot`] starts the VM and waits for the agent's
+//! hello, giving a [`Live`] VM that runs commands ([`Live::exec`], any
+//! number at once) until [`Live::stop`]. A one-shot run
+//! ([`Sandbox::run`]) is those steps in a row, and always tears the VM
+//! down whatever happened in between; a named sandbox's supervisor holds
+//! the [`Live`] VM open. Each phase is timed from the start of the
+//! process.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +21,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use tokio::net::UnixStream;
 
 use crate::assets::{self, AssetError, Manifest};
-use crate::channel::{self, Channel, ChannelError, ExecIo, ExecSpec, Recording};
+use crate::channel::{self, Channel, ChannelError, Ended, ExecIo, ExecSpec, Recording};
 use crate::net::{Ca, CaError, Network, SettingsLoader, UpstreamError};
 use crate::session::EventLog;
 use crate::session::events::ms;
@@ -140,7 +145,8 @@ pub struct RunRequest {
     pub tty: Option<TtySize>,
     /// Files written into the guest before the command starts.
     pub files: Vec<GuestFile>,
-    /// Kill the VM if the command runs longer than this.
+    /// Kill the VM if the command runs longer than this (its process
+    /// group is killed first).
     pub timeout: Option<Duration>,
 }
 
@@ -257,18 +263,72 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Runs `req` in a fresh VM. `notice` receives messages for the user
-    /// (the TCG fallback, a recording problem, a switched-off provider the
-    /// guest asked for); phases are logged at `info`
-    /// level. The session is recorded in the index and its event database.
+    /// Runs `req` in a fresh VM: [`Sandbox::open`], [`Sandbox::boot`],
+    /// [`Live::exec`], [`Live::stop`], and the session's record closed
+    /// whatever happened. `notice` receives messages for the user (the TCG
+    /// fallback, a recording problem, a switched-off provider the guest
+    /// asked for); phases are logged at `info` level.
     pub async fn run(
         &self,
         req: RunRequest,
-        io: ExecIo,
+        mut io: ExecIo,
         notice: Notice,
     ) -> Result<RunReport, RunError> {
-        let told = notice.clone();
-        let notice: &(dyn Fn(&str) + Sync) = &*told;
+        let (mut opened, assets) = self.open(&req.command.to_string(), &notice)?;
+        let mut tty = req.tty;
+        let transcript = tty.and_then(|_| opened.open_transcript(&*notice));
+        let boot = BootSpec {
+            assets,
+            home_disk: None,
+            files: req.files,
+        };
+        let booted = self
+            .boot(
+                &mut opened,
+                boot,
+                notice.clone(),
+                signalled(&mut io.controls, &mut tty),
+            )
+            .await;
+        let result = match booted {
+            Ok(Booted::Ready(live)) => {
+                let spec = ExecSpec {
+                    command: req.command,
+                    env: req.env,
+                    tty,
+                    timeout: req.timeout,
+                };
+                let outcome = live.exec(spec, io, transcript.as_ref()).await;
+                opened.phases.command_done = Some(self.mark("command finished"));
+                live.stop(matches!(outcome, Ok(Outcome::Exited(_)))).await;
+                opened.phases.vm_gone = Some(self.mark("VM gone"));
+                live.finish().await;
+                outcome
+            }
+            Ok(Booted::Interrupted(signal)) => {
+                opened.phases.vm_gone = Some(self.mark("VM gone: interrupted during boot"));
+                Ok(Outcome::Interrupted(signal))
+            }
+            Err(e) => Err(e),
+        };
+        let cut = transcript.as_ref().map_or(0, Transcript::cut_bytes);
+        let (session, accel) = (opened.session.id().to_owned(), opened.accel.name());
+        let phases = opened.close(result.as_ref(), cut, &*notice).await;
+        result.map(|outcome| RunReport {
+            session,
+            outcome,
+            accel,
+            phases,
+        })
+    }
+
+    /// Verifies the assets, picks the accelerator, loads the CA and opens
+    /// a session recorded as running `command`.
+    pub fn open(
+        &self,
+        command: &str,
+        notice: &Notice,
+    ) -> Result<(Opened, assets::VerifiedAssets), RunError> {
         let mut phases = Phases::default();
         let cache = self.home.join("asset-hashes.json");
         let assets = assets::verify(&self.manifest, &self.asset_dir, Some(&cache))?;
@@ -285,7 +345,7 @@ impl Sandbox {
             row: NewSession {
                 id: session.id().to_owned(),
                 started_at_ms: store::now_ms(),
-                command: req.command.to_string(),
+                command: command.to_owned(),
                 cpus: self.vm.cpus,
                 memory_mib: self.vm.memory_mib,
                 assets: [
@@ -297,48 +357,14 @@ impl Sandbox {
             events_db: session.events_db(),
         });
         notices.iter().for_each(|n| notice(n));
-        let transcript = req
-            .tty
-            .and_then(|_| open_transcript(&session, recorder.budget(), notice));
-        let result = self
-            .boot_and_exec(
-                &session,
-                assets,
-                choice.accel,
-                Job {
-                    notice: told.clone(),
-                    transcript: transcript.as_ref(),
-                    req,
-                    io,
-                    events: recorder.events(),
-                    ca,
-                },
-                &mut phases,
-            )
-            .await;
-        let (status, exit_code) = match &result {
-            Ok(Outcome::Exited(status)) => (Status::Exited, Some(i32::from(status.shell_code()))),
-            Ok(Outcome::TimedOut) => (Status::TimedOut, None),
-            Ok(Outcome::Interrupted(signal)) => (Status::Killed, Some(128 + i32::from(*signal))),
-            Err(_) => (Status::Failed, None),
-        };
-        let (notices, phases) = recorder
-            .finish(FinalState {
-                status,
-                exit_code,
-                error: result.as_ref().err().map(ToString::to_string),
-                accel: choice.accel.name(),
-                phases,
-                transcript_cut_bytes: transcript.as_ref().map_or(0, Transcript::cut_bytes),
-            })
-            .await;
-        notices.iter().for_each(|n| notice(n));
-        result.map(|outcome| RunReport {
-            session: session.id().to_owned(),
-            outcome,
-            accel: choice.accel.name(),
+        let opened = Opened {
+            session,
+            recorder,
+            accel: choice.accel,
+            ca,
             phases,
-        })
+        };
+        Ok((opened, assets))
     }
 
     fn mark(&self, phase: &str) -> Duration {
@@ -347,18 +373,21 @@ impl Sandbox {
         at
     }
 
-    async fn boot_and_exec(
+    /// Boots the VM of `opened` and waits for its agent, unless `cancel`
+    /// yields a signal first (the VM is then destroyed). The guest's
+    /// network is served from the hello on.
+    pub async fn boot(
         &self,
-        session: &Session,
-        assets: assets::VerifiedAssets,
-        accel: Accel,
-        mut job: Job<'_>,
-        phases: &mut Phases,
-    ) -> Result<Outcome, RunError> {
+        opened: &mut Opened,
+        spec: BootSpec,
+        notice: Notice,
+        cancel: impl Future<Output = u8>,
+    ) -> Result<Booted, RunError> {
         let io_err = |what: &str| {
             let what = what.to_owned();
             move |source| RunError::Io { what, source }
         };
+        let session = &opened.session;
         let (channel_host, channel_vm) =
             StdUnixStream::pair().map_err(io_err("creating the channel socket pair"))?;
         let (console_host, console_vm) =
@@ -367,11 +396,12 @@ impl Sandbox {
             .map_err(io_err("creating the boot log"))?;
         let config = VmConfig {
             name: format!("capsem-{}", session.id()),
-            assets,
-            accel,
+            assets: spec.assets,
+            accel: opened.accel,
             cpus: self.vm.cpus,
             memory_mib: self.vm.memory_mib,
             root: self.vm.root,
+            home_disk: spec.home_disk,
             channel: channel_vm.into(),
             console: console_vm.into(),
             monitor_log: crate::fsutil::create_private(&session.monitor_log())
@@ -381,39 +411,57 @@ impl Sandbox {
             "starting the VM: {} vCPUs, {} MiB, {}",
             config.cpus,
             config.memory_mib,
-            accel.name()
+            opened.accel.name()
         );
         let handle = self.backend.launch(config)?;
-        let mut vm = RunningVm::new(handle, console_host, boot_log)
+        let vm = RunningVm::new(handle, console_host, boot_log)
             .map_err(io_err("reading the VM console"))?;
-        phases.vm_spawned = Some(self.mark("VM monitor started"));
+        opened.phases.vm_spawned = Some(self.mark("VM monitor started"));
 
         let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
-        let ca_pem = job.ca.cert_pem().to_owned();
-        let booted = tokio::select! {
-            booted = self.boot(session, socket, &mut vm, ca_pem) => booted,
-            signal = signalled(&mut job.io.controls, &mut job.req.tty) => {
-                kill(&mut vm).await;
-                phases.vm_gone = Some(self.mark("VM gone: interrupted during boot"));
-                return Ok(Outcome::Interrupted(signal));
+        let ca_pem = opened.ca.cert_pem().to_owned();
+        let (channel, inbound) = tokio::select! {
+            booted = self.handshake(session, socket, &vm, ca_pem) => booted?,
+            signal = cancel => {
+                kill(&vm).await;
+                return Ok(Booted::Interrupted(signal));
             }
         };
-        let (mut channel, inbound) = booted?;
-        let network = Network::new(
-            job.ca.clone(),
+        let events = opened.recorder.events().clone();
+        let network = match Network::new(
+            opened.ca.clone(),
             self.settings.clone(),
-            job.events.clone(),
-            job.notice.clone(),
-        );
-        let network = match network {
+            events.clone(),
+            notice,
+        ) {
             Ok(network) => network.start(inbound),
             Err(e) => {
-                kill(&mut vm).await;
+                kill(&vm).await;
                 return Err(e.into());
             }
         };
+        self.mark_hello(&mut opened.phases, channel.hello());
+        let live = Live {
+            session: session.clone(),
+            vm,
+            channel,
+            network,
+            events,
+        };
+        if !spec.files.is_empty()
+            && let Err(source) = live.channel.write_files(spec.files).await
+        {
+            let err = live.explain(source, Stage::Exec).await;
+            live.stop(false).await;
+            live.finish().await;
+            return Err(err);
+        }
+        Ok(Booted::Ready(Box::new(live)))
+    }
+
+    /// Records when the kernel, `/init` and the agent were reached.
+    fn mark_hello(&self, phases: &mut Phases, hello: &capsem_proto::GuestHello) {
         let ready = self.mark("guest agent ready");
-        let hello = channel.hello();
         let kernel = ready.saturating_sub(Duration::from_nanos(hello.ready_ns));
         phases.kernel_started = Some(kernel);
         phases.init_started = Some(kernel + Duration::from_nanos(hello.init_started_ns));
@@ -423,27 +471,14 @@ impl Sandbox {
             Duration::from_nanos(hello.init_started_ns).as_secs_f64(),
             Duration::from_nanos(hello.ready_ns).as_secs_f64()
         );
-
-        let outcome = self.exec(session, &mut channel, &mut vm, job).await;
-        phases.command_done = Some(self.mark("command finished"));
-        if matches!(outcome, Ok(Outcome::Exited(_))) {
-            // The guest powers off at once; it is killed if it does not.
-            let _ = tokio::time::timeout(Duration::from_secs(1), channel.shutdown()).await;
-            stop(&mut vm).await;
-        } else {
-            kill(&mut vm).await;
-        }
-        phases.vm_gone = Some(self.mark("VM gone"));
-        network.finish(NETWORK_GRACE).await;
-        outcome
     }
 
     /// Waits for the agent's hello on the channel.
-    async fn boot(
+    async fn handshake(
         &self,
         session: &Session,
         socket: UnixStream,
-        vm: &mut RunningVm,
+        vm: &RunningVm,
         ca_pem: String,
     ) -> Result<(Channel, channel::Inbound), RunError> {
         let secs = self.vm.boot_timeout_secs;
@@ -451,114 +486,214 @@ impl Sandbox {
         let booted = tokio::select! {
             hello = tokio::time::timeout(limit, Channel::handshake(socket, ca_pem)) => match hello {
                 Ok(Ok(opened)) => return Ok(opened),
-                Ok(Err(source)) => Booted::Failed(source),
-                Err(_) => Booted::TimedOut,
+                Ok(Err(source)) => Handshake::Failed(source),
+                Err(_) => Handshake::TimedOut,
             },
-            exit = vm.wait() => Booted::Exited(exit),
+            exit = vm.wait() => Handshake::Exited(exit),
         };
         let err = match booted {
-            Booted::Failed(source) => self.explain(session, vm, source, Stage::Boot).await,
-            Booted::TimedOut => RunError::BootTimeout {
+            Handshake::Failed(source) => explain(session, vm, source, Stage::Boot).await,
+            Handshake::TimedOut => RunError::BootTimeout {
                 secs,
                 boot_log: session.boot_log(),
                 tail: log_tail(&session.boot_log(), BOOT_LOG_LINES),
             },
-            Booted::Exited(exit) => Stage::Boot.died(session, exit),
+            Handshake::Exited(exit) => Stage::Boot.died(session, exit),
         };
         kill(vm).await;
         Err(err)
     }
+}
 
-    /// Turns a channel failure into the error the user should see: when the
-    /// guest merely went away because the VM stopped, that is the story,
-    /// told with the guest's last words.
-    async fn explain(
-        &self,
-        session: &Session,
-        vm: &mut RunningVm,
-        source: ChannelError,
-        stage: Stage,
-    ) -> RunError {
-        if source.is_disconnect()
-            && let Ok(exit) = tokio::time::timeout(Duration::from_millis(500), vm.wait()).await
-        {
-            return stage.died(session, exit);
-        }
-        RunError::Channel {
-            source,
-            boot_log: session.boot_log(),
-        }
+/// What a VM boots with.
+pub struct BootSpec {
+    /// The verified assets ([`Sandbox::open`] gives them).
+    pub assets: assets::VerifiedAssets,
+    /// A named sandbox's disk for `/root`.
+    pub home_disk: Option<crate::vm::DiskFiles>,
+    /// Small files written into the guest once its agent is ready.
+    pub files: Vec<GuestFile>,
+}
+
+/// How a boot ended without an error.
+pub enum Booted {
+    /// The agent is ready.
+    Ready(Box<Live>),
+    /// A signal came first; the VM was destroyed.
+    Interrupted(u8),
+}
+
+/// A session opened for a VM: its record, and what the VM boots with.
+pub struct Opened {
+    session: Session,
+    recorder: Recorder,
+    accel: Accel,
+    ca: Arc<Ca>,
+    /// When each phase was reached.
+    pub phases: Phases,
+}
+
+impl Opened {
+    /// The session's id.
+    pub fn id(&self) -> &str {
+        self.session.id()
     }
 
-    /// Runs the command, racing it against the VM's death and the timeout.
-    async fn exec(
+    /// The accelerator the VM runs on.
+    pub fn accel(&self) -> &'static str {
+        self.accel.name()
+    }
+
+    /// The transcript of a terminal session; a failure to create it is a
+    /// notice, not a reason to refuse the session.
+    fn open_transcript(&self, notice: &(dyn Fn(&str) + Sync)) -> Option<Transcript> {
+        let path = self.session.dir().join(TRANSCRIPT_FILE);
+        Transcript::create(&path, self.recorder.budget())
+            .inspect_err(|e| notice(&format!("this session has no transcript: {e}")))
+            .ok()
+    }
+
+    /// Records how the session ended; returns its phases as recorded.
+    pub async fn close(
+        self,
+        result: Result<&Outcome, &RunError>,
+        transcript_cut_bytes: u64,
+        notice: &(dyn Fn(&str) + Sync),
+    ) -> Phases {
+        let (status, exit_code) = match result {
+            Ok(Outcome::Exited(status)) => (Status::Exited, Some(i32::from(status.shell_code()))),
+            Ok(Outcome::TimedOut) => (Status::TimedOut, None),
+            Ok(Outcome::Interrupted(signal)) => (Status::Killed, Some(128 + i32::from(*signal))),
+            Err(_) => (Status::Failed, None),
+        };
+        let (notices, phases) = self
+            .recorder
+            .finish(FinalState {
+                status,
+                exit_code,
+                error: result.err().map(ToString::to_string),
+                accel: self.accel.name(),
+                phases: self.phases,
+                transcript_cut_bytes,
+            })
+            .await;
+        notices.iter().for_each(|n| notice(n));
+        phases
+    }
+}
+
+/// A VM whose agent is ready: commands run in it, any number at once,
+/// until it is stopped or dies.
+pub struct Live {
+    session: Session,
+    vm: RunningVm,
+    channel: Channel,
+    network: crate::net::Running,
+    events: EventLog,
+}
+
+impl Live {
+    /// Runs a command, racing it against the VM's death. A command past
+    /// its timeout has its process group killed ([`Outcome::TimedOut`]);
+    /// the VM goes on.
+    pub async fn exec(
         &self,
-        session: &Session,
-        channel: &mut Channel,
-        vm: &mut RunningVm,
-        job: Job<'_>,
+        spec: ExecSpec,
+        io: ExecIo,
+        transcript: Option<&Transcript>,
     ) -> Result<Outcome, RunError> {
-        let Job {
-            req,
-            io,
-            events,
+        let recording = Recording {
+            events: &self.events,
             transcript,
-            ..
-        } = job;
-        let spec = ExecSpec {
-            command: req.command,
-            env: req.env,
-            tty: req.tty,
-        };
-        let recording = Recording { events, transcript };
-        let files = req.files;
-        let exec = async {
-            if !files.is_empty() {
-                channel.write_files(files).await?;
-            }
-            channel::exec(channel, spec, io, recording).await
-        };
-        let limit = async {
-            match req.timeout {
-                Some(limit) => tokio::time::sleep(limit).await,
-                None => std::future::pending().await,
-            }
         };
         let ended = tokio::select! {
-            result = exec => match result {
-                Ok(status) => Ok(Outcome::Exited(status)),
+            result = channel::exec(&self.channel, spec, io, recording) => match result {
+                Ok(Ended::Exited(status)) => Ok(Outcome::Exited(status)),
+                Ok(Ended::TimedOut) => Ok(Outcome::TimedOut),
                 Err(source) => Err(Ok(source)),
             },
-            exit = vm.wait() => Err(Err(Stage::Exec.died(session, exit))),
-            () = limit => Ok(Outcome::TimedOut),
+            exit = self.vm.wait() => Err(Err(Stage::Exec.died(&self.session, exit))),
         };
         if let Some(transcript) = transcript {
             transcript.finish();
         }
         match ended {
             Ok(outcome) => Ok(outcome),
-            Err(Ok(source)) => Err(self.explain(session, vm, source, Stage::Exec).await),
+            Err(Ok(source)) => Err(self.explain(source, Stage::Exec).await),
             Err(Err(died)) => Err(died),
         }
     }
+
+    async fn explain(&self, source: ChannelError, stage: Stage) -> RunError {
+        explain(&self.session, &self.vm, source, stage).await
+    }
+
+    /// Waits until the VM has ended.
+    pub async fn wait(&self) -> VmExit {
+        self.vm.wait().await
+    }
+
+    /// The VM monitor's process id.
+    pub fn vm_pid(&self) -> Option<u32> {
+        self.vm.pid()
+    }
+
+    /// The channel to the guest agent (copies use it directly).
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// How the VM ended, if it has.
+    pub fn wait_now(&self) -> Option<VmExit> {
+        self.vm.try_exit()
+    }
+
+    /// The error for a VM that ended on its own, with the guest's last
+    /// words.
+    pub fn died(&self, exit: VmExit) -> RunError {
+        Stage::Exec.died(&self.session, exit)
+    }
+
+    /// Ends the VM: asks the guest to power off (it syncs its disk) and
+    /// waits for that when `graceful`, else kills it.
+    pub async fn stop(&self, graceful: bool) {
+        if graceful {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.channel.shutdown()).await;
+            stop(&self.vm).await;
+        } else {
+            kill(&self.vm).await;
+        }
+    }
+
+    /// Once the VM is gone, lets the network record what was in flight.
+    pub async fn finish(self) {
+        self.network.finish(NETWORK_GRACE).await;
+    }
 }
 
-/// The transcript of a terminal session; a failure to create it is a
-/// notice, not a reason to refuse the session.
-fn open_transcript(
+/// Turns a channel failure into the error the user should see: when the
+/// guest merely went away because the VM stopped, that is the story, told
+/// with the guest's last words.
+async fn explain(
     session: &Session,
-    budget: Arc<crate::session::Budget>,
-    notice: &(dyn Fn(&str) + Sync),
-) -> Option<Transcript> {
-    let path = session.dir().join(TRANSCRIPT_FILE);
-    Transcript::create(&path, budget)
-        .inspect_err(|e| notice(&format!("this session has no transcript: {e}")))
-        .ok()
+    vm: &RunningVm,
+    source: ChannelError,
+    stage: Stage,
+) -> RunError {
+    if source.is_disconnect()
+        && let Ok(exit) = tokio::time::timeout(Duration::from_millis(500), vm.wait()).await
+    {
+        return stage.died(session, exit);
+    }
+    RunError::Channel {
+        source,
+        boot_log: session.boot_log(),
+    }
 }
 
-/// How a boot that produced no channel ended.
-enum Booted {
-    /// The handshake failed (to be explained by the VM's fate).
+/// How a handshake that produced no channel ended.
+enum Handshake {
+    /// It failed (to be explained by the VM's fate).
     Failed(ChannelError),
     /// The agent did not answer in time.
     TimedOut,
@@ -570,18 +705,6 @@ enum Booted {
 fn to_tokio(socket: StdUnixStream) -> std::io::Result<UnixStream> {
     socket.set_nonblocking(true)?;
     UnixStream::from_std(socket)
-}
-
-/// The command of a run, its stdio and where its events go.
-struct Job<'a> {
-    req: RunRequest,
-    io: ExecIo,
-    events: &'a EventLog,
-    transcript: Option<&'a Transcript>,
-    /// Tells the user what they should know at once.
-    notice: Notice,
-    /// The CA the guest trusts and the proxy signs with.
-    ca: Arc<Ca>,
 }
 
 /// Where in a run the VM stopped.
@@ -630,7 +753,7 @@ async fn signalled(
 }
 
 /// Ends the VM: lets a powering-off guest finish, else kills it.
-async fn stop(vm: &mut RunningVm) {
+async fn stop(vm: &RunningVm) {
     if tokio::time::timeout(SHUTDOWN_GRACE, vm.wait())
         .await
         .is_err()
@@ -640,7 +763,7 @@ async fn stop(vm: &mut RunningVm) {
 }
 
 /// Kills the VM and waits until its process is gone.
-async fn kill(vm: &mut RunningVm) {
+async fn kill(vm: &RunningVm) {
     vm.kill();
     vm.wait().await;
 }

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -20,7 +21,7 @@ const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
 /// The monitor and its console copy.
 pub struct RunningVm {
     handle: VmHandle,
-    console: Option<JoinHandle<()>>,
+    console: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl RunningVm {
@@ -30,18 +31,34 @@ impl RunningVm {
         let console = tokio::net::UnixStream::from_std(console)?;
         Ok(RunningVm {
             handle,
-            console: Some(tokio::spawn(copy_console(console, boot_log))),
+            console: Mutex::new(Some(tokio::spawn(copy_console(console, boot_log)))),
         })
     }
 
     /// Waits until the VM has ended and its console output is on disk, so
-    /// the boot log's tail is complete when an error quotes it.
-    pub async fn wait(&mut self) -> VmExit {
+    /// the boot log's tail is complete when an error quotes it. Several
+    /// tasks may wait; the first one out drains the console.
+    pub async fn wait(&self) -> VmExit {
         let exit = self.handle.wait().await;
-        if let Some(copy) = self.console.take() {
+        let copy = self
+            .console
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(copy) = copy {
             let _ = tokio::time::timeout(CONSOLE_DRAIN, copy).await;
         }
         exit
+    }
+
+    /// How the VM ended, if it has.
+    pub fn try_exit(&self) -> Option<VmExit> {
+        self.handle.try_exit()
+    }
+
+    /// The monitor's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.handle.pid()
     }
 
     /// Kills the VM now.

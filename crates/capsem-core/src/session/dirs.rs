@@ -17,7 +17,7 @@ use crate::fsutil::create_private_dir;
 const ID_LEN: usize = 8;
 
 /// The directory of one run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Session {
     id: String,
     dir: PathBuf,

@@ -170,6 +170,8 @@ pub enum ExecEvent {
         /// The code.
         code: u8,
     },
+    /// It ran past its timeout and was killed.
+    TimedOut,
 }
 
 /// One row of `model_calls`.
@@ -621,6 +623,7 @@ fn columns(what: ExecEvent) -> Columns {
         ExecEvent::Stderr { bytes } => ("stderr", Some(bytes as i64), None, None),
         ExecEvent::Signal { signal } => ("signal", None, Some(signal.into()), None),
         ExecEvent::Exited { code } => ("exited", None, Some(code.into()), None),
+        ExecEvent::TimedOut => ("timed_out", None, None, None),
     }
 }
 

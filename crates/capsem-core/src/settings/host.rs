@@ -65,6 +65,25 @@ fn total_mib() -> Option<i64> {
     Some(kib / 1024)
 }
 
+/// Checks a VM shape asked for outside the settings (`capsem create
+/// --cpus N --memory MIB`) as `settings set` would check `vm.cpus` and
+/// `vm.memory_mib`: within their range and within this host.
+pub fn check_vm_shape(cpus: u32, memory_mib: u32) -> Result<(), String> {
+    for (key, n) in [("vm.cpus", cpus), ("vm.memory_mib", memory_mib)] {
+        let n = i64::from(n);
+        if let Some(super::registry::Def {
+            kind: super::registry::Kind::Int { min, max },
+            ..
+        }) = super::registry::lookup(key)
+            && !(*min..=*max).contains(&n)
+        {
+            return Err(format!("{key} = {n} is not between {min} and {max}"));
+        }
+        fits(key, &toml_edit::Value::from(n)).map_err(|why| format!("{key} = {n} is not {why}"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

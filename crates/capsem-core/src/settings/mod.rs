@@ -10,6 +10,7 @@
 
 pub mod edit;
 mod host;
+pub use host::check_vm_shape;
 pub mod registry;
 
 use std::collections::BTreeMap;
@@ -185,6 +186,19 @@ pub struct SessionSettings {
     pub max_session_mib: u32,
 }
 
+/// The `sandbox.*` settings of named sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// `sandbox.disk_gib`: the size of a new sandbox's disk.
+    pub disk_gib: u32,
+    /// `sandbox.idle_timeout_secs`; 0 never stops an idle sandbox.
+    pub idle_timeout_secs: u32,
+    /// `sandbox.max_running`.
+    pub max_running: u32,
+    /// `sandbox.max_copy_bytes`.
+    pub max_copy_bytes: u64,
+}
+
 impl Settings {
     /// Only the built-in defaults.
     pub fn defaults() -> Self {
@@ -337,6 +351,16 @@ impl Settings {
             retention_days: self.u32("sessions.retention_days"),
             max_count: self.u32("sessions.max_count"),
             max_session_mib: self.u32("sessions.max_session_mib"),
+        }
+    }
+
+    /// The `sandbox.*` settings.
+    pub fn sandbox(&self) -> SandboxSettings {
+        SandboxSettings {
+            disk_gib: self.u32("sandbox.disk_gib"),
+            idle_timeout_secs: self.u32("sandbox.idle_timeout_secs"),
+            max_running: self.u32("sandbox.max_running"),
+            max_copy_bytes: self.size("sandbox.max_copy_bytes") as u64,
         }
     }
 }

@@ -139,6 +139,36 @@ pub const REGISTRY: &[Def] = &[
         description: "most MiB one session's events and terminal transcript may take on disk (what is over is counted, not kept)",
     },
     Def {
+        key: "sandbox.disk_gib",
+        kind: Kind::Int { min: 1, max: 4096 },
+        default: Default::Int(8),
+        description: "size in GiB of a named sandbox's own disk at /root (sparse: it takes only what is written)",
+    },
+    Def {
+        key: "sandbox.idle_timeout_secs",
+        kind: Kind::Int {
+            min: 0,
+            max: 31_536_000,
+        },
+        default: Default::Int(0),
+        description: "stop (never delete) a named sandbox after this many seconds without a command; 0 never",
+    },
+    Def {
+        key: "sandbox.max_copy_bytes",
+        kind: Kind::Int {
+            min: 1,
+            max: 1 << 50,
+        },
+        default: Default::Int(4 << 30),
+        description: "most bytes one `capsem cp` out of a sandbox may write on the host (what is over refuses the copy)",
+    },
+    Def {
+        key: "sandbox.max_running",
+        kind: Kind::Int { min: 1, max: 1024 },
+        default: Default::Int(20),
+        description: "most named sandboxes running at once; starting one more is refused",
+    },
+    Def {
         key: "ai.claude.settings_json",
         kind: Kind::Json,
         default: Default::Str(ai::CLAUDE_SETTINGS),

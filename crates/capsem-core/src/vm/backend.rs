@@ -29,12 +29,35 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// How the guest sees its root filesystem.
     pub root: GuestRoot,
+    /// A named sandbox's own disk (ext4, read-write), mounted at `/root`.
+    pub home_disk: Option<DiskFiles>,
     /// The VM's end of the channel socket pair.
     pub channel: OwnedFd,
     /// The VM's end of the console socket pair; the host reads the other.
     pub console: OwnedFd,
     /// Where the monitor's own stdout and stderr go.
     pub monitor_log: File,
+}
+
+/// A writable disk image, open twice: QEMU opens an image read-only
+/// before it opens it read-write, and takes from its descriptor set the
+/// descriptor whose access mode matches each open.
+#[derive(Debug)]
+pub struct DiskFiles {
+    /// Open read-write.
+    pub read_write: File,
+    /// Open read-only.
+    pub read_only: File,
+}
+
+impl DiskFiles {
+    /// Opens the image at `path` both ways.
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(DiskFiles {
+            read_write: File::options().read(true).write(true).open(path)?,
+            read_only: File::open(path)?,
+        })
+    }
 }
 
 /// How the guest sees the read-only image (`guest.root`): under an overlay
@@ -115,9 +138,10 @@ impl VmHandle {
         self.pid
     }
 
-    /// Waits until the VM has ended.
-    pub async fn wait(&mut self) -> VmExit {
-        match self.exit.wait_for(Option::is_some).await {
+    /// Waits until the VM has ended; any number of tasks may wait.
+    pub async fn wait(&self) -> VmExit {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
             Ok(exit) => exit.expect("checked by wait_for"),
             // The watcher vanished without a word: treat it as killed.
             Err(_) => VmExit::Signal(9),

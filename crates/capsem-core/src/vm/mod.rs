@@ -6,5 +6,5 @@ pub mod backend;
 pub mod qemu;
 
 pub use accel::{Accel, AccelChoice, AccelSetting, KvmUnavailable};
-pub use backend::{Backend, GuestRoot, VmConfig, VmError, VmExit, VmHandle};
+pub use backend::{Backend, DiskFiles, GuestRoot, VmConfig, VmError, VmExit, VmHandle};
 pub use qemu::QemuBackend;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use capsem_core::ai;
 use capsem_core::channel::{Control, ExecIo};
 use capsem_core::net::NetSettings;
-use capsem_core::settings::{Live, Settings};
+use capsem_core::settings::{Live, Settings, VmSettings};
 use capsem_core::vm::QemuBackend;
 use capsem_core::{Outcome, RunRequest, Sandbox, paths};
 use capsem_proto::{Command, TtySize};
@@ -28,7 +28,7 @@ const FORWARDED: [SignalKind; 4] = [
     SignalKind::quit(),
 ];
 /// A terminal size for `-t` when capsem itself has no terminal.
-const DEFAULT_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
+pub const DEFAULT_SIZE: TtySize = TtySize { rows: 24, cols: 80 };
 
 /// How the guest command's output reaches the user.
 #[derive(Debug, Clone)]
@@ -67,7 +67,7 @@ pub fn run(args: RunArgs, started: Instant, output: Output) -> i32 {
 
 /// What to run: one argument is a command line for `bash -c`, several are
 /// an exact argv, none is a script read from stdin (`bash -s`).
-fn command_of(args: Vec<String>) -> Command {
+pub fn command_of(args: Vec<String>) -> Command {
     match args.len() {
         0 => Command::Argv(vec!["bash".into(), "-s".into()]),
         1 => Command::Shell(args.into_iter().next().unwrap_or_default()),
@@ -87,18 +87,31 @@ fn guest_env(
 ) -> Result<Vec<(String, String)>, Failure> {
     let mut env = ai::guest_env(settings);
     if tty {
-        let term = std::env::var("TERM").ok().filter(|t| !t.is_empty());
-        let term = term.unwrap_or_else(|| settings.text("guest.shell.term").to_owned());
-        env.push(("TERM".to_owned(), term));
-        if let Ok(colorterm) = std::env::var("COLORTERM") {
-            env.push(("COLORTERM".to_owned(), colorterm));
-        }
+        env.extend(terminal_env(settings));
     }
     env.extend(
         settings
             .guest_env()
             .map(|(k, v, _)| (k.to_owned(), v.to_owned())),
     );
+    env.extend(user_env(pass, user)?);
+    Ok(env)
+}
+
+/// TERM (the host's, else `guest.shell.term`) and COLORTERM for a guest
+/// terminal.
+pub fn terminal_env(settings: &Settings) -> Vec<(String, String)> {
+    let term = std::env::var("TERM").ok().filter(|t| !t.is_empty());
+    let term = term.unwrap_or_else(|| settings.text("guest.shell.term").to_owned());
+    let mut env = vec![("TERM".to_owned(), term)];
+    if let Ok(colorterm) = std::env::var("COLORTERM") {
+        env.push(("COLORTERM".to_owned(), colorterm));
+    }
+    env
+}
+
+/// `--pass-env` variables, then `-e`.
+pub fn user_env(pass: &[String], user: Vec<EnvArg>) -> Result<Vec<(String, String)>, Failure> {
     let own = |option: &str, name: &str| {
         let value = std::env::var(name).map_err(|_| {
             Failure::new(format!(
@@ -107,6 +120,7 @@ fn guest_env(
         })?;
         Ok::<_, Failure>((name.to_owned(), value))
     };
+    let mut env = Vec::new();
     for name in pass {
         env.push(own("--pass-env", name)?);
     }
@@ -135,13 +149,8 @@ async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i3
     let options = args.options;
     let command = command_of(args.command);
     let controls = forward_controls(tty.is_some())?;
-    let (manifest, asset_dir) = embedded::assets()?;
-    let settings = Settings::load().map_err(|e| {
-        Failure::new(e).hint("fix or remove the file; capsem never rewrites a file it cannot read")
-    })?;
-    let backend = QemuBackend::locate().map_err(|e| {
-        Failure::new(e).hint("sudo apt-get install qemu-system-x86 (or set CAPSEM_QEMU)")
-    })?;
+    let settings = load_settings()?;
+    let sandbox = sandbox_for(&settings, settings.vm(), started)?;
     // Raw mode from here on; the guard restores the terminal when this
     // function returns, before any error is printed.
     let raw = match tty {
@@ -159,19 +168,6 @@ async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i3
         }
     });
     settings.warnings.iter().for_each(|w| notice(w));
-    let sandbox = Sandbox {
-        vm: settings.vm(),
-        sessions: settings.sessions(),
-        manifest,
-        asset_dir,
-        backend: Arc::new(backend),
-        home: paths::capsem_home(),
-        started,
-        settings: {
-            let live = Live::new(NetSettings::new);
-            Arc::new(move || live.load())
-        },
-    };
     let (stdout, stderr): (Writer, Writer) = match output {
         Output::Raw => (Box::new(tokio::io::stdout()), Box::new(tokio::io::stderr())),
         Output::Report => (
@@ -213,6 +209,38 @@ async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i3
         }
         // As a shell reports a command killed by the signal.
         Outcome::Interrupted(signal) => 128 + i32::from(signal),
+    })
+}
+
+/// The settings, or the reason they cannot be read.
+pub fn load_settings() -> Result<Settings, Failure> {
+    Settings::load().map_err(|e| {
+        Failure::new(e).hint("fix or remove the file; capsem never rewrites a file it cannot read")
+    })
+}
+
+/// The sandbox machinery for VMs of shape `vm`, with this build's assets.
+pub fn sandbox_for(
+    settings: &Settings,
+    vm: VmSettings,
+    started: Instant,
+) -> Result<Sandbox, Failure> {
+    let (manifest, asset_dir) = embedded::assets()?;
+    let backend = QemuBackend::locate().map_err(|e| {
+        Failure::new(e).hint("sudo apt-get install qemu-system-x86 (or set CAPSEM_QEMU)")
+    })?;
+    Ok(Sandbox {
+        vm,
+        sessions: settings.sessions(),
+        manifest,
+        asset_dir,
+        backend: Arc::new(backend),
+        home: paths::capsem_home(),
+        started,
+        settings: {
+            let live = Live::new(NetSettings::new);
+            Arc::new(move || live.load())
+        },
     })
 }
 
@@ -260,7 +288,7 @@ const CAPTURE_LIMIT: usize = 4 * 1024 * 1024;
 /// the guest, where they reach the command's process group. On a terminal,
 /// SIGTERM and SIGHUP become a hang-up, which an interactive shell obeys
 /// (it ignores SIGTERM), and window changes become resizes.
-fn forward_controls(tty: bool) -> Result<mpsc::Receiver<Control>, Failure> {
+pub fn forward_controls(tty: bool) -> Result<mpsc::Receiver<Control>, Failure> {
     let (tx, rx) = mpsc::channel(8);
     let listen = |kind: SignalKind| {
         signal(kind).map_err(|e| Failure::new(format!("installing a signal handler: {e}")))

@@ -38,7 +38,31 @@ pub enum Fd {
     Channel = 6,
     /// The VM's end of the console socket pair.
     Console = 7,
+    /// A named sandbox's own disk, open read-write.
+    HomeDisk = 8,
+    /// The same, open read-only.
+    HomeDiskReadOnly = 9,
 }
+
+/// What a VM's command line is made of, apart from its descriptors.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// KVM or TCG.
+    pub accel: Accel,
+    /// How the guest sees its root filesystem.
+    pub root: GuestRoot,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Guest RAM.
+    pub memory_mib: u32,
+    /// Whether [`Fd::HomeDisk`] is a disk for `/root`.
+    pub home_disk: bool,
+}
+
+/// The disks' serial numbers, by which the agent finds them.
+pub const ROOT_SERIAL: &str = "capsem-root";
+/// See [`ROOT_SERIAL`].
+pub const HOME_SERIAL: &str = "capsem-home";
 
 /// The machine: accelerator, CPUs, RAM, and the lockdown flags; no devices.
 pub fn machine_args(accel: Accel, cpus: u32, memory_mib: u32) -> Vec<OsString> {
@@ -69,7 +93,7 @@ pub fn machine_args(accel: Accel, cpus: u32, memory_mib: u32) -> Vec<OsString> {
     ])
 }
 
-/// Direct kernel boot of `kernel` with `initramfs`.
+/// Direct kernel boot of `kernel` with `initramfs` (the bench's floor).
 pub fn boot_args(accel: Accel, root: GuestRoot, kernel: &str, initramfs: &str) -> Vec<OsString> {
     to_args(&[
         "-kernel",
@@ -82,21 +106,21 @@ pub fn boot_args(accel: Accel, root: GuestRoot, kernel: &str, initramfs: &str) -
 }
 
 /// The full command line of a capsem VM with its resources at [`Fd`].
-pub fn vm_args(
-    accel: Accel,
-    root: GuestRoot,
-    cpus: u32,
-    memory_mib: u32,
-    name: &str,
-) -> Vec<OsString> {
+pub fn vm_args(shape: &Shape, name: &str) -> Vec<OsString> {
     let fd = |fd: Fd| fd as i32;
-    let mut args = machine_args(accel, cpus, memory_mib);
-    args.extend(boot_args(
-        accel,
-        root,
+    let mut args = machine_args(shape.accel, shape.cpus, shape.memory_mib);
+    let mut cmdline = kernel_cmdline(shape.accel, shape.root);
+    if shape.home_disk {
+        cmdline.push_str(" capsem_home=disk");
+    }
+    args.extend(to_args(&[
+        "-kernel",
         &format!("/proc/self/fd/{}", fd(Fd::Kernel)),
+        "-initrd",
         &format!("/proc/self/fd/{}", fd(Fd::Initramfs)),
-    ));
+        "-append",
+        &cmdline,
+    ]));
     args.extend(to_args(&[
         "-name",
         name,
@@ -109,7 +133,7 @@ pub fn vm_args(
         "-drive",
         "if=none,id=rootfs,file=/dev/fdset/1,format=raw,readonly=on",
         "-device",
-        "virtio-blk-device,drive=rootfs",
+        &format!("virtio-blk-device,drive=rootfs,serial={ROOT_SERIAL}"),
         "-device",
         "virtio-serial-device,max_ports=2",
         "-chardev",
@@ -121,6 +145,21 @@ pub fn vm_args(
         "-device",
         "virtio-rng-device,rng=rng",
     ]));
+    if shape.home_disk {
+        args.extend(to_args(&[
+            "-add-fd",
+            &format!("fd={},set=2,opaque=home", fd(Fd::HomeDisk)),
+            "-add-fd",
+            &format!(
+                "fd={},set=2,opaque=home-read-only",
+                fd(Fd::HomeDiskReadOnly)
+            ),
+            "-drive",
+            "if=none,id=home,file=/dev/fdset/2,format=raw,discard=unmap",
+            "-device",
+            &format!("virtio-blk-device,drive=home,serial={HOME_SERIAL}"),
+        ]));
+    }
     args
 }
 
@@ -166,8 +205,18 @@ fn host_mhz() -> Option<f64> {
 mod tests {
     use super::*;
 
+    fn shape(accel: Accel, home_disk: bool) -> Shape {
+        Shape {
+            accel,
+            root: GuestRoot::Overlay,
+            cpus: 2,
+            memory_mib: 1024,
+            home_disk,
+        }
+    }
+
     fn joined(accel: Accel) -> String {
-        vm_args(accel, GuestRoot::Overlay, 2, 1024, "capsem-test")
+        vm_args(&shape(accel, false), "capsem-test")
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
@@ -188,7 +237,7 @@ mod tests {
 
     #[test]
     fn qemu_is_given_no_host_path_but_dev_urandom() {
-        let args: Vec<String> = vm_args(Accel::Tcg, GuestRoot::Overlay, 2, 1024, "capsem-test")
+        let args: Vec<String> = vm_args(&shape(Accel::Tcg, true), "capsem-test")
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -203,6 +252,19 @@ mod tests {
             .filter(|word| !word.starts_with("/proc/self/fd/") && !word.starts_with("/dev/fdset/"))
             .collect();
         assert_eq!(paths, ["/dev/urandom"]);
+    }
+
+    #[test]
+    fn a_home_disk_is_writable_and_named_on_the_command_line() {
+        let line = vm_args(&shape(Accel::Tcg, true), "capsem-test")
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(line.contains("file=/dev/fdset/2,format=raw,discard=unmap"));
+        assert!(line.contains(&format!("serial={HOME_SERIAL}")));
+        assert!(line.contains(" capsem_home=disk"));
+        assert!(!joined(Accel::Tcg).contains("capsem_home"));
     }
 
     #[test]

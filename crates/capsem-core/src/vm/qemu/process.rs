@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rand::RngExt;
 use tokio::sync::watch;
 
-use super::args::{Fd, vm_args};
+use super::args::{Fd, Shape, vm_args};
 use crate::vm::accel::Accel;
 use crate::vm::backend::{VmConfig, VmExit, VmHandle};
 
@@ -19,36 +19,44 @@ use crate::vm::backend::{VmConfig, VmExit, VmHandle};
 /// no distribution hands out, so no other process (another VM's QEMU
 /// included) shares it.
 const SANDBOX_UIDS: std::ops::Range<u32> = 1_000_000_000..2_000_000_000;
+/// Most descriptors QEMU inherits.
+const MAX_FDS: usize = 8;
 
 /// Starts QEMU for `config`.
 pub fn launch(binary: &Path, config: VmConfig) -> std::io::Result<VmHandle> {
     let mut cmd = Command::new(binary);
-    cmd.args(vm_args(
-        config.accel,
-        config.root,
-        config.cpus,
-        config.memory_mib,
-        &config.name,
-    ))
-    .env_clear()
-    .stdin(Stdio::null())
-    .stdout(config.monitor_log.try_clone()?)
-    .stderr(config.monitor_log.try_clone()?)
-    .process_group(0);
+    let shape = Shape {
+        accel: config.accel,
+        root: config.root,
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        home_disk: config.home_disk.is_some(),
+    };
+    cmd.args(vm_args(&shape, &config.name))
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(config.monitor_log.try_clone()?)
+        .stderr(config.monitor_log.try_clone()?)
+        .process_group(0);
     if nix::unistd::geteuid().is_root() {
         // std drops supplementary groups, then sets gid and uid, in the
         // child before our pre_exec hook runs.
         let uid = rand::rng().random_range(SANDBOX_UIDS);
         cmd.uid(uid).gid(sandbox_gid(config.accel, uid));
     }
-    let map = [
+    let mut map: Vec<(RawFd, RawFd)> = [
         (config.assets.kernel.file.as_raw_fd(), Fd::Kernel),
         (config.assets.initramfs.file.as_raw_fd(), Fd::Initramfs),
         (config.assets.rootfs.file.as_raw_fd(), Fd::Rootfs),
         (config.channel.as_raw_fd(), Fd::Channel),
         (config.console.as_raw_fd(), Fd::Console),
     ]
-    .map(|(from, to)| (from, to as RawFd));
+    .map(|(from, to)| (from, to as RawFd))
+    .into();
+    if let Some(disk) = &config.home_disk {
+        map.push((disk.read_write.as_raw_fd(), Fd::HomeDisk as RawFd));
+        map.push((disk.read_only.as_raw_fd(), Fd::HomeDiskReadOnly as RawFd));
+    }
     let parent = std::process::id();
     // SAFETY: runs in the child between fork and exec, where only
     // async-signal-safe calls are allowed: fcntl(2), dup2(2), prctl(2) and
@@ -83,9 +91,13 @@ fn sandbox_gid(accel: Accel, uid: u32) -> u32 {
 
 /// Moves each descriptor to its fixed number, without CLOEXEC. Two passes,
 /// through copies above the targets, so that no move overwrites a source
-/// still to be moved. Only called between fork and exec.
-fn place_fds(map: &[(RawFd, RawFd); 5]) -> std::io::Result<()> {
-    let mut copies = [0; 5];
+/// still to be moved. Only called between fork and exec, so it allocates
+/// nothing: `map` is built before the fork.
+fn place_fds(map: &[(RawFd, RawFd)]) -> std::io::Result<()> {
+    let mut copies = [0; MAX_FDS];
+    if map.len() > MAX_FDS {
+        return Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+    }
     for (copy, (from, _)) in copies.iter_mut().zip(map) {
         // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor the parent keeps
         // open; it allocates a new descriptor and touches no memory.
