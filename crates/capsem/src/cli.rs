@@ -37,7 +37,8 @@ Exit status:
     override_usage = "capsem                       (an interactive shell)\n       \
                       capsem [OPTIONS] COMMAND [ARGS]...\n       \
                       capsem run [OPTIONS] -- COMMAND [ARGS]...\n       \
-                      capsem shell | doctor | sessions | net | settings | assets | version | completions | man",
+                      capsem create | exec | shell | cp | ls | start | stop | rm | service\n       \
+                      capsem doctor | sessions | net | settings | assets | version | completions | man",
     after_help = EXIT_STATUS,
     subcommand_value_name = "COMMAND",
 )]
@@ -145,11 +146,80 @@ impl RunArgs {
 pub enum Subcmd {
     /// Run a command in a fresh VM (the default).
     Run(RunArgs),
-    /// Open an interactive shell (bash, as a login shell) in a fresh VM.
+    /// Open an interactive shell (bash, as a login shell) in a fresh VM, or
+    /// in the running sandbox NAME.
     ///
-    /// The same as `capsem` with no arguments on a terminal. The VM is
-    /// destroyed when the shell exits, and capsem exits with its status.
-    Shell(RunOptions),
+    /// Without NAME, the same as `capsem` with no arguments on a terminal:
+    /// the VM is destroyed when the shell exits, and capsem exits with its
+    /// status. With NAME, leaving the shell leaves the sandbox running.
+    Shell(ShellArgs),
+    /// Create a named sandbox that lives on: boots it, waits until it
+    /// takes commands, prints its name.
+    ///
+    /// It has a disk of its own at /root (sandbox.disk_gib, sparse) that
+    /// survives `capsem stop` / `capsem start`; `capsem rm` deletes it.
+    /// Named sandboxes are run by the capsem service, which the CLI starts
+    /// when it is not running.
+    Create(CreateArgs),
+    /// Run a command in a running sandbox, with the stdio, exit status,
+    /// signal and --timeout behaviour of a one-shot run (a timeout kills
+    /// the command, not the sandbox).
+    Exec(ExecArgs),
+    /// Copy files between the host and a running sandbox.
+    ///
+    /// One side is NAME:PATH (PATH absolute, or relative to /root), the
+    /// other a host path, or - for stdin or stdout (one file). A directory
+    /// is copied whole, with modes and modification times; a destination
+    /// that is a directory receives the source under its own name.
+    /// Symlinks are copied as symlinks, never followed (-L follows the
+    /// host's). Out of a sandbox only files, directories and symlinks
+    /// land, without setuid or setgid bits, at most sandbox.max_copy_bytes,
+    /// and nothing is written unless the whole copy is good.
+    Cp {
+        /// Follow symlinks in a host source.
+        #[arg(short = 'L', long)]
+        follow: bool,
+        /// What to copy.
+        src: String,
+        /// Where to.
+        dest: String,
+    },
+    /// List the named sandboxes.
+    Ls {
+        /// A JSON array instead of the table (see docs/api.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a stopped sandbox (its /root as it was left).
+    Start {
+        /// The sandbox (an unambiguous prefix will do).
+        name: String,
+    },
+    /// Stop a running sandbox: its processes end, its disk stays.
+    Stop {
+        /// The sandbox (an unambiguous prefix will do).
+        name: String,
+    },
+    /// Remove a sandbox and its disk.
+    Rm {
+        /// Stop it first if it runs.
+        #[arg(short, long)]
+        force: bool,
+        /// The sandbox (an unambiguous prefix will do).
+        name: String,
+    },
+    /// The capsem service, which runs the named sandboxes (the CLI starts
+    /// it when needed). Without a subcommand: its status.
+    Service {
+        #[command(subcommand)]
+        action: Option<ServiceAction>,
+    },
+    /// Supervise one sandbox (started by the service; not for use by hand).
+    #[command(hide = true)]
+    Supervise {
+        /// The sandbox.
+        name: String,
+    },
     /// Run the in-VM diagnostics: is the sandbox really sealed, and does
     /// everything in it work?
     ///
@@ -214,6 +284,66 @@ pub enum Subcmd {
         #[arg(long, value_name = "DIR")]
         dir: Option<std::path::PathBuf>,
     },
+}
+
+/// `capsem shell [NAME]`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ShellArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// A running sandbox to open the shell in, instead of a fresh VM.
+    pub name: Option<String>,
+}
+
+/// `capsem create`.
+#[derive(Debug, Clone, Args)]
+pub struct CreateArgs {
+    /// Its name: 1 to 63 of a-z, 0-9 and '-' (default: a generated one).
+    #[arg(short, long)]
+    pub name: Option<String>,
+    /// vCPUs (default: vm.cpus).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Guest RAM in MiB (default: vm.memory_mib).
+    #[arg(long, value_name = "MIB")]
+    pub memory: Option<u32>,
+    /// An environment variable for every command in it (repeatable);
+    /// `-e NAME` passes capsem's own value.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<EnvArg>,
+}
+
+/// `capsem exec`.
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub options: RunOptions,
+    /// Run the command on a terminal in the guest, as `capsem run -t`.
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The sandbox (an unambiguous prefix will do).
+    pub name: String,
+    /// The command: one argument is a line for `bash -c`, several an argv.
+    #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `capsem service ACTION`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ServiceAction {
+    /// Whether it runs, its pid, and how many sandboxes it knows.
+    Status {
+        /// One JSON object (see docs/api.md).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start it in the background, if it is not running.
+    Start,
+    /// Stop it; the sandboxes go on running, and the next capsem command
+    /// that needs the service starts it again and finds them.
+    Stop,
+    /// Run it in the foreground (what `start` runs).
+    Run,
 }
 
 /// `capsem doctor`'s own options, and a run's.
@@ -406,7 +536,10 @@ pub fn check(cli: &Cli) -> Result<(), clap::Error> {
     use clap::error::ErrorKind;
     let mut command = Cli::command();
     if let Some(sub) = &cli.subcommand
-        && !matches!(sub, Subcmd::Run(_) | Subcmd::Shell(_) | Subcmd::Doctor(_))
+        && !matches!(
+            sub,
+            Subcmd::Run(_) | Subcmd::Shell(_) | Subcmd::Doctor(_) | Subcmd::Exec(_)
+        )
     {
         let given = cli
             .run
@@ -415,7 +548,7 @@ pub fn check(cli: &Cli) -> Result<(), clap::Error> {
             .or(cli.run.tty.then_some("--tty"));
         if let Some(option) = given {
             let message = format!(
-                "{option} is an option of runs (capsem COMMAND, run, shell, doctor), not of `capsem {}`",
+                "{option} is an option of runs (capsem COMMAND, run, shell, doctor, exec), not of `capsem {}`",
                 sub.name()
             );
             return Err(command.error(ErrorKind::ArgumentConflict, message));
@@ -466,6 +599,15 @@ impl Subcmd {
             Subcmd::Sessions { .. } => "sessions",
             Subcmd::Completions { .. } => "completions",
             Subcmd::Man { .. } => "man",
+            Subcmd::Create(_) => "create",
+            Subcmd::Exec(_) => "exec",
+            Subcmd::Ls { .. } => "ls",
+            Subcmd::Cp { .. } => "cp",
+            Subcmd::Start { .. } => "start",
+            Subcmd::Stop { .. } => "stop",
+            Subcmd::Rm { .. } => "rm",
+            Subcmd::Service { .. } => "service",
+            Subcmd::Supervise { .. } => "supervise",
         }
     }
 }
@@ -485,10 +627,10 @@ mod tests {
         let cli = parse(&["uname", "-a"]).unwrap();
         assert!(cli.subcommand.is_none());
         assert_eq!(cli.run.command, ["uname", "-a"]);
-        let cli = parse(&["-q", "--timeout", "5", "ls", "-l", "--color", "-q"]).unwrap();
+        let cli = parse(&["-q", "--timeout", "5", "grep", "-l", "--color", "-q"]).unwrap();
         assert!(cli.run.options.quiet);
         assert_eq!(cli.run.options.timeout, Some(Duration::from_secs(5)));
-        assert_eq!(cli.run.command, ["ls", "-l", "--color", "-q"]);
+        assert_eq!(cli.run.command, ["grep", "-l", "--color", "-q"]);
     }
 
     #[test]
@@ -696,7 +838,7 @@ mod tests {
                 );
             }
         }
-        for sub in top.get_subcommands() {
+        for sub in top.get_subcommands().filter(|sub| !sub.is_hide_set()) {
             assert!(
                 named.iter().any(|n| n == sub.get_name()),
                 "README's usage lacks `capsem {}`",

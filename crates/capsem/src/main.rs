@@ -35,10 +35,31 @@ fn main() {
     let outer = cli.run;
     let code = match cli.subcommand {
         None if outer.command.is_empty() && terminal::stdin_is_terminal() => {
-            cmd::shell::run(outer.options, started)
+            cmd::shell::run(outer.options, None, started)
         }
         None => cmd::run::run(outer, started, Output::Raw),
-        Some(Subcmd::Shell(options)) => cmd::shell::run(options.with_outer(outer.options), started),
+        Some(Subcmd::Shell(args)) => {
+            cmd::shell::run(args.options.with_outer(outer.options), args.name, started)
+        }
+        Some(Subcmd::Exec(mut args)) => {
+            args.options = args.options.with_outer(outer.options);
+            let options = args.options.clone();
+            cmd::sandbox::block_on(&options, cmd::sandbox::exec(args))
+        }
+        Some(Subcmd::Create(args)) => sandboxes(cmd::sandbox::create(args)),
+        Some(Subcmd::Ls { json }) => sandboxes(cmd::sandbox::list(json)),
+        Some(Subcmd::Cp { follow, src, dest }) => sandboxes(cmd::copy::run(&src, &dest, follow)),
+        Some(Subcmd::Start { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "start")),
+        Some(Subcmd::Stop { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "stop")),
+        Some(Subcmd::Rm { name, force }) => sandboxes(cmd::sandbox::remove(&name, force)),
+        Some(Subcmd::Service { action }) => sandboxes(cmd::sandbox::service_cmd(action)),
+        Some(Subcmd::Supervise { name }) => {
+            let options = RunOptions {
+                verbose: true,
+                ..RunOptions::default()
+            };
+            cmd::sandbox::block_on(&options, cmd::sandbox::supervise(&name, started))
+        }
         Some(Subcmd::Run(args)) => cmd::run::run(args.with_outer(outer), started, Output::Raw),
         Some(Subcmd::Doctor(args)) => cmd::doctor::run(args, outer.options, started),
         Some(Subcmd::Assets {
@@ -54,6 +75,11 @@ fn main() {
     // Exit at once: a thread reading a terminal stdin may still be blocked,
     // and waiting for it would hang until the user pressed a key.
     std::process::exit(code);
+}
+
+/// The exit code of a client of the service, its failure reported.
+fn sandboxes(command: impl std::future::Future<Output = Result<i32, exit::Failure>>) -> i32 {
+    cmd::sandbox::block_on(&RunOptions::default(), command)
 }
 
 /// The exit code of a subcommand that runs no VM, its failure reported.

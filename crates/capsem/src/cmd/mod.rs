@@ -1,10 +1,12 @@
 //! One module per subcommand.
 
 pub mod assets;
+pub mod copy;
 pub mod doctor;
 pub mod help;
 pub mod net;
 pub mod run;
+pub mod sandbox;
 pub mod sessions;
 pub mod settings;
 pub mod shell;

@@ -389,7 +389,7 @@ fn confirm(count: usize) -> Result<bool, Failure> {
 }
 
 /// A Unix time in ms as local wall-clock time.
-fn local_time(ms: i64) -> String {
+pub fn local_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| {
             t.to_zoned_datetime(jiff::tz::TimeZone::system())

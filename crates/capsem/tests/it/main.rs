@@ -13,6 +13,7 @@ mod kernel;
 mod lifecycle;
 mod network;
 mod registries;
+mod sandboxes;
 mod security;
 mod sessions;
 mod settings;

@@ -1,0 +1,581 @@
+//! The service: the API on `capsem.sock`, a router over the sandboxes'
+//! supervisors.
+//!
+//! It keeps no state of its own that matters: a sandbox is its directory,
+//! and it runs while its supervisor holds the directory's lock. A service
+//! that dies loses nothing; the next one reads the same directories.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use capsem_core::session::store::now_ms;
+use capsem_core::settings::Settings;
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::api::{
+    CreateRequest, ErrorBody, SandboxInfo, ServiceInfo, State as SandboxState, SupervisorInfo,
+};
+use crate::client::Client;
+use crate::layout::{self, Meta, SandboxDir};
+use crate::{bridge, lock, name, peer};
+
+/// How long a stopping supervisor may take before it is killed.
+const STOP_WAIT: Duration = Duration::from_secs(20);
+/// How long a supervisor's `/info` may take to answer.
+const INFO_WAIT: Duration = Duration::from_secs(3);
+/// Added to `vm.boot_timeout_secs` for a supervisor to be ready.
+const READY_SLACK: Duration = Duration::from_secs(30);
+
+/// What the service runs with.
+pub struct Config {
+    /// Capsem's home.
+    pub home: PathBuf,
+    /// The capsem binary, run as `capsem supervise NAME` for each sandbox.
+    pub exe: PathBuf,
+}
+
+/// The service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Another service holds the lock.
+    #[error("a capsem service is running already")]
+    Running,
+    /// Its directory, lock or socket failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &str) -> impl FnOnce(io::Error) -> ServiceError {
+    let what = what.to_owned();
+    move |source| ServiceError::Io { what, source }
+}
+
+struct Service {
+    home: PathBuf,
+    exe: PathBuf,
+    started_ms: i64,
+    /// Serializes lifecycle changes of each sandbox.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    stop: Notify,
+}
+
+/// Serves until `POST /v1/service/stop` or SIGTERM/SIGINT.
+pub async fn run(config: Config) -> Result<(), ServiceError> {
+    let run_dir = layout::run_dir(&config.home);
+    layout::private_dir(&run_dir).map_err(io_err("creating the service's directory"))?;
+    let _alive = lock::take(&run_dir.join("service.lock"), Duration::from_secs(1))
+        .map_err(io_err("locking the service"))?
+        .ok_or(ServiceError::Running)?;
+    let listener = peer::bind(&layout::service_socket(&config.home))
+        .map_err(io_err("binding the service's socket"))?;
+    let service = Arc::new(Service {
+        home: config.home,
+        exe: config.exe,
+        started_ms: now_ms(),
+        locks: Mutex::default(),
+        stop: Notify::new(),
+    });
+    tracing::info!("capsem service {} serving", std::process::id());
+    let shutdown = {
+        let service = service.clone();
+        async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing a SIGTERM handler");
+            tokio::select! {
+                () = service.stop.notified() => {}
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+    };
+    let socket = layout::service_socket(&service.home);
+    let served = peer::serve(listener, router(service), shutdown).await;
+    let _ = std::fs::remove_file(socket);
+    served.map_err(io_err("serving"))
+}
+
+fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/service", get(service_info))
+        .route("/v1/service/stop", post(service_stop))
+        .route("/v1/sandboxes", get(list).post(create))
+        .route("/v1/sandboxes/{name}", get(show).delete(remove))
+        .route("/v1/sandboxes/{name}/start", post(start))
+        .route("/v1/sandboxes/{name}/stop", post(stop))
+        .route("/v1/sandboxes/{name}/exec", get(exec))
+        .route("/v1/sandboxes/{name}/files", get(files).put(files))
+        .with_state(service)
+}
+
+/// An error answer.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn conflict(message: impl Into<String>) -> Self {
+        ApiError(StatusCode::CONFLICT, message.into())
+    }
+
+    fn internal(message: impl std::fmt::Display) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+type Answer<T> = Result<axum::Json<T>, ApiError>;
+
+impl Service {
+    fn names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(layout::root(&self.home)) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| name::check(n).is_ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The sandbox `given` names: its full name, or an unambiguous prefix.
+    fn resolve(&self, given: &str) -> Result<SandboxDir, ApiError> {
+        let names = self.names();
+        if names.iter().any(|n| n == given) {
+            return Ok(SandboxDir::of(&self.home, given));
+        }
+        let matches: Vec<&String> = names.iter().filter(|n| n.starts_with(given)).collect();
+        match matches.as_slice() {
+            [one] => Ok(SandboxDir::of(&self.home, one)),
+            [] => Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no sandbox is named {given:?} (capsem ls lists them)"),
+            )),
+            many => Err(ApiError::conflict(format!(
+                "{given:?} is ambiguous: it begins {}",
+                many.iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    fn lock_of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    fn running(&self) -> usize {
+        self.names()
+            .iter()
+            .filter(|n| lock::is_held(&SandboxDir::of(&self.home, n).lock()))
+            .count()
+    }
+
+    async fn info(&self, dir: &SandboxDir) -> Result<SandboxInfo, ApiError> {
+        let meta = dir.meta().map_err(|e| {
+            ApiError::internal(format!("reading {}: {e}", dir.meta_path().display()))
+        })?;
+        let running = lock::is_held(&dir.lock());
+        let live = if running {
+            supervisor_info(dir).await
+        } else {
+            None
+        };
+        let rss = live
+            .as_ref()
+            .map(|live| rss_kib(live.pid) + live.vm_pid.map_or(0, rss_kib));
+        Ok(SandboxInfo {
+            name: meta.name,
+            state: if running {
+                SandboxState::Running
+            } else {
+                SandboxState::Stopped
+            },
+            created_ms: meta.created_ms,
+            started_ms: live.as_ref().map(|l| l.started_ms),
+            cpus: meta.cpus,
+            memory_mib: meta.memory_mib,
+            disk_gib: meta.disk_gib,
+            session: live
+                .as_ref()
+                .map(|l| l.session.clone())
+                .or_else(|| dir.last_session()),
+            host_rss_kib: rss,
+            last_activity_ms: live.map(|l| l.last_activity_ms),
+        })
+    }
+
+    /// Starts the supervisor of `dir` and waits until its VM is ready.
+    async fn boot(&self, dir: &SandboxDir) -> Result<(), ApiError> {
+        let settings = load_settings()?;
+        let limit = settings.sandbox().max_running as usize;
+        if self.running() >= limit {
+            return Err(ApiError::conflict(format!(
+                "{limit} sandboxes are running, as many as sandbox.max_running allows: stop one first"
+            )));
+        }
+        let mut child = spawn_supervisor(&self.exe, dir)
+            .map_err(|e| ApiError::internal(format!("starting the sandbox's supervisor: {e}")))?;
+        let wait = Duration::from_secs(settings.vm().boot_timeout_secs.into()) + READY_SLACK;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if supervisor_info(dir).await.is_some() {
+                // Reaped when it ends; a service that dies first leaves it
+                // to init.
+                tokio::spawn(async move { child.wait().await });
+                return Ok(());
+            }
+            let ended = child.try_wait().map_err(ApiError::internal)?;
+            if ended.is_some() || tokio::time::Instant::now() > deadline {
+                if ended.is_none() {
+                    let _ = child.kill().await;
+                }
+                return Err(ApiError::internal(format!(
+                    "the sandbox did not start; {}:\n{}",
+                    dir.log().display(),
+                    capsem_core::session::log_tail(&dir.log(), 12)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the supervisor of `dir`: asks it, then kills it past
+    /// [`STOP_WAIT`]; returns once its process is gone.
+    async fn halt(&self, dir: &SandboxDir) -> Result<(), ApiError> {
+        let info = supervisor_info(dir).await;
+        let asked = Client::new(dir.socket())
+            .call::<()>(hyper::Method::POST, "/stop", None::<&()>)
+            .await;
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        while lock::is_held(&dir.lock()) {
+            if (tokio::time::Instant::now() > deadline || asked.is_err())
+                && let Some(info) = &info
+            {
+                // Its QEMU dies with it (the death signal).
+                let pid = nix::unistd::Pid::from_raw(info.pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if tokio::time::Instant::now() > deadline + STOP_WAIT {
+                return Err(ApiError::internal("the sandbox's supervisor would not end"));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn supervisor_info(dir: &SandboxDir) -> Option<SupervisorInfo> {
+    let client = Client::new(dir.socket());
+    tokio::time::timeout(INFO_WAIT, client.get::<SupervisorInfo>("/info"))
+        .await
+        .ok()?
+        .ok()
+}
+
+/// A process's resident memory, from `/proc`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn load_settings() -> Result<Settings, ApiError> {
+    Settings::load().map_err(|e| ApiError::internal(format!("the settings cannot be read: {e}")))
+}
+
+/// `capsem supervise NAME`, in a process group of its own (a terminal's
+/// signals do not reach it), its output appended to the sandbox's log.
+fn spawn_supervisor(exe: &Path, dir: &SandboxDir) -> io::Result<tokio::process::Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(dir.log())?;
+    let name = dir.path().file_name().unwrap_or_default();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("supervise")
+        .arg(name)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0);
+    tokio::process::Command::from(cmd).spawn()
+}
+
+/// Makes the disk: a sparse file of `gib`, formatted ext4 with `mkfs.ext4`
+/// (the host only writes an empty file system; it never reads the
+/// guest's).
+async fn make_disk(path: &Path, gib: u32) -> Result<(), ApiError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|f| f.set_len(u64::from(gib) << 30))
+        .map_err(|e| ApiError::internal(format!("creating {}: {e}", path.display())));
+    file?;
+    let mkfs = find_mkfs().ok_or_else(|| {
+        ApiError::internal("mkfs.ext4 was not found: install the Debian package e2fsprogs")
+    })?;
+    let out = tokio::process::Command::new(mkfs)
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            "root_owner=0:0",
+            "-L",
+            "capsem-home",
+        ])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| ApiError::internal(format!("running mkfs.ext4: {e}")))?;
+    if !out.status.success() {
+        return Err(ApiError::internal(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn find_mkfs() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join("mkfs.ext4"))
+        .find(|p| p.is_file())
+}
+
+async fn service_info(State(service): State<Arc<Service>>) -> axum::Json<ServiceInfo> {
+    axum::Json(ServiceInfo {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_ms: service.started_ms,
+        sandboxes: service.names().len() as u32,
+        running: service.running() as u32,
+    })
+}
+
+async fn service_stop(State(service): State<Arc<Service>>) -> axum::Json<()> {
+    service.stop.notify_one();
+    axum::Json(())
+}
+
+async fn list(State(service): State<Arc<Service>>) -> Answer<Vec<SandboxInfo>> {
+    let mut all = Vec::new();
+    for name in service.names() {
+        // A directory half made by a create that failed has no metadata.
+        if let Ok(info) = service.info(&SandboxDir::of(&service.home, &name)).await {
+            all.push(info);
+        }
+    }
+    Ok(axum::Json(all))
+}
+
+async fn show(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+) -> Answer<SandboxInfo> {
+    let dir = service.resolve(&given)?;
+    service.info(&dir).await.map(axum::Json)
+}
+
+async fn create(
+    State(service): State<Arc<Service>>,
+    axum::Json(req): axum::Json<CreateRequest>,
+) -> Result<(StatusCode, axum::Json<SandboxInfo>), ApiError> {
+    let settings = load_settings()?;
+    let name = match req.name {
+        Some(name) => {
+            name::check(&name).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+            name
+        }
+        None => name::generate(|n| SandboxDir::of(&service.home, n).path().exists()),
+    };
+    let vm = settings.vm();
+    let meta = Meta {
+        name: name.clone(),
+        created_ms: now_ms(),
+        cpus: req.cpus.unwrap_or(vm.cpus),
+        memory_mib: req.memory_mib.unwrap_or(vm.memory_mib),
+        disk_gib: settings.sandbox().disk_gib,
+        env: req.env,
+    };
+    capsem_core::settings::check_vm_shape(meta.cpus, meta.memory_mib)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let lock = service.lock_of(&name);
+    let _held = lock.lock().await;
+    let dir = SandboxDir::of(&service.home, &name);
+    match dir.create() {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            return Err(ApiError::conflict(format!(
+                "a sandbox named {name:?} exists"
+            )));
+        }
+        Err(e) => {
+            return Err(ApiError::internal(format!(
+                "creating {}: {e}",
+                dir.path().display()
+            )));
+        }
+    }
+    let made = async {
+        dir.write_meta(&meta).map_err(|e| {
+            ApiError::internal(format!("writing {}: {e}", dir.meta_path().display()))
+        })?;
+        make_disk(&dir.disk(), meta.disk_gib).await?;
+        service.boot(&dir).await
+    };
+    if let Err(e) = made.await {
+        let _ = std::fs::remove_dir_all(dir.path());
+        return Err(e);
+    }
+    Ok((StatusCode::CREATED, axum::Json(service.info(&dir).await?)))
+}
+
+async fn start(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+) -> Answer<SandboxInfo> {
+    let dir = service.resolve(&given)?;
+    let lock = service.lock_of(&given);
+    let _held = lock.lock().await;
+    if !lock::is_held(&dir.lock()) {
+        service.boot(&dir).await?;
+    }
+    service.info(&dir).await.map(axum::Json)
+}
+
+async fn stop(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+) -> Answer<SandboxInfo> {
+    let dir = service.resolve(&given)?;
+    let lock = service.lock_of(&given);
+    let _held = lock.lock().await;
+    if lock::is_held(&dir.lock()) {
+        service.halt(&dir).await?;
+    }
+    service.info(&dir).await.map(axum::Json)
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+    Query(query): Query<RemoveQuery>,
+) -> Answer<()> {
+    let dir = service.resolve(&given)?;
+    let lock = service.lock_of(&given);
+    let _held = lock.lock().await;
+    if lock::is_held(&dir.lock()) {
+        if !query.force {
+            return Err(ApiError::conflict(format!(
+                "sandbox {given:?} is running: stop it first, or remove it with -f"
+            )));
+        }
+        service.halt(&dir).await?;
+    }
+    std::fs::remove_dir_all(dir.path())
+        .map_err(|e| ApiError::internal(format!("removing {}: {e}", dir.path().display())))?;
+    Ok(axum::Json(()))
+}
+
+/// Copies: streamed to and from the sandbox's supervisor as they are.
+async fn files(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let dir = running(&service, &given)?;
+    let (parts, body) = request.into_parts();
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let answer = Client::new(dir.socket())
+        .stream(parts.method, &format!("/files{query}"), body)
+        .await
+        .map_err(|e| match e.status() {
+            Some(status) => ApiError(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+                e.to_string(),
+            ),
+            None => ApiError::internal(format!("the sandbox's supervisor does not answer: {e}")),
+        })?;
+    Ok(answer.map(axum::body::Body::new))
+}
+
+/// The sandbox `given` names, which must be running.
+fn running(service: &Service, given: &str) -> Result<SandboxDir, ApiError> {
+    let dir = service.resolve(given)?;
+    if !lock::is_held(&dir.lock()) {
+        let name = dir
+            .path()
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        return Err(ApiError::conflict(format!(
+            "sandbox {name:?} is stopped: start it with `capsem start {name}`"
+        )));
+    }
+    Ok(dir)
+}
+
+async fn exec(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let dir = running(&service, &given)?;
+    let upstream = Client::new(dir.socket())
+        .websocket("/exec")
+        .await
+        .map_err(|e| {
+            ApiError::internal(format!("the sandbox's supervisor does not answer: {e}"))
+        })?;
+    Ok(upgrade.on_upgrade(move |client| bridge::relay(client, upstream)))
+}

@@ -1,0 +1,269 @@
+//! A running sandbox's supervisor: one process per sandbox, holding its
+//! VM open and serving it on `supervisor.sock`.
+//!
+//! It boots the VM with the sandbox's disk at `/root`, records the boot as
+//! a session, and serves `GET /info`, `GET /exec` (WebSocket) and
+//! `POST /stop` until it is stopped, its VM dies, or it idles past
+//! `sandbox.idle_timeout_secs`. Then it stops the VM (the guest syncs its
+//! disk), closes the session and removes its socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use capsem_core::session::store::now_ms;
+use capsem_core::{BootSpec, Booted, Live, Notice, Outcome, RunError, Sandbox};
+use capsem_proto::{ExitStatus, GuestFile};
+use tokio::sync::Notify;
+
+use crate::api::SupervisorInfo;
+use crate::layout::SandboxDir;
+use crate::{bridge, lock, peer};
+
+/// What a supervisor runs.
+pub struct Spec {
+    /// The sandbox's directory.
+    pub dir: SandboxDir,
+    /// Its name.
+    pub name: String,
+    /// The sandbox machinery, with the sandbox's VM shape.
+    pub sandbox: Sandbox,
+    /// Environment of every command.
+    pub env: Vec<(String, String)>,
+    /// Files written at boot (the AI CLIs' settings).
+    pub files: Vec<GuestFile>,
+    /// Stop after this long without a command.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// A supervisor could not run its sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The VM did not boot or failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Another supervisor runs this sandbox.
+    #[error("the sandbox is running already")]
+    Running,
+    /// Its disk or socket could not be opened.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> SupervisorError {
+    let what = what.to_owned();
+    move |source| SupervisorError::Io { what, source }
+}
+
+struct Shared {
+    live: Live,
+    env: Vec<(String, String)>,
+    session: String,
+    started_ms: i64,
+    last_activity_ms: AtomicI64,
+    running_execs: AtomicU32,
+    stop: Notify,
+}
+
+/// Boots the sandbox and serves it until it ends.
+pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
+    let _alive = lock::take(&spec.dir.lock(), Duration::from_secs(1))
+        .map_err(io_err("locking the sandbox"))?
+        .ok_or(SupervisorError::Running)?;
+    let notice: Notice = Arc::new(|text: &str| tracing::warn!("{text}"));
+    let command = format!("sandbox {}", spec.name);
+    let (mut opened, assets) = spec.sandbox.open(&command, &notice)?;
+    spec.dir
+        .set_last_session(opened.id())
+        .map_err(io_err("recording the session"))?;
+    let booted = match open_disk(&spec.dir) {
+        Ok(disk) => {
+            let boot = BootSpec {
+                assets,
+                home_disk: Some(disk),
+                files: spec.files,
+            };
+            let never = std::future::pending();
+            spec.sandbox
+                .boot(&mut opened, boot, notice.clone(), never)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let live = match booted {
+        Ok(Booted::Ready(live)) => live,
+        Ok(Booted::Interrupted(_)) => unreachable!("nothing cancels a supervisor's boot"),
+        Err(e) => {
+            opened.close(Err(&e), 0, &*notice).await;
+            return Err(e.into());
+        }
+    };
+    tracing::info!("sandbox {} ready, session {}", spec.name, opened.id());
+    let shared = Arc::new(Shared {
+        live: *live,
+        env: spec.env,
+        session: opened.id().to_owned(),
+        started_ms: now_ms(),
+        last_activity_ms: AtomicI64::new(now_ms()),
+        running_execs: AtomicU32::new(0),
+        stop: Notify::new(),
+    });
+    let served = serve(&spec.dir, shared.clone(), spec.idle_timeout).await;
+    let died = shared.live.wait_now();
+    shared.live.stop(died.is_none()).await;
+    let _ = std::fs::remove_file(spec.dir.socket());
+    let result = match died {
+        None => Ok(Outcome::Exited(ExitStatus::Code(0))),
+        Some(exit) => Err(shared.live.died(exit)),
+    };
+    opened.close(result.as_ref(), 0, &*notice).await;
+    if let Ok(shared) = Arc::try_unwrap(shared) {
+        shared.live.finish().await;
+    }
+    tracing::info!("sandbox {} stopped", spec.name);
+    served
+}
+
+/// The sandbox's disk, read-write.
+fn open_disk(dir: &SandboxDir) -> Result<capsem_core::vm::DiskFiles, RunError> {
+    capsem_core::vm::DiskFiles::open(&dir.disk()).map_err(|source| RunError::Io {
+        what: format!("opening the sandbox's disk {}", dir.disk().display()),
+        source,
+    })
+}
+
+/// Serves the socket until a stop, the VM's end or the idle timeout.
+async fn serve(
+    dir: &SandboxDir,
+    shared: Arc<Shared>,
+    idle_timeout: Option<Duration>,
+) -> Result<(), SupervisorError> {
+    let listener = peer::bind(&dir.socket()).map_err(io_err("binding the supervisor's socket"))?;
+    let router = Router::new()
+        .route("/info", get(info))
+        .route("/exec", get(exec))
+        .route("/stop", post(stop))
+        .route("/files", get(get_files).put(put_files))
+        .with_state(shared.clone());
+    let ended = async move {
+        tokio::select! {
+            () = shared.stop.notified() => {}
+            _ = shared.live.wait() => tracing::warn!("the VM stopped on its own"),
+            () = idle(&shared, idle_timeout) => tracing::info!("idle past sandbox.idle_timeout_secs"),
+        }
+    };
+    peer::serve(listener, router, ended)
+        .await
+        .map_err(io_err("serving the supervisor's socket"))
+}
+
+/// Completes once no command has run for `limit`.
+async fn idle(shared: &Shared, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let quiet = now_ms() - shared.last_activity_ms.load(Ordering::Relaxed);
+        if shared.running_execs.load(Ordering::Relaxed) == 0 && quiet >= limit_ms {
+            return;
+        }
+    }
+}
+
+async fn info(State(shared): State<Arc<Shared>>) -> axum::Json<SupervisorInfo> {
+    axum::Json(SupervisorInfo {
+        session: shared.session.clone(),
+        started_ms: shared.started_ms,
+        pid: std::process::id(),
+        vm_pid: shared.live.vm_pid(),
+        last_activity_ms: shared.last_activity_ms.load(Ordering::Relaxed),
+        running_execs: shared.running_execs.load(Ordering::Relaxed),
+    })
+}
+
+async fn exec(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> impl IntoResponse {
+    upgrade.on_upgrade(move |socket| async move {
+        shared.running_execs.fetch_add(1, Ordering::Relaxed);
+        shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        bridge::serve_exec(socket, &shared.live, &shared.env).await;
+        shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        shared.running_execs.fetch_sub(1, Ordering::Relaxed);
+    })
+}
+
+/// `?path=` of a copy, and for one into the guest `&name=` (the
+/// archive's top name).
+#[derive(serde::Deserialize)]
+struct FilesQuery {
+    path: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn refused(e: impl std::fmt::Display) -> axum::response::Response {
+    let body = crate::api::ErrorBody {
+        error: e.to_string(),
+    };
+    (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// Unpacks the request's tar body at `path` in the guest.
+async fn put_files(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<FilesQuery>,
+    body: axum::body::Body,
+) -> axum::response::Response {
+    shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    let target = capsem_proto::ArchiveTarget {
+        dest: query.path,
+        name: query.name.unwrap_or_default(),
+    };
+    match shared
+        .live
+        .channel()
+        .put_archive(target, body.into_data_stream())
+        .await
+    {
+        Ok(()) => axum::Json(()).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// Answers with `path` in the guest as a tar stream; a guest that fails
+/// half-way cuts the stream (the client sees a broken archive).
+async fn get_files(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<FilesQuery>,
+) -> axum::response::Response {
+    use futures::StreamExt;
+    shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    let chunks = match shared.live.channel().get_archive(&query.path).await {
+        Ok(chunks) => chunks,
+        Err(e) => return refused(e),
+    };
+    let mut chunks = Box::pin(chunks);
+    // A refusal (no such path) comes first, as an answer of its own.
+    let first = match chunks.next().await {
+        Some(Err(e)) => return refused(e),
+        first => first,
+    };
+    let rest = futures::stream::iter(first).chain(chunks);
+    axum::body::Body::from_stream(rest).into_response()
+}
+
+async fn stop(State(shared): State<Arc<Shared>>) -> axum::Json<()> {
+    shared.stop.notify_one();
+    axum::Json(())
+}

@@ -1,0 +1,367 @@
+//! Named sandboxes behind the capsem service: create, exec, stop/start
+//! with a persistent /root, rm, and the faults around them.
+
+use std::process::Output;
+use std::time::Duration;
+
+use crate::support::{Capsem, alive, assert_code, stderr, stdout, wait_until};
+
+/// A capsem home whose service and sandboxes are torn down at the end.
+struct Service {
+    capsem: Capsem,
+}
+
+impl Service {
+    fn new() -> Self {
+        Service {
+            capsem: Capsem::new(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.capsem.run(args)
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_code(&out, 0);
+        stdout(&out)
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap()
+    }
+
+    fn state(&self, name: &str) -> String {
+        let all = self.list();
+        let found = all.iter().find(|s| s["name"] == name).expect("listed");
+        found["state"].as_str().unwrap().to_owned()
+    }
+
+    fn service_pid(&self) -> u32 {
+        let info: serde_json::Value =
+            serde_json::from_str(&self.ok(&["service", "status", "--json"])).unwrap();
+        info["pid"].as_u64().unwrap() as u32
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Ok(list) =
+            serde_json::from_str::<Vec<serde_json::Value>>(&stdout(&self.run(&["ls", "--json"])))
+        {
+            for s in list {
+                self.run(&["rm", "-f", s["name"].as_str().unwrap_or("")]);
+            }
+        }
+        self.run(&["service", "stop"]);
+    }
+}
+
+#[test]
+fn a_named_sandbox_runs_many_commands_and_keeps_root_across_stop_and_start() {
+    let service = Service::new();
+    assert_eq!(
+        service
+            .ok(&["create", "-n", "web-1", "-e", "GREETING=hi"])
+            .trim(),
+        "web-1"
+    );
+    // An unambiguous prefix will do; the create's environment holds.
+    assert_eq!(
+        service
+            .ok(&[
+                "exec",
+                "web",
+                "echo $GREETING; echo kept > /root/f; touch /etc/gone"
+            ])
+            .trim(),
+        "hi"
+    );
+    assert_code(&service.run(&["exec", "web-1", "exit 7"]), 7);
+    let out = service
+        .capsem
+        .run_with_stdin(&["exec", "web-1", "tr a-z A-Z"], b"piped in");
+    assert_eq!(stdout(&out), "PIPED IN");
+    assert_eq!(service.state("web-1"), "running");
+
+    let again = service.run(&["create", "-n", "web-1"]);
+    assert_code(&again, 125);
+    assert!(stderr(&again).contains("exists"), "{}", stderr(&again));
+
+    assert_eq!(service.ok(&["stop", "web-1"]).trim(), "web-1");
+    assert_eq!(service.state("web-1"), "stopped");
+    let stopped = service.run(&["exec", "web-1", "true"]);
+    assert_code(&stopped, 125);
+    assert!(stderr(&stopped).contains("stopped"), "{}", stderr(&stopped));
+
+    service.ok(&["start", "web-1"]);
+    assert_eq!(service.ok(&["exec", "web-1", "cat /root/f"]), "kept\n");
+    // The system overlay is the boot's: only /root is the sandbox's disk.
+    assert_code(&service.run(&["exec", "web-1", "test ! -e /etc/gone"]), 0);
+
+    let running = service.run(&["rm", "web-1"]);
+    assert_code(&running, 125);
+    assert!(stderr(&running).contains("running"), "{}", stderr(&running));
+    service.ok(&["rm", "-f", "web-1"]);
+    assert!(service.list().is_empty());
+    assert!(!service.capsem.home().join("sandboxes/web-1").exists());
+}
+
+#[test]
+fn a_timeout_kills_the_command_and_the_sandbox_runs_on() {
+    let service = Service::new();
+    let name = service.ok(&["create"]);
+    let name = name.trim();
+    let (adjective, noun) = name.split_once('-').expect("an adjective-noun name");
+    assert!(!adjective.is_empty() && !noun.is_empty(), "{name}");
+    let out = service.run(&["exec", "--timeout", "2", name, "sleep 60"]);
+    assert_code(&out, 124);
+    assert!(stderr(&out).contains("runs on"), "{}", stderr(&out));
+    assert_code(&service.run(&["exec", name, "true"]), 0);
+}
+
+#[test]
+fn bad_and_missing_names_are_refused_with_a_message() {
+    let service = Service::new();
+    for bad in ["Web", "a_b", "../x", "-x", "", &"a".repeat(64)] {
+        let out = service.run(&["create", &format!("--name={bad}")]);
+        assert_code(&out, 125);
+        assert!(
+            stderr(&out).contains("not a sandbox name"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+    for args in [
+        &["exec", "nothing", "true"][..],
+        &["stop", "nothing"],
+        &["start", "nothing"],
+        &["rm", "nothing"],
+    ] {
+        let out = service.run(args);
+        assert_code(&out, 125);
+        assert!(
+            stderr(&out).contains("no sandbox is named"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn two_creates_of_one_name_race_and_one_wins() {
+    let service = Service::new();
+    service.ok(&["service", "start"]);
+    let spawn = || {
+        service
+            .capsem
+            .cmd(&["create", "-n", "twin"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [Some(0), Some(125)],
+        "{}\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let loser = if a.status.success() { &b } else { &a };
+    assert!(stderr(loser).contains("exists"), "{}", stderr(loser));
+}
+
+#[test]
+fn another_uid_is_refused_by_the_service() {
+    let service = Service::new();
+    service.ok(&["service", "start"]);
+    if !nix_is_root() {
+        return;
+    }
+    let home = service.capsem.home();
+    let nobody = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", "nobody", "--", env!("CARGO_BIN_EXE_capsem")])
+            .args(args)
+            .env("CAPSEM_HOME", home)
+            .env("CAPSEM_CORP_CONFIG", home.join("no-corp.toml"));
+        crate::support::run_with_stdin(cmd, b"")
+    };
+    // The socket's directory is private...
+    let out = nobody(&["ls"]);
+    assert_code(&out, 125);
+    // ...and were it reachable, the socket itself refuses other uids.
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::Permissions::from_mode(0o777);
+    for dir in [home.to_path_buf(), home.join("run")] {
+        std::fs::set_permissions(&dir, open.clone()).unwrap();
+    }
+    std::fs::set_permissions(home.join("run/capsem.sock"), open).unwrap();
+    let out = nobody(&["ls"]);
+    assert_code(&out, 125);
+    assert!(stderr(&out).contains("refused"), "{}", stderr(&out));
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+#[test]
+fn sandboxes_outlive_a_killed_service_and_a_killed_supervisor_takes_its_vm() {
+    let service = Service::new();
+    service.ok(&["create", "-n", "tough"]);
+    service.ok(&["exec", "tough", "echo safe > /root/kept; sync"]);
+    let pid = service.service_pid();
+    kill9(pid);
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
+    // The next command starts a new service, which finds the sandbox.
+    assert_eq!(service.ok(&["exec", "tough", "cat /root/kept"]), "safe\n");
+    assert_ne!(service.service_pid(), pid);
+
+    let supervisor = supervisor_pid(&service, "tough");
+    let qemu = crate::support::children_of(supervisor);
+    assert!(!qemu.is_empty(), "the supervisor runs QEMU");
+    kill9(supervisor);
+    assert!(wait_until(Duration::from_secs(10), || qemu
+        .iter()
+        .all(|&q| !alive(q))));
+    assert!(wait_until(Duration::from_secs(10), || service
+        .state("tough")
+        == "stopped"));
+    // The disk was synced before the kill; its journal brings it back.
+    service.ok(&["start", "tough"]);
+    assert_eq!(service.ok(&["exec", "tough", "cat /root/kept"]), "safe\n");
+    // The killed boot's session is marked so.
+    let sessions = service.ok(&["sessions", "--json", "-n", "0"]);
+    assert!(sessions.contains("\"killed\""), "{sessions}");
+}
+
+fn kill9(pid: u32) {
+    let out = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// The supervisor of `name`: the process holding its socket, found by its
+/// command line.
+fn supervisor_pid(service: &Service, name: &str) -> u32 {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let home = format!("CAPSEM_HOME={}", service.capsem.home().display());
+        if words.get(1) == Some(&&b"supervise"[..])
+            && words.get(2) == Some(&name.as_bytes())
+            && environ.split(|b| *b == 0).any(|v| v == home.as_bytes())
+        {
+            return pid;
+        }
+    }
+    panic!("no supervisor of {name}");
+}
+
+#[test]
+fn files_copy_in_and_out_and_a_hostile_tree_lands_nowhere() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    let service = Service::new();
+    service.ok(&["create", "-n", "files"]);
+    let host = tempfile::tempdir().unwrap();
+    let src = host.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(
+        src.join("sub/run.sh"),
+        std::fs::Permissions::from_mode(0o751),
+    )
+    .unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_500_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(src.join("sub/run.sh"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    symlink("/etc/hostname", src.join("link")).unwrap();
+    let src_arg = src.to_str().unwrap();
+
+    service.ok(&["cp", src_arg, "files:/root/"]);
+    let listing = service.ok(&[
+        "exec",
+        "files",
+        "stat -c '%a %Y' /root/src/sub/run.sh; readlink /root/src/link; /root/src/sub/run.sh",
+    ]);
+    assert_eq!(listing, "751 1500000000\n/etc/hostname\nran\n");
+    // -L copies what a host symlink points to.
+    service.ok(&["cp", "-L", src_arg, "files:/root/followed"]);
+    let followed = service.ok(&["exec", "files", "test -f /root/followed/link && echo file"]);
+    assert_eq!(followed, "file\n");
+
+    let out = service
+        .capsem
+        .run_with_stdin(&["cp", "-", "files:in.txt"], b"from stdin");
+    assert_code(&out, 0);
+    assert_eq!(service.ok(&["cp", "files:/root/in.txt", "-"]), "from stdin");
+
+    let back = host.path().join("back");
+    service.ok(&["cp", "files:/root/src", back.to_str().unwrap()]);
+    let meta = std::fs::metadata(back.join("sub/run.sh")).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o751);
+    assert_eq!(meta.modified().unwrap(), old);
+    assert_eq!(
+        std::fs::read_link(back.join("link")).unwrap(),
+        std::path::Path::new("/etc/hostname")
+    );
+
+    // The guest plants a symlink out of the copy, a device and a setuid
+    // file: only what is safe could land, and since not all of it is,
+    // nothing does.
+    service.ok(&[
+        "exec",
+        "files",
+        "mkdir -p /root/evil && ln -s /etc /root/evil/x && cp /bin/true /root/evil/su && chmod 4755 /root/evil/su && mknod /root/evil/null c 1 3",
+    ]);
+    let evil = host.path().join("evil");
+    let out = service.run(&["cp", "files:/root/evil", evil.to_str().unwrap()]);
+    assert_code(&out, 125);
+    assert!(
+        stderr(&out).contains("only files, directories and symlinks"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!evil.exists());
+    let names: Vec<_> = std::fs::read_dir(host.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".capsem-cp")),
+        "{names:?}"
+    );
+    // Without the device, the rest lands, the setuid bit dropped.
+    service.ok(&["exec", "files", "rm /root/evil/null"]);
+    service.ok(&["cp", "files:/root/evil", evil.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_link(evil.join("x")).unwrap(),
+        std::path::Path::new("/etc")
+    );
+    let su = std::fs::metadata(evil.join("su")).unwrap().mode() & 0o7777;
+    assert_eq!(su, 0o755);
+
+    let missing = service.run(&["cp", "files:/root/nothing", host.path().to_str().unwrap()]);
+    assert_code(&missing, 125);
+    assert!(stderr(&missing).contains("nothing"), "{}", stderr(&missing));
+}
