@@ -145,9 +145,10 @@ async fn pump_outputs(
     mut sink: futures::stream::SplitSink<WebSocket, Message>,
     stdout: DuplexStream,
     mut stderr: DuplexStream,
-    mut stdout_closed: tokio::sync::oneshot::Receiver<()>,
+    stdout_closed: tokio::sync::oneshot::Receiver<()>,
 ) -> futures::stream::SplitSink<WebSocket, Message> {
     let mut stdout = Some(stdout);
+    let mut stdout_closed = Some(stdout_closed);
     let mut stderr_open = true;
     let (mut out_buf, mut err_buf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
     while stdout.is_some() || stderr_open {
@@ -160,7 +161,15 @@ async fn pump_outputs(
                 Ok(0) | Err(_) => { stderr_open = false; continue }
                 Ok(n) => { err_buf[0] = STDERR; err_buf[..=n].to_vec() }
             },
-            _ = &mut stdout_closed, if stdout.is_some() => { stdout = None; continue }
+            // The sender is also dropped when the command ends: only a
+            // message means the client closed stdout.
+            closed = async { stdout_closed.as_mut().expect("guarded").await }, if stdout_closed.is_some() => {
+                stdout_closed = None;
+                if closed.is_ok() {
+                    stdout = None;
+                }
+                continue
+            }
         };
         if sink.send(Message::Binary(chunk.into())).await.is_err() {
             // The client is gone; keep draining so the command is not

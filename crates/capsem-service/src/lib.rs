@@ -22,6 +22,7 @@ pub mod bridge;
 pub mod client;
 pub mod layout;
 pub mod lock;
+pub mod logs;
 pub mod name;
 pub mod peer;
 pub mod service;

@@ -122,6 +122,7 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/sandboxes/{name}/stop", post(stop))
         .route("/v1/sandboxes/{name}/exec", get(exec))
         .route("/v1/sandboxes/{name}/files", get(files).put(files))
+        .route("/v1/sandboxes/{name}/logs", get(logs))
         .with_state(service)
 }
 
@@ -522,6 +523,31 @@ async fn remove(
     Ok(axum::Json(()))
 }
 
+#[derive(Deserialize)]
+struct LogsQuery {
+    #[serde(default)]
+    follow: bool,
+}
+
+/// The boot log and the commands of the current or last boot.
+async fn logs(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let dir = service.resolve(&given)?;
+    let stream = crate::logs::stream(&service.home, dir, query.follow).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("sandbox {given:?} has no boot to show"),
+        )
+    })?;
+    Response::builder()
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(axum::body::Body::from_stream(stream))
+        .map_err(ApiError::internal)
+}
+
 /// Copies: streamed to and from the sandbox's supervisor as they are.
 async fn files(
     State(service): State<Arc<Service>>,
@@ -578,4 +604,146 @@ async fn exec(
             ApiError::internal(format!("the sandbox's supervisor does not answer: {e}"))
         })?;
     Ok(upgrade.on_upgrade(move |client| bridge::relay(client, upstream)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn router_in(home: &Path) -> Router {
+        router(Arc::new(Service {
+            home: home.to_path_buf(),
+            exe: PathBuf::from("/bin/false"),
+            started_ms: 0,
+            locks: Mutex::default(),
+            stop: Notify::new(),
+        }))
+    }
+
+    /// A stopped sandbox on disk, as a create leaves one.
+    fn sandbox(home: &Path, name: &str) {
+        let dir = SandboxDir::of(home, name);
+        let _ = std::fs::remove_dir_all(dir.path());
+        dir.create().unwrap();
+        dir.write_meta(&Meta {
+            name: name.into(),
+            created_ms: 1,
+            cpus: 1,
+            memory_mib: 256,
+            disk_gib: 1,
+            env: Vec::new(),
+        })
+        .unwrap();
+    }
+
+    async fn call(router: &Router, method: &str, uri: &str) -> (StatusCode, String) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Body::from("not json"))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_openapi_description_lists_exactly_the_routes_served() {
+        let spec: serde_json::Value =
+            serde_json::from_str(include_str!("../../../docs/openapi.json")).unwrap();
+        let home = tempfile::tempdir().unwrap();
+        let router = router_in(home.path());
+        let paths = spec["paths"].as_object().unwrap();
+        for (path, item) in paths {
+            for method in ["get", "post", "put", "delete"] {
+                sandbox(home.path(), "web");
+                let uri = path.replace("{name}", "web") + "?path=/root/x&name=x";
+                let (status, body) = call(&router, &method.to_uppercase(), &uri).await;
+                if item.get(method).is_some() {
+                    // A handler's own 404 says what is missing; the
+                    // router's has no body.
+                    let served = status != StatusCode::METHOD_NOT_ALLOWED
+                        && (status != StatusCode::NOT_FOUND || !body.is_empty());
+                    assert!(served, "{method} {path}: {status} {body}");
+                } else {
+                    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                }
+            }
+        }
+        for unlisted in ["/v1/nothing", "/v1/sandboxes/web/nothing", "/sandboxes"] {
+            let (status, body) = call(&router, "GET", unlisted).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::NOT_FOUND, ""),
+                "{unlisted}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn names_resolve_by_unambiguous_prefix_and_errors_say_why() {
+        let home = tempfile::tempdir().unwrap();
+        let router = router_in(home.path());
+        sandbox(home.path(), "web-a");
+        sandbox(home.path(), "web-b");
+        let (status, body) = call(&router, "GET", "/v1/sandboxes/web").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            body.contains("ambiguous") && body.contains("web-a, web-b"),
+            "{body}"
+        );
+        let (status, body) = call(&router, "GET", "/v1/sandboxes/web-a").await;
+        assert_eq!(status, StatusCode::OK);
+        let info: SandboxInfo = serde_json::from_str(&body).unwrap();
+        assert_eq!(info.state, SandboxState::Stopped);
+        let (status, body) = call(&router, "GET", "/v1/sandboxes/zzz").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no sandbox is named"), "{body}");
+        let (status, body) = call(&router, "POST", "/v1/sandboxes/web-a/stop").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = call(&router, "GET", "/v1/sandboxes/web-b/exec").await;
+        assert_ne!(status, StatusCode::OK, "{body}");
+        // A directory whose name could never be a sandbox is not listed.
+        std::fs::create_dir_all(layout::root(home.path()).join("Not.A.Name")).unwrap();
+        let (_, body) = call(&router, "GET", "/v1/sandboxes").await;
+        let all: Vec<SandboxInfo> = serde_json::from_str(&body).unwrap();
+        assert_eq!(all.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_create_with_a_bad_name_or_unknown_fields_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let router = router_in(home.path());
+        for body in [
+            r#"{"name":"../etc"}"#,
+            r#"{"name":"UPPER"}"#,
+            r#"{"nmae":"typo"}"#,
+            r#"{"cpus":0}"#,
+        ] {
+            let request = axum::http::Request::builder()
+                .method("POST")
+                .uri("/v1/sandboxes")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let response = router.clone().oneshot(request).await.unwrap();
+            assert!(
+                response.status().is_client_error(),
+                "{body}: {}",
+                response.status()
+            );
+        }
+        assert!(
+            !layout::root(home.path()).exists()
+                || std::fs::read_dir(layout::root(home.path()))
+                    .unwrap()
+                    .next()
+                    .is_none()
+        );
+    }
 }

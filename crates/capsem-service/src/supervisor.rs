@@ -121,17 +121,35 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
     let served = serve(&spec.dir, shared.clone(), spec.idle_timeout).await;
     let died = shared.live.wait_now();
     shared.live.stop(died.is_none()).await;
-    let _ = std::fs::remove_file(spec.dir.socket());
     let result = match died {
         None => Ok(Outcome::Exited(ExitStatus::Code(0))),
         Some(exit) => Err(shared.live.died(exit)),
     };
-    opened.close(result.as_ref(), 0, &*notice).await;
-    if let Ok(shared) = Arc::try_unwrap(shared) {
-        shared.live.finish().await;
+    // The session's record closes once every holder of its event log is
+    // gone: the commands still streaming end with the VM.
+    match sole_owner(shared).await {
+        Some(shared) => {
+            shared.live.finish().await;
+            opened.close(result.as_ref(), 0, &*notice).await;
+        }
+        None => tracing::warn!("commands outlived the VM; the session is repaired as killed"),
     }
+    let _ = std::fs::remove_file(spec.dir.socket());
     tracing::info!("sandbox {} stopped", spec.name);
     served
+}
+
+/// `shared` once no handler holds it any more.
+async fn sole_owner(mut shared: Arc<Shared>) -> Option<Shared> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Arc::try_unwrap(shared) {
+            Ok(alone) => return Some(alone),
+            Err(_) if tokio::time::Instant::now() > deadline => return None,
+            Err(again) => shared = again,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// The sandbox's disk, read-write.

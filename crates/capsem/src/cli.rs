@@ -37,7 +37,7 @@ Exit status:
     override_usage = "capsem                       (an interactive shell)\n       \
                       capsem [OPTIONS] COMMAND [ARGS]...\n       \
                       capsem run [OPTIONS] -- COMMAND [ARGS]...\n       \
-                      capsem create | exec | shell | cp | ls | start | stop | rm | service\n       \
+                      capsem create | exec | shell | cp | ls | logs | start | stop | rm | service\n       \
                       capsem doctor | sessions | net | settings | assets | version | completions | man",
     after_help = EXIT_STATUS,
     subcommand_value_name = "COMMAND",
@@ -183,6 +183,14 @@ pub enum Subcmd {
         src: String,
         /// Where to.
         dest: String,
+    },
+    /// Show a sandbox's boot log, then its commands' starts and ends.
+    Logs {
+        /// Go on showing new lines until the sandbox stops.
+        #[arg(short, long)]
+        follow: bool,
+        /// The sandbox (an unambiguous prefix will do).
+        name: String,
     },
     /// List the named sandboxes.
     Ls {
@@ -603,6 +611,7 @@ impl Subcmd {
             Subcmd::Exec(_) => "exec",
             Subcmd::Ls { .. } => "ls",
             Subcmd::Cp { .. } => "cp",
+            Subcmd::Logs { .. } => "logs",
             Subcmd::Start { .. } => "start",
             Subcmd::Stop { .. } => "stop",
             Subcmd::Rm { .. } => "rm",

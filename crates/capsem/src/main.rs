@@ -48,6 +48,7 @@ fn main() {
         }
         Some(Subcmd::Create(args)) => sandboxes(cmd::sandbox::create(args)),
         Some(Subcmd::Ls { json }) => sandboxes(cmd::sandbox::list(json)),
+        Some(Subcmd::Logs { follow, name }) => sandboxes(cmd::sandbox::logs(&name, follow)),
         Some(Subcmd::Cp { follow, src, dest }) => sandboxes(cmd::copy::run(&src, &dest, follow)),
         Some(Subcmd::Start { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "start")),
         Some(Subcmd::Stop { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "stop")),

@@ -24,6 +24,7 @@ use crate::{assets, cargo, deps, initramfs, proc, workspace};
 
 mod agents;
 mod network;
+mod sandboxes;
 mod terminal;
 
 #[derive(Debug, Args)]
@@ -36,8 +37,12 @@ pub struct BenchArgs {
     out: PathBuf,
     /// Only the network proxy's latency and throughput (written to the
     /// report's `network` key alone).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "sandboxes_only")]
     network_only: bool,
+    /// Only the named sandboxes' exec latency, lifecycle and memory
+    /// (written to the report's `sandboxes` key alone).
+    #[arg(long)]
+    sandboxes_only: bool,
 }
 
 /// One timed process run.
@@ -61,6 +66,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let capsem = workspace().join("target/release/capsem");
     let scratch = tempdir("capsem-bench")?;
     let home = scratch.join("home");
+    if args.sandboxes_only {
+        let one_shot = run_capsem(&capsem, &home, "true")?;
+        let report = json!({ "sandboxes": sandboxes::measure(&capsem, &home, args.runs, ms(one_shot.wall))? });
+        print_sandboxes(&report["sandboxes"]);
+        return write_report(&report, &args.out, &scratch);
+    }
     if args.network_only {
         let report = json!({ "network": network::measure(&capsem, &home)? });
         print_network(&report["network"]);
@@ -98,6 +109,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     report["ai_cli_cold_start_ms"] = agents::cold_starts(&capsem, &home)?;
     eprintln!("xtask: network proxy latency and throughput");
     report["network"] = network::measure(&capsem, &home)?;
+    eprintln!("xtask: named sandboxes");
+    let one_shot = median_of(&report["cold_start"]["wall_ms"]);
+    report["sandboxes"] = sandboxes::measure(&capsem, &home, args.runs.min(3), one_shot)?;
     eprintln!("xtask: terminal latency and throughput");
     report["terminal"] = json!({
         "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
@@ -477,6 +491,7 @@ fn print_summary(report: &Value) {
         o["in_guest_tty_to_pipe_ratio"]
     );
     print_network(&report["network"]);
+    print_sandboxes(&report["sandboxes"]);
     let r = &report["session_recording"];
     println!(
         "session recording: {} ms on the critical path (cold start ratio {}); writer {} events/s ({} of {} dropped)",
@@ -486,6 +501,40 @@ fn print_summary(report: &Value) {
         r["events_dropped"],
         r["events_offered"]
     );
+}
+
+fn print_sandboxes(s: &Value) {
+    println!("named sandboxes (ms):");
+    for (what, key) in [
+        ("exec true, CLI", "exec_true_cli_ms"),
+        ("exec true, API alone", "exec_true_api_ms"),
+        ("create (to ready)", "create_ms"),
+        ("stop", "stop_ms"),
+        ("start", "start_ms"),
+        ("rm", "rm_ms"),
+    ] {
+        println!(
+            "  {what:<28} median {:>8.1}  min {:>8.1}  max {:>8.1}",
+            median_of(&s[key]),
+            s[key]["min"].as_f64().unwrap_or(f64::NAN),
+            s[key]["max"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    println!(
+        "  guest's own fork+exec+wait of true {} ms; ratios: CLI/one-shot {}, CLI/guest {}, API/guest {}",
+        s["guest_fork_exec_wait_ms"],
+        s["ratio_cli_to_one_shot"],
+        s["ratio_cli_to_guest"],
+        s["ratio_api_to_guest"]
+    );
+    if let Some(fleets) = s["idle_pss_mib"].as_object() {
+        for (n, v) in fleets {
+            println!(
+                "  {n:>2} idle sandboxes: {} MiB PSS in all, {} each",
+                v["total"], v["per_sandbox"]
+            );
+        }
+    }
 }
 
 fn print_network(n: &Value) {

@@ -55,6 +55,18 @@ impl Session {
         }
     }
 
+    /// The directory of the existing session `id` under `home`; `None`
+    /// for anything that is not a session id (nothing like `..` reaches
+    /// a path).
+    pub fn existing(home: &Path, id: &str) -> Option<Session> {
+        let well_formed = id.len() == ID_LEN && id.bytes().all(|b| b.is_ascii_hexdigit());
+        let dir = home.join("sessions").join(id);
+        (well_formed && dir.is_dir()).then(|| Session {
+            id: id.to_owned(),
+            dir,
+        })
+    }
+
     /// The session id.
     pub fn id(&self) -> &str {
         &self.id

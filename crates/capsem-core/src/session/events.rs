@@ -83,6 +83,22 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE net_events ADD COLUMN response_body TEXT;",
     "ALTER TABLE net_events ADD COLUMN reported_by TEXT NOT NULL DEFAULT 'host'
         CHECK (reported_by IN ('host', 'guest'));",
+    // A command of a named sandbox past its timeout is killed, the VM
+    // goes on: its end is `timed_out`. SQLite cannot widen a CHECK in
+    // place.
+    "CREATE TABLE exec_events_v6 (
+        seq     INTEGER PRIMARY KEY,
+        at_us   INTEGER NOT NULL,
+        exec_id INTEGER NOT NULL,
+        kind    TEXT NOT NULL
+                CHECK (kind IN ('started', 'stdin', 'stdout', 'stderr', 'signal', 'exited', 'timed_out')),
+        bytes   INTEGER,
+        value   INTEGER,
+        detail  TEXT
+    );
+    INSERT INTO exec_events_v6 SELECT * FROM exec_events;
+    DROP TABLE exec_events;
+    ALTER TABLE exec_events_v6 RENAME TO exec_events;",
 ];
 
 /// JSON gives times in milliseconds, one unit everywhere (docs/json.md).
@@ -723,6 +739,48 @@ fn open_read_only(path: &Path) -> rusqlite::Result<(Connection, bool)> {
     Ok((conn, has_net))
 }
 
+/// A command's start, signal or end: a row of `exec_events` other than
+/// its stdio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecRow {
+    /// Order of recording.
+    pub seq: i64,
+    /// Time since the session started, µs.
+    pub at_us: i64,
+    /// The command's id within the session.
+    pub exec_id: i64,
+    /// `started`, `signal`, `exited` or `timed_out`.
+    pub kind: String,
+    /// The exit code or signal.
+    pub value: Option<i64>,
+    /// The command line of `started`.
+    pub detail: Option<String>,
+}
+
+/// The commands' starts, signals and ends recorded after `after_seq`,
+/// oldest first (a database not yet made: none).
+pub fn exec_log(path: &Path, after_seq: i64) -> rusqlite::Result<Vec<ExecRow>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, at_us, exec_id, kind, value, detail FROM exec_events
+         WHERE seq > ?1 AND kind NOT IN ('stdin', 'stdout', 'stderr') ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([after_seq], |row| {
+        Ok(ExecRow {
+            seq: row.get(0)?,
+            at_us: row.get(1)?,
+            exec_id: row.get(2)?,
+            kind: row.get(3)?,
+            value: row.get(4)?,
+            detail: row.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// A session's network activity, each kind oldest first.
 #[derive(Debug, Clone, Default)]
 pub struct NetworkLog {
@@ -921,6 +979,31 @@ mod tests {
         exec: 1,
         what: ExecEvent::Stdin { bytes: 1 },
     };
+
+    #[test]
+    fn every_kind_of_exec_event_is_accepted_by_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_FILE);
+        let (log, writer) = start(&path, Arc::default()).unwrap();
+        let kinds = [
+            ExecEvent::Started {
+                command: "sleep 60".into(),
+            },
+            ExecEvent::Stdin { bytes: 1 },
+            ExecEvent::Stdout { bytes: 1 },
+            ExecEvent::Stderr { bytes: 1 },
+            ExecEvent::Signal { signal: 9 },
+            ExecEvent::Exited { code: 0 },
+            ExecEvent::TimedOut,
+        ];
+        let count = kinds.len() as u64;
+        for what in kinds {
+            log.record(Event::Exec { exec: 1, what });
+        }
+        drop(log);
+        assert_eq!(writer.finish().written, count);
+        assert_eq!(summarize(&path).unwrap().kinds["timed_out"].events, 1);
+    }
 
     #[test]
     fn events_are_written_in_order_and_counted() {

@@ -187,6 +187,26 @@ fn ago(ms: i64) -> String {
     }
 }
 
+/// `capsem logs`.
+pub async fn logs(name: &str, follow: bool) -> Result<i32, Failure> {
+    let path = format!("/v1/sandboxes/{}/logs?follow={follow}", encode(name));
+    let response = service()
+        .await?
+        .stream(
+            Method::GET,
+            &path,
+            http_body_util::Empty::<bytes::Bytes>::new(),
+        )
+        .await
+        .map_err(api)?;
+    let mut body = http_body_util::BodyExt::into_data_stream(response.into_body());
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Failure::new(format!("reading the log: {e}")))?;
+        crate::out::bytes(&chunk);
+    }
+    Ok(0)
+}
+
 /// `capsem start`, `stop`: the sandbox's name when done.
 pub async fn lifecycle(name: &str, action: &str) -> Result<i32, Failure> {
     let path = format!("/v1/sandboxes/{}/{action}", encode(name));

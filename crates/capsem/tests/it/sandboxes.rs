@@ -119,6 +119,134 @@ fn a_timeout_kills_the_command_and_the_sandbox_runs_on() {
     assert_code(&out, 124);
     assert!(stderr(&out).contains("runs on"), "{}", stderr(&out));
     assert_code(&service.run(&["exec", name, "true"]), 0);
+    let logs = service.ok(&["logs", name]);
+    assert!(logs.contains("started: sleep 60"), "{logs}");
+    assert!(logs.contains("timed out and was killed"), "{logs}");
+    assert!(
+        logs.contains("started: true") && logs.contains("exited 0"),
+        "{logs}"
+    );
+    // The boot log comes first.
+    assert!(
+        logs.find("capsem-agent").unwrap_or(usize::MAX) < logs.find("exec 1").unwrap_or(0),
+        "{logs}"
+    );
+}
+
+#[test]
+fn no_more_than_max_running_run_and_rm_ends_a_streaming_exec() {
+    let service = Service::new();
+    service.capsem.user_settings("[sandbox]\nmax_running = 1\n");
+    service.ok(&["create", "-n", "only"]);
+    let refused = service.run(&["create", "-n", "second"]);
+    assert_code(&refused, 125);
+    assert!(
+        stderr(&refused).contains("sandbox.max_running"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(service.list().len(), 1, "a refused create leaves nothing");
+
+    let mut streaming = service
+        .capsem
+        .cmd(&["exec", "only", "echo started; sleep 600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(crate::support::read_line(&mut streaming), "started\n");
+    service.ok(&["rm", "-f", "only"]);
+    let out = streaming.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(!stderr(&out).is_empty());
+}
+
+/// Open descriptors and threads of a process.
+fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let count =
+        |what: &str| std::fs::read_dir(format!("/proc/{pid}/{what}")).map_or(0, |d| d.count());
+    (count("fd"), count("task"))
+}
+
+#[test]
+fn five_hundred_execs_leave_nothing_behind_on_the_host_or_in_the_guest() {
+    let service = Service::new();
+    service.ok(&["create", "-n", "busy"]);
+    // User processes only: kernel threads (no command line) come and go.
+    let guest_processes = || {
+        let count = "n=0; for p in /proc/[0-9]*; do [ -s $p/cmdline ] && n=$((n+1)); done; echo $n";
+        service.ok(&["exec", "busy", count])
+    };
+    let run_execs = |n: usize| {
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..n / 4 {
+                        assert_code(&service.run(&["exec", "busy", "echo x >/dev/null"]), 0);
+                    }
+                });
+            }
+        });
+    };
+    run_execs(20);
+    let supervisor = supervisor_pid(&service, "busy");
+    let daemon = service.service_pid();
+    let sample = || {
+        let ((sup_fds, sup_threads), (svc_fds, svc_threads)) =
+            (fds_and_threads(supervisor), fds_and_threads(daemon));
+        (
+            sup_fds,
+            svc_fds,
+            guest_processes(),
+            sup_threads + svc_threads,
+        )
+    };
+    let before = sample();
+    run_execs(500);
+    // Not a timing check: the last execs' tasks may take a moment to end,
+    // and idle blocking-pool threads linger for 10 s. A leak would grow
+    // with the 500 execs; a few pool threads more or less are not one.
+    let settled = wait_until(Duration::from_secs(20), || {
+        let now = sample();
+        (now.0, now.1, &now.2) == (before.0, before.1, &before.2) && now.3 <= before.3 + 4
+    });
+    assert!(settled, "before {before:?}, after {:?}", sample());
+}
+
+#[test]
+fn twenty_sandboxes_created_and_removed_leave_no_file_socket_or_process() {
+    let service = Service::new();
+    let names: Vec<String> = (0..20).map(|i| format!("many-{i}")).collect();
+    std::thread::scope(|scope| {
+        for chunk in names.chunks(5) {
+            let service = &service;
+            scope.spawn(move || {
+                for name in chunk {
+                    service.ok(&["create", "-n", name, "--cpus", "1", "--memory", "384"]);
+                }
+            });
+        }
+    });
+    assert_eq!(service.list().len(), 20);
+    let daemon = service.service_pid();
+    let supervisors = crate::support::children_of(daemon);
+    assert_eq!(supervisors.len(), 20, "one supervisor each");
+    for name in &names {
+        service.ok(&["rm", "-f", name]);
+    }
+    assert!(service.list().is_empty());
+    let left: Vec<_> = std::fs::read_dir(service.capsem.home().join("sandboxes"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(wait_until(Duration::from_secs(10), || supervisors
+        .iter()
+        .all(|&p| !alive(p))));
+    assert!(
+        crate::support::children_of(daemon)
+            .iter()
+            .all(|&p| !alive(p))
+    );
 }
 
 #[test]
@@ -364,4 +492,19 @@ fn files_copy_in_and_out_and_a_hostile_tree_lands_nowhere() {
     let missing = service.run(&["cp", "files:/root/nothing", host.path().to_str().unwrap()]);
     assert_code(&missing, 125);
     assert!(stderr(&missing).contains("nothing"), "{}", stderr(&missing));
+}
+
+#[test]
+fn an_idle_sandbox_stops_on_its_own_and_keeps_its_disk() {
+    let service = Service::new();
+    service
+        .capsem
+        .user_settings("[sandbox]\nidle_timeout_secs = 3\n");
+    service.ok(&["create", "-n", "sleepy"]);
+    service.ok(&["exec", "sleepy", "echo kept > /root/k"]);
+    assert!(wait_until(Duration::from_secs(60), || service
+        .state("sleepy")
+        == "stopped"));
+    service.ok(&["start", "sleepy"]);
+    assert_eq!(service.ok(&["exec", "sleepy", "cat /root/k"]), "kept\n");
 }
