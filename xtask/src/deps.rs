@@ -7,8 +7,9 @@ use anyhow::{Result, bail};
 
 use crate::proc;
 
-/// Packages to run VMs (and python3 for the tests' fake VM monitor).
-const RUNTIME: &[&str] = &["qemu-system-x86", "python3"];
+/// Packages to run VMs, to format named sandboxes' disks (e2fsprogs), and
+/// python3 for the tests' fake VM monitor.
+const RUNTIME: &[&str] = &["qemu-system-x86", "e2fsprogs", "python3"];
 /// Packages to build the kernel, the rootfs and its image.
 const BUILD: &[&str] = &[
     "linux-source-6.1",

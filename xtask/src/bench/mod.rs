@@ -528,6 +528,8 @@ fn print_sandboxes(s: &Value) {
         s["ratio_api_to_guest"]
     );
     if let Some(fleets) = s["idle_pss_mib"].as_object() {
+        let mut fleets: Vec<_> = fleets.iter().collect();
+        fleets.sort_by_key(|(n, _)| n.parse::<usize>().unwrap_or(usize::MAX));
         for (n, v) in fleets {
             println!(
                 "  {n:>2} idle sandboxes: {} MiB PSS in all, {} each",
