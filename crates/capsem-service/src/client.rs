@@ -105,36 +105,17 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let stream = self.connect().await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.http(e))?;
-        tokio::spawn(conn);
         let body = match body {
             Some(body) => Bytes::from(serde_json::to_vec(body).map_err(|e| self.http(e))?),
             None => Bytes::new(),
         };
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(Full::new(body))
-            .map_err(|e| self.http(e))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| self.http(e))?;
-        let status = response.status();
+        let response = self.stream(method, path, Full::new(body)).await?;
         let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY_BYTES);
         let bytes = limited
             .collect()
             .await
             .map_err(|e| self.http(e))?
             .to_bytes();
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
-        }
         let bytes = if bytes.is_empty() {
             &b"null"[..]
         } else {
@@ -164,6 +145,7 @@ impl Client {
             .method(method)
             .uri(path)
             .header("host", "localhost")
+            .header("content-type", "application/json")
             .body(body)
             .map_err(|e| self.http(e))?;
         let response = sender

@@ -44,7 +44,7 @@ fn main() {
         Some(Subcmd::Exec(mut args)) => {
             args.options = args.options.with_outer(outer.options);
             let options = args.options.clone();
-            cmd::sandbox::block_on(&options, cmd::sandbox::exec(args))
+            cmd::run::block_on(&options, cmd::sandbox::exec(args))
         }
         Some(Subcmd::Create(args)) => sandboxes(cmd::sandbox::create(args)),
         Some(Subcmd::Ls { json }) => sandboxes(cmd::sandbox::list(json)),
@@ -59,7 +59,7 @@ fn main() {
                 verbose: true,
                 ..RunOptions::default()
             };
-            cmd::sandbox::block_on(&options, cmd::sandbox::supervise(&name, started))
+            cmd::run::block_on(&options, cmd::sandbox::supervise(&name, started))
         }
         Some(Subcmd::Run(args)) => cmd::run::run(args.with_outer(outer), started, Output::Raw),
         Some(Subcmd::Doctor(args)) => cmd::doctor::run(args, outer.options, started),
@@ -80,7 +80,7 @@ fn main() {
 
 /// The exit code of a client of the service, its failure reported.
 fn sandboxes(command: impl std::future::Future<Output = Result<i32, exit::Failure>>) -> i32 {
-    cmd::sandbox::block_on(&RunOptions::default(), command)
+    cmd::run::block_on(&RunOptions::default(), command)
 }
 
 /// The exit code of a subcommand that runs no VM, its failure reported.

@@ -14,7 +14,7 @@ use tokio::io::AsyncWrite;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
-use crate::cli::{EnvArg, RunArgs};
+use crate::cli::{EnvArg, RunArgs, RunOptions};
 use crate::embedded;
 use crate::exit::{Failure, TIMED_OUT};
 use crate::report::Report;
@@ -47,7 +47,17 @@ const AI_CLIS: [&str; 3] = ["claude", "gemini", "codex"];
 
 /// Runs the command and returns capsem's exit code.
 pub fn run(args: RunArgs, started: Instant, output: Output) -> i32 {
-    crate::init_logging(&args.options);
+    let options = args.options.clone();
+    block_on(&options, run_async(args, started, output))
+}
+
+/// Runs `body` on capsem's runtime, logging as `options` say; a failure
+/// is reported.
+pub fn block_on<F>(options: &RunOptions, body: F) -> i32
+where
+    F: std::future::Future<Output = Result<i32, Failure>>,
+{
+    crate::init_logging(options);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -57,7 +67,7 @@ pub fn run(args: RunArgs, started: Instant, output: Output) -> i32 {
         Err(e) => return Failure::new(format!("starting the async runtime: {e}")).report(),
     };
     let code = runtime
-        .block_on(run_async(args, started, output))
+        .block_on(body)
         .unwrap_or_else(|failure| failure.report());
     // A thread may still be blocked reading a terminal stdin; waiting for
     // it would hang until the user pressed a key.

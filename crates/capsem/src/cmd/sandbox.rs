@@ -19,7 +19,7 @@ use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cli::{CreateArgs, ExecArgs, RunOptions, ServiceAction};
+use crate::cli::{CreateArgs, ExecArgs, ServiceAction};
 use crate::cmd::run::{self, DEFAULT_SIZE};
 use crate::exit::{Failure, TIMED_OUT};
 use crate::out::outln;
@@ -27,26 +27,6 @@ use crate::terminal::{self, RawMode};
 
 /// How long a service the CLI started may take to answer.
 const SERVICE_WAIT: Duration = Duration::from_secs(10);
-
-/// Runs `body` on a small runtime; its failure is reported.
-pub fn block_on<F>(options: &RunOptions, body: F) -> i32
-where
-    F: std::future::Future<Output = Result<i32, Failure>>,
-{
-    crate::init_logging(options);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => return Failure::new(format!("starting the async runtime: {e}")).report(),
-    };
-    let code = runtime.block_on(body).unwrap_or_else(|f| f.report());
-    // A thread may still be blocked reading a terminal stdin.
-    runtime.shutdown_background();
-    code
-}
 
 fn api(e: ClientError) -> Failure {
     Failure::new(e)

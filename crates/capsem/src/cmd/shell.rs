@@ -23,7 +23,7 @@ pub fn run(options: RunOptions, name: Option<String>, started: Instant) -> i32 {
             name,
             command,
         };
-        return cmd::sandbox::block_on(&options, cmd::sandbox::exec(args));
+        return cmd::run::block_on(&options, cmd::sandbox::exec(args));
     }
     let args = RunArgs {
         options,
