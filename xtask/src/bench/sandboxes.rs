@@ -34,6 +34,9 @@ pub fn measure(capsem: &Path, home: &Path, runs: usize, one_shot_ms: f64) -> Res
     let api = api_round_trips(home, name)?;
     let guest = guest_fork_exec_ms(capsem, home, name)?;
     ok(capsem, home, &["rm", "-f", name])?;
+    let idle_pss = fleets(capsem, home)?;
+    // The service the CLI started must not outlive the bench's home.
+    ok(capsem, home, &["service", "stop"])?;
     let cli_median = median(&cli);
     Ok(json!({
         "exec_true_cli_ms": stats(cli.iter().copied()),
@@ -46,7 +49,7 @@ pub fn measure(capsem: &Path, home: &Path, runs: usize, one_shot_ms: f64) -> Res
         "stop_ms": stats(lifecycle.stop),
         "start_ms": stats(lifecycle.start),
         "rm_ms": stats(lifecycle.rm),
-        "idle_pss_mib": fleets(capsem, home)?,
+        "idle_pss_mib": idle_pss,
     }))
 }
 
