@@ -194,7 +194,8 @@ pub enum Subcmd {
     },
     /// List the named sandboxes.
     Ls {
-        /// A JSON array instead of the table (see docs/api.md).
+        /// JSON Lines: {"type":"sandbox","data":{...}} per sandbox (see
+        /// docs/json.md).
         #[arg(long)]
         json: bool,
     },
@@ -341,7 +342,8 @@ pub struct ExecArgs {
 pub enum ServiceAction {
     /// Whether it runs, its pid, and how many sandboxes it knows.
     Status {
-        /// One JSON object (see docs/api.md).
+        /// One {"type":"service","data":{...}} line (see docs/json.md);
+        /// exit 3 when it is not running.
         #[arg(long)]
         json: bool,
     },
@@ -386,7 +388,8 @@ pub enum NetAction {
     /// Every connection, request, refusal and rejected packet of a session,
     /// then its DNS queries and model calls, each oldest first.
     Log {
-        /// Session id or unambiguous prefix; the newest session without.
+        /// Session id or unambiguous prefix, or a named sandbox (its
+        /// current or last boot); the newest session without.
         id: Option<String>,
         /// JSON Lines: {"type":"dns"|"net"|"model_call","data":{...}}
         /// objects, DNS queries first (see docs/json.md).

@@ -12,11 +12,19 @@ use crate::cli::NetAction;
 use crate::exit::Failure;
 use crate::out::outln;
 
+/// The current or last boot of the named sandbox `name`, if it is one.
+fn sandbox_session(home: &std::path::Path, name: &str) -> Option<String> {
+    capsem_service::name::check(name).ok()?;
+    capsem_service::SandboxDir::of(home, name).last_session()
+}
+
 /// Runs a `net` subcommand; returns the exit code.
 pub fn run(action: NetAction) -> Result<i32, Failure> {
     let NetAction::Log { id, json } = action;
-    let store = Store::open(&paths::capsem_home()).map_err(Failure::new)?;
+    let home = paths::capsem_home();
+    let store = Store::open(&home).map_err(Failure::new)?;
     let id = match id {
+        Some(name) if let Some(id) = sandbox_session(&home, &name) => id,
         Some(prefix) => store.resolve(&prefix).map_err(Failure::new)?,
         None => store
             .list(1)

@@ -120,7 +120,12 @@ pub async fn create(args: CreateArgs) -> Result<i32, Failure> {
 pub async fn list(json: bool) -> Result<i32, Failure> {
     let all: Vec<SandboxInfo> = service().await?.get("/v1/sandboxes").await.map_err(api)?;
     if json {
-        outln!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+        for sandbox in &all {
+            outln!(
+                "{}",
+                serde_json::json!({ "type": "sandbox", "data": sandbox })
+            );
+        }
         return Ok(0);
     }
     outln!(
@@ -376,10 +381,7 @@ pub async fn service_cmd(action: Option<ServiceAction>) -> Result<i32, Failure> 
     match action.unwrap_or(ServiceAction::Status { json: false }) {
         ServiceAction::Status { json } => match client.get::<ServiceInfo>("/v1/service").await {
             Ok(info) if json => {
-                outln!(
-                    "{}",
-                    serde_json::to_string_pretty(&info).unwrap_or_default()
-                );
+                outln!("{}", serde_json::json!({ "type": "service", "data": info }));
                 Ok(0)
             }
             Ok(info) => {

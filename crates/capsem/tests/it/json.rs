@@ -10,7 +10,7 @@ use crate::upstream::{TestCa, Upstream};
 
 /// The schemas of docs/json.md, by record type: each is the fenced block
 /// after a `<!-- schema: TYPE -->` line.
-fn schemas() -> BTreeMap<String, jsonschema::Validator> {
+pub fn schemas() -> BTreeMap<String, jsonschema::Validator> {
     let page = include_str!("../../../../docs/json.md");
     let mut schemas = BTreeMap::new();
     let mut rest = page;
@@ -31,7 +31,7 @@ fn schemas() -> BTreeMap<String, jsonschema::Validator> {
 
 /// Checks every line of `capsem ARGS` against its type's schema; returns
 /// the records.
-fn check(
+pub fn check(
     capsem: &Capsem,
     args: &[&str],
     schemas: &BTreeMap<String, jsonschema::Validator>,

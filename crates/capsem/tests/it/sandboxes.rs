@@ -28,8 +28,14 @@ impl Service {
         stdout(&out)
     }
 
+    /// `capsem ls --json`, each record checked against docs/json.md.
     fn list(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.ok(&["ls", "--json"])).unwrap()
+        if self.ok(&["ls", "--json"]).is_empty() {
+            return Vec::new();
+        }
+        let schemas = crate::json::schemas();
+        let records = crate::json::check(&self.capsem, &["ls", "--json"], &schemas);
+        records.into_iter().map(|r| r["data"].clone()).collect()
     }
 
     fn state(&self, name: &str) -> String {
@@ -39,20 +45,18 @@ impl Service {
     }
 
     fn service_pid(&self) -> u32 {
-        let info: serde_json::Value =
-            serde_json::from_str(&self.ok(&["service", "status", "--json"])).unwrap();
-        info["pid"].as_u64().unwrap() as u32
+        let schemas = crate::json::schemas();
+        let info = crate::json::check(&self.capsem, &["service", "status", "--json"], &schemas);
+        info[0]["data"]["pid"].as_u64().unwrap() as u32
     }
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if let Ok(list) =
-            serde_json::from_str::<Vec<serde_json::Value>>(&stdout(&self.run(&["ls", "--json"])))
-        {
-            for s in list {
-                self.run(&["rm", "-f", s["name"].as_str().unwrap_or("")]);
-            }
+        let listed = stdout(&self.run(&["ls", "--json"]));
+        for line in listed.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+            self.run(&["rm", "-f", record["data"]["name"].as_str().unwrap_or("")]);
         }
         self.run(&["service", "stop"]);
     }
@@ -84,6 +88,8 @@ fn a_named_sandbox_runs_many_commands_and_keeps_root_across_stop_and_start() {
         .run_with_stdin(&["exec", "web-1", "tr a-z A-Z"], b"piped in");
     assert_eq!(stdout(&out), "PIPED IN");
     assert_eq!(service.state("web-1"), "running");
+    // Its boot is a session: net log takes the sandbox's name.
+    assert_code(&service.run(&["net", "log", "web-1"]), 0);
 
     let again = service.run(&["create", "-n", "web-1"]);
     assert_code(&again, 125);
