@@ -50,57 +50,68 @@ pub fn service_socket(home: &Path) -> PathBuf {
 
 /// One sandbox's directory.
 #[derive(Debug, Clone)]
-pub struct SandboxDir(PathBuf);
+pub struct SandboxDir {
+    name: String,
+    path: PathBuf,
+}
 
 impl SandboxDir {
     /// The directory of `name` (checked by [`crate::name::check`]).
     pub fn of(home: &Path, name: &str) -> Self {
-        SandboxDir(root(home).join(name))
+        SandboxDir {
+            name: name.to_owned(),
+            path: root(home).join(name),
+        }
+    }
+
+    /// The sandbox's name.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 
     /// Creates it, private; fails with `AlreadyExists` when the name is
     /// taken, which makes two racing creates of one name pick one winner.
     pub fn create(&self) -> io::Result<()> {
-        let parent = self.0.parent().unwrap_or(Path::new("."));
+        let parent = self.path.parent().unwrap_or(Path::new("."));
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(parent)?;
-        fs::DirBuilder::new().mode(0o700).create(&self.0)
+        fs::DirBuilder::new().mode(0o700).create(&self.path)
     }
 
     /// `sandbox.json`.
     pub fn meta_path(&self) -> PathBuf {
-        self.0.join("sandbox.json")
+        self.path.join("sandbox.json")
     }
 
     /// Its disk.
     pub fn disk(&self) -> PathBuf {
-        self.0.join("home.img")
+        self.path.join("home.img")
     }
 
     /// Its supervisor's socket.
     pub fn socket(&self) -> PathBuf {
-        self.0.join("supervisor.sock")
+        self.path.join("supervisor.sock")
     }
 
     /// Held by its supervisor while it lives ([`crate::lock`]).
     pub fn lock(&self) -> PathBuf {
-        self.0.join("supervisor.lock")
+        self.path.join("supervisor.lock")
     }
 
     /// Its supervisors' log.
     pub fn log(&self) -> PathBuf {
-        self.0.join("supervisor.log")
+        self.path.join("supervisor.log")
     }
 
     fn last_session_path(&self) -> PathBuf {
-        self.0.join("last-session")
+        self.path.join("last-session")
     }
 
     /// Reads `sandbox.json`.
@@ -123,7 +134,7 @@ impl SandboxDir {
 
     /// Records the session of this boot.
     pub fn set_last_session(&self, id: &str) -> io::Result<()> {
-        let tmp = self.0.join("last-session.tmp");
+        let tmp = self.path.join("last-session.tmp");
         let _ = fs::remove_file(&tmp);
         write_private(&tmp, id.as_bytes())?;
         fs::rename(tmp, self.last_session_path())

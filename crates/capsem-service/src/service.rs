@@ -324,10 +324,9 @@ fn spawn_supervisor(exe: &Path, dir: &SandboxDir) -> io::Result<tokio::process::
         .append(true)
         .mode(0o600)
         .open(dir.log())?;
-    let name = dir.path().file_name().unwrap_or_default();
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("supervise")
-        .arg(name)
+        .arg(dir.name())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -475,7 +474,7 @@ async fn start(
     UrlPath(given): UrlPath<String>,
 ) -> Answer<SandboxInfo> {
     let dir = service.resolve(&given)?;
-    let lock = service.lock_of(&given);
+    let lock = service.lock_of(dir.name());
     let _held = lock.lock().await;
     if !lock::is_held(&dir.lock()) {
         service.boot(&dir).await?;
@@ -488,7 +487,7 @@ async fn stop(
     UrlPath(given): UrlPath<String>,
 ) -> Answer<SandboxInfo> {
     let dir = service.resolve(&given)?;
-    let lock = service.lock_of(&given);
+    let lock = service.lock_of(dir.name());
     let _held = lock.lock().await;
     if lock::is_held(&dir.lock()) {
         service.halt(&dir).await?;
@@ -508,7 +507,7 @@ async fn remove(
     Query(query): Query<RemoveQuery>,
 ) -> Answer<()> {
     let dir = service.resolve(&given)?;
-    let lock = service.lock_of(&given);
+    let lock = service.lock_of(dir.name());
     let _held = lock.lock().await;
     if lock::is_held(&dir.lock()) {
         if !query.force {
