@@ -7,9 +7,10 @@
 //! The tar work runs on blocking threads; chunks cross to the channel
 //! through small bounded queues, so neither side buffers an archive.
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::Path;
 
+use capsem_proto::archive::{self, scratch_dir};
 use capsem_proto::blocking::{QueueReader, QueueWriter};
 use capsem_proto::{
     ArchiveTarget, GuestToHost, HostToGuest, validate_copy_path, validate_top_name,
@@ -28,19 +29,16 @@ pub async fn put(mut channel: Channel, target: ArchiveTarget) {
         let _ = channel.send(GuestToHost::Refused(e.to_string())).await;
         return;
     }
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
     let unpack = tokio::task::spawn_blocking(move || unpack(&target, QueueReader::new(rx)));
     let mut failed = None;
     let mut tx = Some(tx);
     while let Some(msg) = channel.next().await {
         match msg {
             Ok(HostToGuest::Data(data)) => {
-                let Some(sender) = &tx else { continue };
-                // The queue is bounded; wait off the runtime's thread.
-                let sender = sender.clone();
-                if tokio::task::spawn_blocking(move || sender.send(data))
-                    .await
-                    .is_err()
+                // A failed unpack drops its end: the rest is drained.
+                if let Some(sender) = &tx
+                    && sender.send(data).await.is_err()
                 {
                     tx = None;
                 }
@@ -92,18 +90,6 @@ fn unpack(target: &ArchiveTarget, reader: QueueReader) -> io::Result<()> {
     result
 }
 
-fn scratch_dir(parent: &Path) -> io::Result<PathBuf> {
-    for n in 0..1000u32 {
-        let dir = parent.join(format!(".capsem-cp-{}-{n}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::Error::other("no scratch directory could be made"))
-}
-
 /// Sends `path` as an archive on `channel`.
 pub async fn get(mut channel: Channel, path: String) {
     if let Err(e) = validate_copy_path(&path) {
@@ -129,14 +115,5 @@ fn pack(path: &Path, out: QueueWriter) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other(format!("{} has no name to copy under", path.display())))?;
-    let meta = std::fs::symlink_metadata(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(false);
-    if meta.is_dir() {
-        builder.append_dir_all(name, path)?;
-    } else {
-        builder.append_path_with_name(path, name)?;
-    }
-    builder.into_inner()?.flush()
+    archive::pack(path, &name.to_string_lossy(), false, out)
 }

@@ -28,6 +28,6 @@ pub mod text;
 pub mod vm;
 
 pub use sandbox::{
-    BootSpec, Booted, Live, Notice, Opened, Outcome, Phases, RunError, RunReport, RunRequest,
+    BootSpec, Booted, End, Live, Notice, Opened, Outcome, Phases, RunError, RunReport, RunRequest,
     Sandbox,
 };

@@ -7,14 +7,15 @@ use crate::limits::MAX_CHUNK_BYTES;
 
 /// Reads the chunks a queue delivers, in order.
 pub struct QueueReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
     chunk: Vec<u8>,
     at: usize,
 }
 
 impl QueueReader {
-    /// Reads what `rx` receives.
-    pub fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+    /// Reads what `rx` receives; only on a blocking thread (tasks send
+    /// into the queue without leaving the runtime).
+    pub fn new(rx: tokio::sync::mpsc::Receiver<Vec<u8>>) -> Self {
         QueueReader {
             rx,
             chunk: Vec::new(),
@@ -26,9 +27,9 @@ impl QueueReader {
 impl Read for QueueReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(chunk) => (self.chunk, self.at) = (chunk, 0),
-                Err(_) => return Ok(0),
+            match self.rx.blocking_recv() {
+                Some(chunk) => (self.chunk, self.at) = (chunk, 0),
+                None => return Ok(0),
             }
         }
         let n = buf.len().min(self.chunk.len() - self.at);

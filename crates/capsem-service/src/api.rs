@@ -6,9 +6,6 @@
 use capsem_proto::{Command, ExitStatus, TtySize};
 use serde::{Deserialize, Serialize};
 
-/// The prefix of every route of this version.
-pub const PREFIX: &str = "/v1";
-
 /// `POST /v1/sandboxes`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,8 +72,6 @@ pub struct SupervisorInfo {
     pub vm_pid: Option<u32>,
     /// When the last command started or ended.
     pub last_activity_ms: i64,
-    /// Commands running now.
-    pub running_execs: u32,
 }
 
 /// The service itself (`GET /v1/service`).

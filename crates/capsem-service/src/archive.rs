@@ -1,7 +1,7 @@
 //! Copies between the host and a sandbox as tar streams (`capsem cp`).
 //!
-//! [`pack`] archives a host path under its own name, symlinks as
-//! symlinks unless asked to follow them. [`unpack`] writes an archive
+//! [`pack`] (the agent's too) archives a host path under its own name,
+//! symlinks as symlinks unless asked to follow them. [`unpack`] writes an archive
 //! from the guest, which is hostile, onto the host: every entry must sit
 //! under the one top name, with plain relative components; only files,
 //! directories and symlinks are accepted (symlinks are made, never
@@ -15,6 +15,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
+
+pub use capsem_proto::archive::pack;
 use std::time::{Duration, SystemTime};
 
 /// Most entries one archive may hold.
@@ -87,7 +89,10 @@ pub fn unpack(input: impl Read, spec: &Unpack<'_>) -> Result<Unpacked, CopyError
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let scratch = scratch_dir(parent)?;
+    let scratch = capsem_proto::archive::scratch_dir(parent).map_err(io_err(format!(
+        "creating a directory in {}",
+        parent.display()
+    )))?;
     let written = write_entries(input, spec, &scratch).and_then(|done| {
         fs::rename(scratch.join(spec.top), spec.target).map_err(io_err(format!(
             "moving the copy to {}",
@@ -255,42 +260,6 @@ fn write_file(entry: &mut impl Read, path: &Path, mode: u32, room: u64) -> Resul
     out.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_err(what()))?;
     Ok(copied)
-}
-
-fn scratch_dir(parent: &Path) -> Result<PathBuf, CopyError> {
-    for n in 0..1000u32 {
-        let dir = parent.join(format!(".capsem-cp-{}-{n}", std::process::id()));
-        match fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(io_err(format!(
-                    "creating a directory in {}",
-                    parent.display()
-                ))(e));
-            }
-        }
-    }
-    Err(hostile("no scratch directory could be made"))
-}
-
-/// Archives `src` under `name` into `out`; with `follow`, symlinks are
-/// copied as what they point to.
-pub fn pack(src: &Path, name: &str, follow: bool, out: impl Write) -> io::Result<()> {
-    let meta = if follow {
-        fs::metadata(src)
-    } else {
-        fs::symlink_metadata(src)
-    }
-    .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
-    let mut builder = tar::Builder::new(out);
-    builder.follow_symlinks(follow);
-    if meta.is_dir() {
-        builder.append_dir_all(name, src)?;
-    } else {
-        builder.append_path_with_name(src, name)?;
-    }
-    builder.into_inner()?.flush()
 }
 
 /// Archives `data` as one file `name` (a copy from stdin).

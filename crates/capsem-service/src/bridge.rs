@@ -20,6 +20,10 @@ use tokio_tungstenite::tungstenite::Message as TMessage;
 use crate::api::{ClientMsg, ExecStart, STDERR, STDOUT, ServerMsg};
 use crate::client::Socket;
 
+/// Largest WebSocket message a client may send (axum's default is
+/// 64 MiB, which one connection could make the service hold): stdin in
+/// bigger writes is split by the client anyway.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Bytes buffered on each of stdin, stdout and stderr.
 const PIPE_BYTES: usize = 64 * 1024;
 /// How long a client may take to send its [`ExecStart`].

@@ -109,13 +109,9 @@ impl Client {
             Some(body) => Bytes::from(serde_json::to_vec(body).map_err(|e| self.http(e))?),
             None => Bytes::new(),
         };
-        let response = self.stream(method, path, Full::new(body)).await?;
-        let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY_BYTES);
-        let bytes = limited
-            .collect()
-            .await
-            .map_err(|e| self.http(e))?
-            .to_bytes();
+        let json = Some("application/json");
+        let response = self.stream(method, path, json, Full::new(body)).await?;
+        let bytes = self.body_bytes(response).await?;
         let bytes = if bytes.is_empty() {
             &b"null"[..]
         } else {
@@ -124,12 +120,13 @@ impl Client {
         serde_json::from_slice(bytes).map_err(|e| self.http(format!("a bad answer: {e}")))
     }
 
-    /// `method path` with a streamed body; the answer as it comes (an
-    /// error status already turned into [`ClientError::Api`]).
+    /// `method path` with a streamed body of `content_type`; the answer as
+    /// it comes (an error status already turned into [`ClientError::Api`]).
     pub async fn stream<B>(
         &self,
         method: Method,
         path: &str,
+        content_type: Option<&str>,
         body: B,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError>
     where
@@ -141,13 +138,14 @@ impl Client {
             .await
             .map_err(|e| self.http(e))?;
         tokio::spawn(conn);
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "localhost")
-            .header("content-type", "application/json")
-            .body(body)
-            .map_err(|e| self.http(e))?;
+            .header("host", "localhost");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let request = request.body(body).map_err(|e| self.http(e))?;
         let response = sender
             .send_request(request)
             .await
@@ -156,13 +154,20 @@ impl Client {
         if status.is_success() {
             return Ok(response);
         }
+        Err(api_error(status, &self.body_bytes(response).await?))
+    }
+
+    /// A whole answer body, at most [`MAX_BODY_BYTES`].
+    async fn body_bytes(
+        &self,
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Bytes, ClientError> {
         let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY_BYTES);
-        let bytes = limited
+        Ok(limited
             .collect()
             .await
             .map_err(|e| self.http(e))?
-            .to_bytes();
-        Err(api_error(status, &bytes))
+            .to_bytes())
     }
 
     /// Opens a WebSocket on `path`.

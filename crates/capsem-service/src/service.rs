@@ -73,6 +73,9 @@ struct Service {
     started_ms: i64,
     /// Serializes lifecycle changes of each sandbox.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Sandboxes whose supervisors are starting: they count against
+    /// `sandbox.max_running` before they hold their lock.
+    starting: Mutex<std::collections::HashSet<String>>,
     stop: Notify,
 }
 
@@ -90,6 +93,7 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
         exe: config.exe,
         started_ms: now_ms(),
         locks: Mutex::default(),
+        starting: Mutex::default(),
         stop: Notify::new(),
     });
     tracing::info!("capsem service {} serving", std::process::id());
@@ -193,11 +197,28 @@ impl Service {
         locks.entry(name.to_owned()).or_default().clone()
     }
 
-    fn running(&self) -> usize {
+    /// The sandboxes whose supervisors hold their locks.
+    fn running(&self) -> std::collections::HashSet<String> {
         self.names()
-            .iter()
+            .into_iter()
             .filter(|n| lock::is_held(&SandboxDir::of(&self.home, n).lock()))
-            .count()
+            .collect()
+    }
+
+    /// Counts `name` as starting, unless that would make more than
+    /// `limit` sandboxes run or start at once.
+    fn reserve(&self, name: &str, limit: usize) -> Result<(), ApiError> {
+        let mut starting = self
+            .starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.running().union(&starting).count() >= limit {
+            return Err(ApiError::conflict(format!(
+                "{limit} sandboxes are running, as many as sandbox.max_running allows: stop one first"
+            )));
+        }
+        starting.insert(name.to_owned());
+        Ok(())
     }
 
     async fn info(&self, dir: &SandboxDir) -> Result<SandboxInfo, ApiError> {
@@ -235,14 +256,17 @@ impl Service {
     }
 
     /// Starts the supervisor of `dir` and waits until its VM is ready.
-    async fn boot(&self, dir: &SandboxDir) -> Result<(), ApiError> {
-        let settings = load_settings()?;
-        let limit = settings.sandbox().max_running as usize;
-        if self.running() >= limit {
-            return Err(ApiError::conflict(format!(
-                "{limit} sandboxes are running, as many as sandbox.max_running allows: stop one first"
-            )));
-        }
+    async fn boot(&self, dir: &SandboxDir, settings: &Settings) -> Result<(), ApiError> {
+        self.reserve(dir.name(), settings.sandbox().max_running as usize)?;
+        let booted = self.spawn_and_wait(dir, settings).await;
+        self.starting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(dir.name());
+        booted
+    }
+
+    async fn spawn_and_wait(&self, dir: &SandboxDir, settings: &Settings) -> Result<(), ApiError> {
         let mut child = spawn_supervisor(&self.exe, dir)
             .map_err(|e| ApiError::internal(format!("starting the sandbox's supervisor: {e}")))?;
         let wait = Duration::from_secs(settings.vm().boot_timeout_secs.into()) + READY_SLACK;
@@ -387,7 +411,7 @@ async fn service_info(State(service): State<Arc<Service>>) -> axum::Json<Service
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_ms: service.started_ms,
         sandboxes: service.names().len() as u32,
-        running: service.running() as u32,
+        running: service.running().len() as u32,
     })
 }
 
@@ -397,14 +421,15 @@ async fn service_stop(State(service): State<Arc<Service>>) -> axum::Json<()> {
 }
 
 async fn list(State(service): State<Arc<Service>>) -> Answer<Vec<SandboxInfo>> {
-    let mut all = Vec::new();
-    for name in service.names() {
-        // A directory half made by a create that failed has no metadata.
-        if let Ok(info) = service.info(&SandboxDir::of(&service.home, &name)).await {
-            all.push(info);
-        }
-    }
-    Ok(axum::Json(all))
+    let dirs: Vec<SandboxDir> = service
+        .names()
+        .iter()
+        .map(|name| SandboxDir::of(&service.home, name))
+        .collect();
+    // One slow supervisor does not hold up the others' answers.
+    let infos = futures::future::join_all(dirs.iter().map(|dir| service.info(dir))).await;
+    // A directory half made by a create that failed has no metadata.
+    Ok(axum::Json(infos.into_iter().flatten().collect()))
 }
 
 async fn show(
@@ -460,7 +485,7 @@ async fn create(
             ApiError::internal(format!("writing {}: {e}", dir.meta_path().display()))
         })?;
         make_disk(&dir.disk(), meta.disk_gib).await?;
-        service.boot(&dir).await
+        service.boot(&dir, &settings).await
     };
     if let Err(e) = made.await {
         let _ = std::fs::remove_dir_all(dir.path());
@@ -477,7 +502,7 @@ async fn start(
     let lock = service.lock_of(dir.name());
     let _held = lock.lock().await;
     if !lock::is_held(&dir.lock()) {
-        service.boot(&dir).await?;
+        service.boot(&dir, &load_settings()?).await?;
     }
     service.info(&dir).await.map(axum::Json)
 }
@@ -560,8 +585,17 @@ async fn files(
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
+    let content_type = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
     let answer = Client::new(dir.socket())
-        .stream(parts.method, &format!("/files{query}"), body)
+        .stream(
+            parts.method.clone(),
+            &format!("/files{query}"),
+            content_type,
+            body,
+        )
         .await
         .map_err(|e| match e.status() {
             Some(status) => ApiError(
@@ -602,6 +636,9 @@ async fn exec(
         .map_err(|e| {
             ApiError::internal(format!("the sandbox's supervisor does not answer: {e}"))
         })?;
+    let upgrade = upgrade
+        .max_message_size(bridge::MAX_MESSAGE_BYTES)
+        .max_frame_size(bridge::MAX_MESSAGE_BYTES);
     Ok(upgrade.on_upgrade(move |client| bridge::relay(client, upstream)))
 }
 
@@ -618,6 +655,7 @@ mod tests {
             exe: PathBuf::from("/bin/false"),
             started_ms: 0,
             locks: Mutex::default(),
+            starting: Mutex::default(),
             stop: Notify::new(),
         }))
     }

@@ -17,7 +17,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use capsem_core::session::store::now_ms;
-use capsem_core::{BootSpec, Booted, Live, Notice, Outcome, RunError, Sandbox};
+use capsem_core::{BootSpec, Booted, End, Live, Notice, Outcome, RunError, Sandbox};
 use capsem_proto::{ExitStatus, GuestFile};
 use tokio::sync::Notify;
 
@@ -66,7 +66,7 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> SupervisorError {
 }
 
 struct Shared {
-    live: Live,
+    live: Box<Live>,
     env: Vec<(String, String)>,
     session: String,
     started_ms: i64,
@@ -104,13 +104,18 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
         Ok(Booted::Ready(live)) => live,
         Ok(Booted::Interrupted(_)) => unreachable!("nothing cancels a supervisor's boot"),
         Err(e) => {
-            opened.close(Err(&e), 0, &*notice).await;
+            let end = End {
+                live: None,
+                result: Err(&e),
+                transcript_cut_bytes: 0,
+            };
+            opened.close(end, &*notice).await;
             return Err(e.into());
         }
     };
     tracing::info!("sandbox {} ready, session {}", spec.name, opened.id());
     let shared = Arc::new(Shared {
-        live: *live,
+        live,
         env: spec.env,
         session: opened.id().to_owned(),
         started_ms: now_ms(),
@@ -129,8 +134,12 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
     // gone: the commands still streaming end with the VM.
     match sole_owner(shared).await {
         Some(shared) => {
-            shared.live.finish().await;
-            opened.close(result.as_ref(), 0, &*notice).await;
+            let end = End {
+                live: Some(shared.live),
+                result: result.as_ref(),
+                transcript_cut_bytes: 0,
+            };
+            opened.close(end, &*notice).await;
         }
         None => tracing::warn!("commands outlived the VM; the session is repaired as killed"),
     }
@@ -207,11 +216,13 @@ async fn info(State(shared): State<Arc<Shared>>) -> axum::Json<SupervisorInfo> {
         pid: std::process::id(),
         vm_pid: shared.live.vm_pid(),
         last_activity_ms: shared.last_activity_ms.load(Ordering::Relaxed),
-        running_execs: shared.running_execs.load(Ordering::Relaxed),
     })
 }
 
 async fn exec(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> impl IntoResponse {
+    let upgrade = upgrade
+        .max_message_size(bridge::MAX_MESSAGE_BYTES)
+        .max_frame_size(bridge::MAX_MESSAGE_BYTES);
     upgrade.on_upgrade(move |socket| async move {
         shared.running_execs.fetch_add(1, Ordering::Relaxed);
         shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);

@@ -8,7 +8,8 @@ const EXIT_STATUS: &str = "\
 Exit status:
   N      the guest command's own exit status
   128+N  the guest command was killed by signal N
-  124    --timeout expired; the VM was destroyed
+  124    --timeout expired (a one-shot run's VM is destroyed; a named
+         sandbox's command is killed and the sandbox runs on)
   125    capsem itself failed (the message says why and what to do)
   126    the command exists but could not be run
   127    the command was not found in the guest";
@@ -17,7 +18,8 @@ Exit status:
 ///
 /// Every run boots a fresh VM from pinned, verified images, runs the command
 /// with its stdin, stdout and stderr connected to yours, and destroys the VM.
-/// Nothing persists between runs. The VM has no network device: guest
+/// Nothing persists between runs; a named sandbox (`capsem create`) lives on
+/// instead, with a /root of its own. The VM has no network device: guest
 /// connections go through capsem's policy proxy, which reaches only the
 /// names your settings allow (see `capsem net log`).
 ///
@@ -60,8 +62,9 @@ pub struct RunOptions {
     /// check).
     #[arg(short, long)]
     pub verbose: bool,
-    /// Kill the VM and exit with 124 if the command runs longer than SECS
-    /// (0: no limit, whatever vm.timeout_secs says).
+    /// Kill the command and exit with 124 if it runs longer than SECS (a
+    /// one-shot run's VM goes with it; 0: no limit, whatever
+    /// vm.timeout_secs says).
     #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
     /// Set an environment variable for the command (repeatable); `-e NAME`

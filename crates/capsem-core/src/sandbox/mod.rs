@@ -290,7 +290,7 @@ impl Sandbox {
                 signalled(&mut io.controls, &mut tty),
             )
             .await;
-        let result = match booted {
+        let (result, live) = match booted {
             Ok(Booted::Ready(live)) => {
                 let spec = ExecSpec {
                     command: req.command,
@@ -302,18 +302,22 @@ impl Sandbox {
                 opened.phases.command_done = Some(self.mark("command finished"));
                 live.stop(matches!(outcome, Ok(Outcome::Exited(_)))).await;
                 opened.phases.vm_gone = Some(self.mark("VM gone"));
-                live.finish().await;
-                outcome
+                (outcome, Some(live))
             }
             Ok(Booted::Interrupted(signal)) => {
                 opened.phases.vm_gone = Some(self.mark("VM gone: interrupted during boot"));
-                Ok(Outcome::Interrupted(signal))
+                (Ok(Outcome::Interrupted(signal)), None)
             }
-            Err(e) => Err(e),
+            Err(e) => (Err(e), None),
         };
         let cut = transcript.as_ref().map_or(0, Transcript::cut_bytes);
         let (session, accel) = (opened.session.id().to_owned(), opened.accel.name());
-        let phases = opened.close(result.as_ref(), cut, &*notice).await;
+        let end = End {
+            live,
+            result: result.as_ref(),
+            transcript_cut_bytes: cut,
+        };
+        let phases = opened.close(end, &*notice).await;
         result.map(|outcome| RunReport {
             session,
             outcome,
@@ -453,7 +457,7 @@ impl Sandbox {
         {
             let err = live.explain(source, Stage::Exec).await;
             live.stop(false).await;
-            live.finish().await;
+            live.network.finish(NETWORK_GRACE).await;
             return Err(err);
         }
         Ok(Booted::Ready(Box::new(live)))
@@ -539,11 +543,6 @@ impl Opened {
         self.session.id()
     }
 
-    /// The accelerator the VM runs on.
-    pub fn accel(&self) -> &'static str {
-        self.accel.name()
-    }
-
     /// The transcript of a terminal session; a failure to create it is a
     /// notice, not a reason to refuse the session.
     fn open_transcript(&self, notice: &(dyn Fn(&str) + Sync)) -> Option<Transcript> {
@@ -554,12 +553,18 @@ impl Opened {
     }
 
     /// Records how the session ended; returns its phases as recorded.
-    pub async fn close(
-        self,
-        result: Result<&Outcome, &RunError>,
-        transcript_cut_bytes: u64,
-        notice: &(dyn Fn(&str) + Sync),
-    ) -> Phases {
+    /// The stopped VM's network records what was in flight first, and the
+    /// VM's hold on the event log goes with it: the record can only be
+    /// closed once nothing else can write to it.
+    pub async fn close(self, end: End<'_>, notice: &(dyn Fn(&str) + Sync)) -> Phases {
+        let End {
+            live,
+            result,
+            transcript_cut_bytes,
+        } = end;
+        if let Some(live) = live {
+            live.network.finish(NETWORK_GRACE).await;
+        }
         let (status, exit_code) = match result {
             Ok(Outcome::Exited(status)) => (Status::Exited, Some(i32::from(status.shell_code()))),
             Ok(Outcome::TimedOut) => (Status::TimedOut, None),
@@ -580,6 +585,16 @@ impl Opened {
         notices.iter().for_each(|n| notice(n));
         phases
     }
+}
+
+/// How a session ended, for [`Opened::close`].
+pub struct End<'a> {
+    /// The VM, stopped, when one booted.
+    pub live: Option<Box<Live>>,
+    /// The outcome, or what went wrong.
+    pub result: Result<&'a Outcome, &'a RunError>,
+    /// Terminal bytes the transcript could not keep.
+    pub transcript_cut_bytes: u64,
 }
 
 /// A VM whose agent is ready: commands run in it, any number at once,
@@ -663,11 +678,6 @@ impl Live {
         } else {
             kill(&self.vm).await;
         }
-    }
-
-    /// Once the VM is gone, lets the network record what was in flight.
-    pub async fn finish(self) {
-        self.network.finish(NETWORK_GRACE).await;
     }
 }
 

@@ -739,6 +739,10 @@ fn open_read_only(path: &Path) -> rusqlite::Result<(Connection, bool)> {
     Ok((conn, has_net))
 }
 
+/// Most rows [`exec_log`] reads at once: a long-lived sandbox's log is
+/// read page by page, never whole into memory.
+pub const EXEC_LOG_PAGE: i64 = 1024;
+
 /// A command's start, signal or end: a row of `exec_events` other than
 /// its stdio.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -758,7 +762,8 @@ pub struct ExecRow {
 }
 
 /// The commands' starts, signals and ends recorded after `after_seq`,
-/// oldest first (a database not yet made: none).
+/// oldest first, at most [`EXEC_LOG_PAGE`] at a time (a database not yet
+/// made: none).
 pub fn exec_log(path: &Path, after_seq: i64) -> rusqlite::Result<Vec<ExecRow>> {
     if !path.exists() {
         return Ok(Vec::new());
@@ -766,9 +771,9 @@ pub fn exec_log(path: &Path, after_seq: i64) -> rusqlite::Result<Vec<ExecRow>> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut stmt = conn.prepare(
         "SELECT seq, at_us, exec_id, kind, value, detail FROM exec_events
-         WHERE seq > ?1 AND kind NOT IN ('stdin', 'stdout', 'stderr') ORDER BY seq",
+         WHERE seq > ?1 AND kind NOT IN ('stdin', 'stdout', 'stderr') ORDER BY seq LIMIT ?2",
     )?;
-    let rows = stmt.query_map([after_seq], |row| {
+    let rows = stmt.query_map([after_seq, EXEC_LOG_PAGE], |row| {
         Ok(ExecRow {
             seq: row.get(0)?,
             at_us: row.get(1)?,

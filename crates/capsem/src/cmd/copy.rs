@@ -101,7 +101,12 @@ async fn put(from: &str, name: &str, path: &str, follow: bool) -> Result<i32, Fa
     );
     let sent = service()
         .await?
-        .stream(Method::PUT, &route, StreamBody::new(chunks))
+        .stream(
+            Method::PUT,
+            &route,
+            Some("application/x-tar"),
+            StreamBody::new(chunks),
+        )
         .await;
     // A packing error (an unreadable file) explains a refused copy best,
     // unless it only says the connection went away.
@@ -123,10 +128,15 @@ async fn get(name: &str, path: &str, to: &str) -> Result<i32, Failure> {
     let route = format!("/v1/sandboxes/{}/files?path={}", encode(name), encode(path));
     let response = service()
         .await?
-        .stream(Method::GET, &route, http_body_util::Empty::<Bytes>::new())
+        .stream(
+            Method::GET,
+            &route,
+            None,
+            http_body_util::Empty::<Bytes>::new(),
+        )
         .await
         .map_err(Failure::new)?;
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(QUEUE);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
     let target = target_of(to, &top);
     let unpack = tokio::task::spawn_blocking(move || {
         let input = QueueReader::new(rx);
@@ -148,9 +158,8 @@ async fn get(name: &str, path: &str, to: &str) -> Result<i32, Failure> {
     while let Some(chunk) = body.next().await {
         match chunk {
             Ok(chunk) => {
-                let tx = tx.clone();
-                let sent = tokio::task::spawn_blocking(move || tx.send(chunk.to_vec())).await;
-                if !matches!(sent, Ok(Ok(()))) {
+                // The unpacking ended (refused): stop reading.
+                if tx.send(chunk.to_vec()).await.is_err() {
                     break;
                 }
             }

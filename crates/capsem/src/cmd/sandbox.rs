@@ -180,6 +180,7 @@ pub async fn logs(name: &str, follow: bool) -> Result<i32, Failure> {
         .stream(
             Method::GET,
             &path,
+            None,
             http_body_util::Empty::<bytes::Bytes>::new(),
         )
         .await

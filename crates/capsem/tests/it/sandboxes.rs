@@ -125,6 +125,7 @@ fn a_timeout_kills_the_command_and_the_sandbox_runs_on() {
     assert_code(&out, 124);
     assert!(stderr(&out).contains("runs on"), "{}", stderr(&out));
     assert_code(&service.run(&["exec", name, "true"]), 0);
+    bad_exec_requests_are_answered_and_harm_nothing(&service, name);
     let logs = service.ok(&["logs", name]);
     assert!(logs.contains("started: sleep 60"), "{logs}");
     assert!(logs.contains("timed out and was killed"), "{logs}");
@@ -143,8 +144,25 @@ fn a_timeout_kills_the_command_and_the_sandbox_runs_on() {
 fn no_more_than_max_running_run_and_rm_ends_a_streaming_exec() {
     let service = Service::new();
     service.capsem.user_settings("[sandbox]\nmax_running = 1\n");
-    service.ok(&["create", "-n", "only"]);
-    let refused = service.run(&["create", "-n", "second"]);
+    service.ok(&["service", "start"]);
+    // Two creates at once: the bound holds while both are booting.
+    let spawn = |name: &str| {
+        service
+            .capsem
+            .cmd(&["create", "-n", name])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("only"), spawn("second"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let (won, refused) = if a.status.success() { (a, b) } else { (b, a) };
+    assert_code(&won, 0);
+    if stdout(&won).trim() != "only" {
+        service.ok(&["rm", "-f", stdout(&won).trim()]);
+        service.ok(&["create", "-n", "only"]);
+    }
     assert_code(&refused, 125);
     assert!(
         stderr(&refused).contains("sandbox.max_running"),
@@ -572,4 +590,59 @@ fn a_shell_in_a_sandbox_leaves_it_running_and_signals_reach_exec() {
     let out = exec.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(5));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "got it\n");
+}
+
+/// A client of the API (the owner, but buggy or hostile) sends exec
+/// requests that are not: each gets an error message, and the sandbox
+/// goes on.
+fn bad_exec_requests_are_answered_and_harm_nothing(service: &Service, name: &str) {
+    use tungstenite::Message;
+    let socket = service.capsem.home().join("run/capsem.sock");
+    let first_answer = |first: Message| {
+        let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let url = format!("ws://localhost/v1/sandboxes/{name}/exec");
+        let (mut ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
+        ws.send(first).unwrap();
+        loop {
+            match ws.read().unwrap() {
+                Message::Text(text) => return text.to_string(),
+                Message::Close(_) => return String::new(),
+                _ => {}
+            }
+        }
+    };
+    let cases = [
+        (
+            Message::Binary(b"stdin before the request".to_vec().into()),
+            "the first message must be",
+        ),
+        (Message::Text("not json".into()), "a bad exec request"),
+        (
+            Message::Text(r#"{"command":{"Shell":"true"},"sudo":true}"#.into()),
+            "unknown field",
+        ),
+        (
+            Message::Text(r#"{"command":{"Shell":"true"},"env":[["LD_PRELOAD","/x.so"]]}"#.into()),
+            "LD_PRELOAD",
+        ),
+        (
+            Message::Text(r#"{"command":{"Argv":[]}}"#.into()),
+            "empty command",
+        ),
+    ];
+    for (first, expected) in cases {
+        let answer = first_answer(first);
+        assert!(
+            answer.contains("\"error\"") && answer.contains(expected),
+            "{expected}: {answer}"
+        );
+    }
+    // A message past the API's 1 MiB bound is refused, not buffered.
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let url = format!("ws://localhost/v1/sandboxes/{name}/exec");
+    let (mut ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
+    let _ = ws.send(Message::Binary(vec![0u8; 2 << 20].into()));
+    let answered = std::iter::from_fn(|| ws.read().ok()).any(|m| m.is_text());
+    assert!(!answered, "an oversized message was taken as a request");
+    assert_code(&service.run(&["exec", name, "true"]), 0);
 }
