@@ -72,7 +72,8 @@ pub fn setup() -> Result<()> {
         None,
     )?;
     mount_root()?;
-    if std::env::var(HOME_VAR).is_ok_and(|v| v == "disk") {
+    let home_disk = std::env::var(HOME_VAR).is_ok_and(|v| v == "disk");
+    if home_disk {
         mount_home_disk()?;
     } else {
         mount_fs(
@@ -87,6 +88,20 @@ pub fn setup() -> Result<()> {
         let target = format!("{NEW_ROOT}/{dir}");
         let opts = format!("mode={mode}");
         mount_fs("tmpfs", &target, "tmpfs", nodev_nosuid(), Some(&opts))?;
+    }
+    if home_disk {
+        // The whole disk, for what the sandbox keeps besides /root (the
+        // workspace's changes).
+        let target = format!("{NEW_ROOT}{}", crate::workspace::DISK);
+        make_dir(&target, 0o700)?;
+        mount(
+            Some(HOME_DISK),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("binding the sandbox's disk at {target}"))?;
     }
     move_mount("/dev", &format!("{NEW_ROOT}/dev"))?;
     move_mount("/sys", &format!("{NEW_ROOT}/sys"))?;

@@ -21,6 +21,7 @@ mod port;
 mod power;
 mod reap;
 mod serve;
+mod workspace;
 
 use std::time::Duration;
 

@@ -19,6 +19,7 @@ use crate::files;
 use crate::net;
 use crate::port::{self, Port};
 use crate::reap::Reaper;
+use crate::workspace;
 
 /// How long to wait for the channel port to be registered by the driver.
 const PORT_WAIT: Duration = Duration::from_secs(5);
@@ -49,7 +50,7 @@ pub async fn serve(init_started: Duration) -> Result<()> {
 
     let (opener, mut inbound, driver) = mux::start(port.compat(), Mode::Server);
     tokio::pin!(driver);
-    let network = net::start(&reaper, opener);
+    let network = net::start(&reaper, opener.clone());
     let shutdown = Arc::new(Notify::new());
     let running = Running::default();
     loop {
@@ -63,8 +64,10 @@ pub async fn serve(init_started: Duration) -> Result<()> {
             Some(stream) = inbound.next() => {
                 let channel = Framed::new(stream.compat(), GuestCodec::new());
                 let (reaper, running, shutdown) = (reaper.clone(), running.clone(), shutdown.clone());
-                let network = network.clone();
-                tokio::spawn(async move { handle(channel, &reaper, &running, &shutdown, network).await });
+                let (network, opener) = (network.clone(), opener.clone());
+                tokio::spawn(async move {
+                    handle(channel, &reaper, &running, &shutdown, network, opener).await
+                });
             }
             () = shutdown.notified() => return Ok(()),
         }
@@ -100,6 +103,7 @@ async fn handle(
     running: &Running,
     shutdown: &Notify,
     mut network: net::Ready,
+    opener: mux::Opener,
 ) {
     let first = match channel.next().await {
         Some(Ok(msg)) => msg,
@@ -119,6 +123,10 @@ async fn handle(
         HostToGuest::WriteFiles(files) => files::serve(channel, files).await,
         HostToGuest::PutArchive(target) => archive::put(channel, target).await,
         HostToGuest::GetArchive { path } => archive::get(channel, path).await,
+        HostToGuest::MountWorkspace(mount) => {
+            workspace::mount_workspace(channel, mount, opener).await
+        }
+        HostToGuest::ExportWorkspace => workspace::export(channel).await,
         HostToGuest::Signal { .. } | HostToGuest::Resize { .. } | HostToGuest::Shutdown => {
             if let Err(e) = control(first, channel, running, shutdown).await {
                 tracing::warn!("control stream: {e:#}");

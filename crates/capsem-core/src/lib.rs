@@ -6,7 +6,8 @@
 //! - [`channel`]: handshake, multiplexing and command streams to the agent;
 //! - [`settings`]: defaults < user file < locked corporate file;
 //! - [`session`]: per-run directories and logs;
-//! - [`sandbox`]: one run from start to a destroyed VM.
+//! - [`sandbox`]: one run from start to a destroyed VM;
+//! - [`workspace`]: the user's project in the guest, and its changes back.
 //!
 //! The guest is hostile: everything from it is bounded and validated (see
 //! `capsem-proto`), its console output is sanitised before it reaches a
@@ -26,8 +27,9 @@ pub mod session;
 pub mod settings;
 pub mod text;
 pub mod vm;
+pub mod workspace;
 
 pub use sandbox::{
     BootSpec, Booted, End, Live, Notice, Opened, Outcome, Phases, RunError, RunReport, RunRequest,
-    Sandbox,
+    Sandbox, WorkspaceSpec,
 };

@@ -39,6 +39,7 @@ pub mod frame;
 pub mod limits;
 pub mod msg;
 pub mod mux;
+pub mod workspace;
 
 pub use frame::{FrameCodec, FrameError};
 pub use msg::{

@@ -3,7 +3,7 @@
 
 /// Version of the protocol spoken on the channel. Bumped on any incompatible
 /// change to the handshake, framing or message types.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest frame payload either side accepts, in bytes. A length header above
 /// this is rejected before any buffer is allocated.
@@ -30,6 +30,10 @@ pub const MAX_STREAMS: usize = 128;
 /// and DNS queries). The rest of [`MAX_STREAMS`] is left for the host's
 /// own streams and for closed streams the host has not let go of yet.
 pub const MAX_GUEST_STREAMS: usize = 96;
+
+/// Of [`MAX_GUEST_STREAMS`], the streams the guest keeps for workspace
+/// requests (one request in flight on each).
+pub const MAX_WORKSPACE_STREAMS: usize = 8;
 
 /// Most files a host may ask the guest to write before a command.
 pub const MAX_FILES: usize = 64;

@@ -12,6 +12,7 @@
 //!   [`HostToGuest::Shutdown`], so they never queue behind stdin data that a
 //!   command is not reading.
 
+use crate::workspace::{FsReply, FsRequest, WorkspaceMount};
 use serde::{Deserialize, Serialize};
 
 use crate::limits::{
@@ -273,6 +274,18 @@ pub enum HostToGuest {
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The archive is complete.
     DataEnd,
+    /// First and only message of a stream of its own: mount the workspace
+    /// (whose files the guest asks for with [`GuestToHost::Fs`]) at
+    /// `/root/NAME`. Answered with [`GuestToHost::Done`].
+    MountWorkspace(WorkspaceMount),
+    /// First and only message of a stream of its own: send what the guest
+    /// changed over the workspace as a tar archive
+    /// ([`GuestToHost::Data`], then [`GuestToHost::Done`]): the files
+    /// under [`CHANGES_FILES`](crate::workspace::CHANGES_FILES), deletions
+    /// as OCI whiteouts.
+    ExportWorkspace,
+    /// The answer to a [`GuestToHost::Fs`] request.
+    Fs(FsReply),
 }
 
 /// Where an archive from the host goes.
@@ -347,6 +360,10 @@ pub enum GuestToHost {
         /// The name asked for.
         name: String,
     },
+    /// A request for the workspace's files, on a stream the guest opens
+    /// for such requests; each is answered with [`HostToGuest::Fs`]
+    /// before the next is sent.
+    Fs(FsRequest),
     /// The guest's firewall dropped a packet that was not TCP or DNS. Sent
     /// on a stream of its own, one message per packet.
     Blocked {
@@ -504,6 +521,7 @@ impl GuestToHost {
             },
             GuestToHost::Resolve { name } => validate_name(name),
             GuestToHost::Blocked { protocol, .. } => check_text(protocol),
+            GuestToHost::Fs(req) => req.validate(),
         }
     }
 }
@@ -550,7 +568,10 @@ impl HostToGuest {
             HostToGuest::Signal { signal, .. } => check_signal(*signal),
             HostToGuest::Resize { size, .. } => check_size(*size),
             HostToGuest::Denied(reason) => check_text(reason),
+            HostToGuest::MountWorkspace(mount) => crate::workspace::validate_mount(mount),
             HostToGuest::StdinEof
+            | HostToGuest::ExportWorkspace
+            | HostToGuest::Fs(_)
             | HostToGuest::StdoutClosed
             | HostToGuest::Shutdown
             | HostToGuest::DataEnd

@@ -22,6 +22,10 @@ pub struct CreateRequest {
     /// Environment of every command run in it.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// A project directory on the host to mount at `/root/NAME`, read-only,
+    /// its changes kept on the sandbox's disk (docs/workspace.md).
+    #[serde(default)]
+    pub workspace: Option<std::path::PathBuf>,
 }
 
 /// Whether a sandbox's VM runs.

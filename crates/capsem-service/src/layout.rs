@@ -8,6 +8,7 @@
 //! | `supervisor.lock` | held by its supervisor for as long as it lives |
 //! | `supervisor.log` | what its supervisors said, boot failures included |
 //! | `last-session` | the session of its latest boot |
+//! | `workspace/` | its workspace's records and kept changes |
 
 use std::fs;
 use std::io::{self, Write};
@@ -31,6 +32,9 @@ pub struct Meta {
     pub disk_gib: u32,
     /// Environment of every command.
     pub env: Vec<(String, String)>,
+    /// Its workspace, if it has one.
+    #[serde(default)]
+    pub workspace: Option<PathBuf>,
 }
 
 /// The sandboxes' parent directory.

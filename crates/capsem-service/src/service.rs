@@ -127,6 +127,7 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/sandboxes/{name}/exec", get(exec))
         .route("/v1/sandboxes/{name}/files", get(files).put(files))
         .route("/v1/sandboxes/{name}/logs", get(logs))
+        .route("/v1/sandboxes/{name}/workspace/save", post(save_workspace))
         .with_state(service)
 }
 
@@ -453,6 +454,10 @@ async fn create(
         None => name::generate(|n| SandboxDir::of(&service.home, n).path().exists()),
     };
     let vm = settings.vm();
+    let workspace = match &req.workspace {
+        Some(dir) => Some(checked_workspace(dir, &service.home)?.root),
+        None => None,
+    };
     let meta = Meta {
         name: name.clone(),
         created_ms: now_ms(),
@@ -460,6 +465,7 @@ async fn create(
         memory_mib: req.memory_mib.unwrap_or(vm.memory_mib),
         disk_gib: settings.sandbox().disk_gib,
         env: req.env,
+        workspace,
     };
     capsem_core::settings::check_vm_shape(meta.cpus, meta.memory_mib)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
@@ -492,6 +498,24 @@ async fn create(
         return Err(e);
     }
     Ok((StatusCode::CREATED, axum::Json(service.info(&dir).await?)))
+}
+
+/// A workspace directory a request names, refused as `capsem run -w`
+/// refuses it.
+fn checked_workspace(
+    dir: &Path,
+    home: &Path,
+) -> Result<capsem_core::workspace::Workspace, ApiError> {
+    if !dir.is_absolute() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the workspace {} is not an absolute path", dir.display()),
+        ));
+    }
+    let user_home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    capsem_core::workspace::choose(Some(dir), false, dir, user_home.as_deref(), home)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "no workspace".into()))
 }
 
 async fn start(
@@ -607,6 +631,26 @@ async fn files(
     Ok(answer.map(axum::body::Body::new))
 }
 
+/// Keeps a running sandbox's workspace changes with it now (a stopped
+/// sandbox kept them when it stopped).
+async fn save_workspace(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+) -> Answer<()> {
+    let dir = service.resolve(&given)?;
+    if !lock::is_held(&dir.lock()) {
+        return Ok(axum::Json(()));
+    }
+    Client::new(dir.socket())
+        .call::<()>(axum::http::Method::POST, "/workspace/save", None::<&()>)
+        .await
+        .map_err(|e| match e.status() {
+            Some(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
+            None => ApiError::internal(format!("the sandbox's supervisor does not answer: {e}")),
+        })?;
+    Ok(axum::Json(()))
+}
+
 /// The sandbox `given` names, which must be running.
 fn running(service: &Service, given: &str) -> Result<SandboxDir, ApiError> {
     let dir = service.resolve(given)?;
@@ -672,6 +716,7 @@ mod tests {
             memory_mib: 256,
             disk_gib: 1,
             env: Vec::new(),
+            workspace: None,
         })
         .unwrap();
     }

@@ -37,6 +37,8 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// Files written at boot (the AI CLIs' settings).
     pub files: Vec<GuestFile>,
+    /// The project it works on.
+    pub workspace: Option<capsem_core::WorkspaceSpec>,
     /// Stop after this long without a command.
     pub idle_timeout: Option<Duration>,
 }
@@ -92,6 +94,7 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
                 assets,
                 home_disk: Some(disk),
                 files: spec.files,
+                workspace: spec.workspace,
             };
             let never = std::future::pending();
             spec.sandbox
@@ -125,6 +128,11 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
     });
     let served = serve(&spec.dir, shared.clone(), spec.idle_timeout).await;
     let died = shared.live.wait_now();
+    if died.is_none()
+        && let Err(e) = shared.live.save_changes().await
+    {
+        tracing::warn!("keeping the workspace's changes: {e}");
+    }
     shared.live.stop(died.is_none()).await;
     let result = match died {
         None => Ok(Outcome::Exited(ExitStatus::Code(0))),
@@ -180,6 +188,7 @@ async fn serve(
         .route("/info", get(info))
         .route("/exec", get(exec))
         .route("/stop", post(stop))
+        .route("/workspace/save", post(save_workspace))
         .route("/files", get(get_files).put(put_files))
         .with_state(shared.clone());
     let ended = async move {
@@ -290,6 +299,18 @@ async fn get_files(
     };
     let rest = futures::stream::iter(first).chain(chunks);
     axum::body::Body::from_stream(rest).into_response()
+}
+
+/// Keeps the workspace's changes with the sandbox now.
+async fn save_workspace(
+    State(shared): State<Arc<Shared>>,
+) -> Result<axum::Json<()>, (axum::http::StatusCode, String)> {
+    shared
+        .live
+        .save_changes()
+        .await
+        .map(axum::Json)
+        .map_err(|e| (axum::http::StatusCode::CONFLICT, e.to_string()))
 }
 
 async fn stop(State(shared): State<Arc<Shared>>) -> axum::Json<()> {

@@ -40,6 +40,7 @@ Exit status:
                       capsem [OPTIONS] COMMAND [ARGS]...\n       \
                       capsem run [OPTIONS] -- COMMAND [ARGS]...\n       \
                       capsem create | exec | shell | cp | ls | logs | start | stop | rm | service\n       \
+                      capsem diff | apply | discard\n       \
                       capsem doctor | sessions | net | settings | assets | version | completions | man",
     after_help = EXIT_STATUS,
     subcommand_value_name = "COMMAND",
@@ -131,9 +132,25 @@ pub struct RunArgs {
     /// an end of file (Ctrl-D).
     #[arg(short = 't', long)]
     pub tty: bool,
+    #[command(flatten)]
+    pub workspace: WorkspaceArgs,
     /// The command and its arguments.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// Which project a run works on.
+#[derive(Debug, Default, Clone, PartialEq, Args)]
+pub struct WorkspaceArgs {
+    /// Show the project DIR to the command at /root/NAME, its working
+    /// directory: read-only on the host, the guest's writes kept apart
+    /// for `capsem diff` / `capsem apply`. The AI CLIs get the git work
+    /// tree around the current directory without it (workspace.auto).
+    #[arg(short = 'w', long, value_name = "DIR", conflicts_with = "no_workspace")]
+    pub workspace: Option<std::path::PathBuf>,
+    /// No workspace, not even for an AI CLI.
+    #[arg(long)]
+    pub no_workspace: bool,
 }
 
 impl RunArgs {
@@ -141,6 +158,8 @@ impl RunArgs {
     pub fn with_outer(mut self, outer: RunArgs) -> RunArgs {
         self.options = self.options.with_outer(outer.options);
         self.tty |= outer.tty;
+        self.workspace.workspace = self.workspace.workspace.or(outer.workspace.workspace);
+        self.workspace.no_workspace |= outer.workspace.no_workspace;
         self
     }
 }
@@ -186,6 +205,40 @@ pub enum Subcmd {
         src: String,
         /// Where to.
         dest: String,
+    },
+    /// Show what a run changed in its workspace: a unified diff of text
+    /// files; size and BLAKE3 of binary ones; new, deleted and renamed
+    /// files, mode changes and symlinks. Changes that would run code on
+    /// the host (.git/hooks, .envrc, .vscode, CI workflows, new executable
+    /// bits) are flagged.
+    ///
+    /// ID is a session (an unambiguous prefix will do); without it, the
+    /// newest session with changes kept.
+    Diff {
+        /// One line per change: A(dded), M(odified), D(eleted), R(enamed).
+        #[arg(long, conflicts_with = "json")]
+        stat: bool,
+        /// JSON Lines: {"type":"change","data":{...}} per change (see
+        /// docs/json.md).
+        #[arg(long)]
+        json: bool,
+        /// The session.
+        id: Option<String>,
+    },
+    /// Write a run's workspace changes into the project, after showing
+    /// what they are.
+    ///
+    /// Nothing is written if a host file changed after the run first saw
+    /// the project (a conflict; --force overwrites). Each file is written
+    /// whole under a temporary name and renamed into place, with its
+    /// permission bits but never setuid or setgid; nothing is written
+    /// outside the project or through a symlink. .git/hooks and
+    /// .git/config are applied only with --include-git-internals.
+    Apply(ApplyArgs),
+    /// Forget a run's workspace changes.
+    Discard {
+        /// The session (default: the newest with changes kept).
+        id: Option<String>,
     },
     /// Show a sandbox's boot log, then its commands' starts and ends.
     Logs {
@@ -298,6 +351,25 @@ pub enum Subcmd {
     },
 }
 
+/// `capsem apply`.
+#[derive(Debug, Clone, Args)]
+pub struct ApplyArgs {
+    /// Apply without asking.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Overwrite host files that changed since the run saw them.
+    #[arg(long)]
+    pub force: bool,
+    /// Apply changes to .git/hooks and .git/config too (they run code on
+    /// the host).
+    #[arg(long)]
+    pub include_git_internals: bool,
+    /// The session (an unambiguous prefix; default: the newest with
+    /// changes kept), then paths under the project to apply only those.
+    #[arg(value_name = "ID|PATH")]
+    pub args: Vec<String>,
+}
+
 /// `capsem shell [NAME]`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ShellArgs {
@@ -323,6 +395,11 @@ pub struct CreateArgs {
     /// `-e NAME` passes capsem's own value.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<EnvArg>,
+    /// Show the project DIR at /root/NAME, as `capsem run -w`; the
+    /// sandbox's changes to it stay on its disk across stop and start,
+    /// for `capsem diff NAME` / `capsem apply NAME`.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workspace: Option<std::path::PathBuf>,
 }
 
 /// `capsem exec`.
@@ -559,7 +636,14 @@ pub fn check(cli: &Cli) -> Result<(), clap::Error> {
             .run
             .options
             .first_given()
-            .or(cli.run.tty.then_some("--tty"));
+            .or(cli.run.tty.then_some("--tty"))
+            .or(cli
+                .run
+                .workspace
+                .workspace
+                .is_some()
+                .then_some("--workspace"))
+            .or(cli.run.workspace.no_workspace.then_some("--no-workspace"));
         if let Some(option) = given {
             let message = format!(
                 "{option} is an option of runs (capsem COMMAND, run, shell, doctor, exec), not of `capsem {}`",
@@ -623,6 +707,9 @@ impl Subcmd {
             Subcmd::Rm { .. } => "rm",
             Subcmd::Service { .. } => "service",
             Subcmd::Supervise { .. } => "supervise",
+            Subcmd::Diff { .. } => "diff",
+            Subcmd::Apply(_) => "apply",
+            Subcmd::Discard { .. } => "discard",
         }
     }
 }

@@ -70,6 +70,11 @@ fn main() {
         Some(Subcmd::Settings { action }) => reported(|| cmd::settings::run(action)),
         Some(Subcmd::Sessions { list, action }) => reported(|| cmd::sessions::run(action, list)),
         Some(Subcmd::Net { action }) => reported(|| cmd::net::run(action)),
+        Some(Subcmd::Diff { stat, json, id }) => {
+            reported(|| cmd::workspace::diff(id.as_deref(), stat, json))
+        }
+        Some(Subcmd::Apply(args)) => reported(|| cmd::workspace::apply(args)),
+        Some(Subcmd::Discard { id }) => reported(|| cmd::workspace::discard(id.as_deref())),
         Some(Subcmd::Completions { shell }) => reported(|| cmd::help::completions(shell)),
         Some(Subcmd::Man { dir }) => reported(|| cmd::help::man(dir.as_deref())),
     };

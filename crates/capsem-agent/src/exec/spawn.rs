@@ -32,6 +32,7 @@ const DEFAULT_ENV: &[(&str, &str)] = &[
     ("REQUESTS_CA_BUNDLE", crate::net::trust::BUNDLE),
     ("NODE_EXTRA_CA_CERTS", crate::net::trust::BUNDLE),
 ];
+/// Where commands start, unless a workspace is mounted: then in it.
 const WORKDIR: &str = "/root";
 
 /// A started command and the agent's ends of its stdio.
@@ -75,7 +76,7 @@ fn process(req: &ExecRequest) -> Process {
         .env_clear()
         .envs(DEFAULT_ENV.iter().copied())
         .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(WORKDIR);
+        .current_dir(crate::workspace::workdir().unwrap_or(WORKDIR));
     process
 }
 

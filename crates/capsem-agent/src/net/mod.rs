@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use capsem_proto::limits::MAX_GUEST_STREAMS;
+use capsem_proto::limits::{MAX_GUEST_STREAMS, MAX_WORKSPACE_STREAMS};
 use capsem_proto::mux::{self, Opener};
 use tokio::sync::watch;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -65,11 +65,11 @@ fn ruleset() -> String {
 /// Whether the network is set up; commands wait for it.
 pub type Ready = watch::Receiver<bool>;
 
-/// Streams for intercepted connections; with DNS queries and the firewall
-/// reports they make up the guest's budget ([`MAX_GUEST_STREAMS`]). Each
+/// Streams for intercepted connections; with DNS queries, the firewall
+/// reports and the workspace's requests they make up the guest's budget ([`MAX_GUEST_STREAMS`]). Each
 /// kind has its own share, so connections held open cannot starve name
 /// lookups.
-const CONNECTION_STREAMS: usize = MAX_GUEST_STREAMS - dns::CONCURRENT - 1;
+const CONNECTION_STREAMS: usize = MAX_GUEST_STREAMS - dns::CONCURRENT - 1 - MAX_WORKSPACE_STREAMS;
 
 /// Opens streams to the host within a share of the guest's budget: past
 /// it, new connections or queries wait for a stream to close, rather than

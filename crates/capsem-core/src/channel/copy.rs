@@ -39,35 +39,48 @@ impl Channel {
 
     /// Asks for `path` as an archive; its chunks follow as they come, and
     /// the stream ends with an error if the guest fails half-way.
-    pub async fn get_archive(
-        &self,
-        path: &str,
-    ) -> Result<impl Stream<Item = Result<Bytes, ChannelError>> + Send + 'static, ChannelError>
-    {
-        let msg = HostToGuest::GetArchive {
+    pub async fn get_archive(&self, path: &str) -> Result<Chunks, ChannelError> {
+        self.receive_archive(HostToGuest::GetArchive {
             path: path.to_owned(),
-        };
+        })
+        .await
+    }
+
+    /// Asks for what the guest changed over the workspace, as an archive
+    /// (see [`HostToGuest::ExportWorkspace`]).
+    pub async fn export_workspace(&self) -> Result<Chunks, ChannelError> {
+        self.receive_archive(HostToGuest::ExportWorkspace).await
+    }
+
+    async fn receive_archive(&self, msg: HostToGuest) -> Result<Chunks, ChannelError> {
         msg.validate()?;
         let mut stream = self.open().await?;
         stream.send(msg).await?;
-        Ok(futures::stream::unfold(Some(stream), |stream| async move {
-            let mut stream = stream?;
-            let next = match stream.next().await {
-                None => Err(ChannelError::Closed),
-                Some(Err(e)) => Err(e.into()),
-                Some(Ok(msg)) => match msg.validate().map(|()| msg) {
-                    Err(e) => Err(e.into()),
-                    Ok(GuestToHost::Data(data)) => Ok(Bytes::from(data)),
-                    Ok(GuestToHost::Done) => return None,
-                    Ok(GuestToHost::Refused(why)) => Err(ChannelError::Refused(why)),
-                    Ok(_) => Err(ProtocolError::Unexpected(
-                        "a message other than Data in an archive",
-                    )
-                    .into()),
-                },
-            };
-            let keep = next.is_ok().then_some(stream);
-            Some((next, keep))
-        }))
+        Ok(Box::pin(futures::stream::unfold(
+            Some(stream),
+            |stream| async move {
+                let mut stream = stream?;
+                let next = match stream.next().await {
+                    None => Err(ChannelError::Closed),
+                    Some(Err(e)) => Err(e.into()),
+                    Some(Ok(msg)) => match msg.validate().map(|()| msg) {
+                        Err(e) => Err(e.into()),
+                        Ok(GuestToHost::Data(data)) => Ok(Bytes::from(data)),
+                        Ok(GuestToHost::Done) => return None,
+                        Ok(GuestToHost::Refused(why)) => Err(ChannelError::Refused(why)),
+                        Ok(_) => Err(ProtocolError::Unexpected(
+                            "a message other than Data in an archive",
+                        )
+                        .into()),
+                    },
+                };
+                let keep = next.is_ok().then_some(stream);
+                Some((next, keep))
+            },
+        )))
     }
 }
+
+/// The chunks of an archive from the guest, as they come.
+pub type Chunks =
+    std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, ChannelError>> + Send + 'static>>;

@@ -257,6 +257,7 @@ async fn receive(
                     | GuestToHost::Data(_)
                     | GuestToHost::Connect(_)
                     | GuestToHost::Resolve { .. }
+                    | GuestToHost::Fs(_)
                     | GuestToHost::Blocked { .. } => {
                         return Err(ProtocolError::Unexpected("a network or copy message on an exec stream").into());
                     }

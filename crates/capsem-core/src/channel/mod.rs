@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use capsem_proto::mux::{self, ConnectionError, Mode, Opener};
+use capsem_proto::workspace::WorkspaceMount;
 use capsem_proto::{
     FrameError, GuestFile, GuestHello, GuestToHost, HostCodec, HostHello, HostToGuest,
     ProtocolError, frame, validate_files,
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedWrite};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
+pub use copy::Chunks;
 pub use exec::{Control, Ended, ExecIo, ExecSpec, Recording, run as exec};
 
 /// A multiplexed stream framed with the host's codec.
@@ -140,14 +142,26 @@ impl Channel {
     /// Has the guest write `files` (small ones, e.g. the AI CLIs' settings).
     pub async fn write_files(&self, files: Vec<GuestFile>) -> Result<(), ChannelError> {
         validate_files(&files)?;
+        self.ask(HostToGuest::WriteFiles(files)).await
+    }
+
+    /// Has the guest mount the workspace, whose files it then asks for on
+    /// streams of its own.
+    pub async fn mount_workspace(&self, mount: WorkspaceMount) -> Result<(), ChannelError> {
+        self.ask(HostToGuest::MountWorkspace(mount)).await
+    }
+
+    /// Sends `msg` on a stream of its own and waits for its `Done`.
+    async fn ask(&self, msg: HostToGuest) -> Result<(), ChannelError> {
+        msg.validate()?;
         let mut stream = self.open().await?;
-        stream.send(HostToGuest::WriteFiles(files)).await?;
+        stream.send(msg).await?;
         let reply = stream.next().await.ok_or(ChannelError::Closed)??;
         reply.validate()?;
         match reply {
             GuestToHost::Done => Ok(()),
             GuestToHost::Refused(reason) => Err(ChannelError::Refused(reason)),
-            _ => Err(ProtocolError::Unexpected("an answer other than Done to WriteFiles").into()),
+            _ => Err(ProtocolError::Unexpected("an answer other than Done to a request").into()),
         }
     }
 

@@ -37,6 +37,7 @@ use crate::channel::Inbound;
 use crate::session::EventLog;
 use crate::session::events::{DnsEvent, Event, NetEvent, Reporter, Verdict};
 use crate::settings::SettingsError;
+use crate::workspace::Export;
 use names::Names;
 
 pub use ca::{Ca, CaError};
@@ -120,17 +121,19 @@ impl Network {
     }
 
     /// Serves the streams the guest opens, until the channel ends or the
-    /// returned guard is dropped.
-    pub fn start(self, mut inbound: Inbound) -> Running {
+    /// returned guard is dropped: its network's, and the requests for the
+    /// `workspace`'s files if it has one.
+    pub fn start(self, mut inbound: Inbound, workspace: Option<Arc<Export>>) -> Running {
         let shared = self.shared.clone();
         let task = tokio::spawn(async move {
             while let Some(stream) = inbound.next().await {
                 let shared = shared.clone();
+                let workspace = workspace.clone();
                 shared.tasks.clone().spawn(async move {
                     let framed = Framed::new(stream.compat(), HostCodec::new());
                     let stop = shared.stop.clone();
                     tokio::select! {
-                        () = handle(framed, shared) => {}
+                        () = handle(framed, shared, workspace) => {}
                         () = stop.cancelled() => {}
                     }
                 });
@@ -257,7 +260,7 @@ pub(super) fn lock<T>(value: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Dispatches a guest stream on its first message. A stream that breaks
 /// the protocol is dropped (the guest's process sees a reset).
-async fn handle(mut stream: GuestStream, shared: Arc<Shared>) {
+async fn handle(mut stream: GuestStream, shared: Arc<Shared>, workspace: Option<Arc<Export>>) {
     let first = match stream.next().await {
         Some(Ok(msg)) => msg,
         Some(Err(e)) => {
@@ -274,6 +277,10 @@ async fn handle(mut stream: GuestStream, shared: Arc<Shared>) {
         GuestToHost::Resolve { name } => resolve(stream, &name, &shared).await,
         GuestToHost::Connect(req) => proxy::connect(stream, req, shared).await,
         GuestToHost::Blocked { .. } => blocked(first, stream, &shared).await,
+        GuestToHost::Fs(req) => match workspace {
+            Some(workspace) => workspace.serve(req, stream).await,
+            None => tracing::warn!("the guest asked for workspace files; it has none"),
+        },
         other => tracing::warn!("a guest stream cannot start with {other:?}"),
     }
 }

@@ -104,6 +104,9 @@ pub enum RunError {
         /// Its last lines.
         tail: String,
     },
+    /// The workspace could not be exported or mounted.
+    #[error(transparent)]
+    Workspace(#[from] crate::workspace::WorkspaceError),
     /// Host-side I/O around the VM failed.
     #[error("{what}: {source}")]
     Io {
@@ -148,6 +151,24 @@ pub struct RunRequest {
     /// Kill the VM if the command runs longer than this (its process
     /// group is killed first).
     pub timeout: Option<Duration>,
+    /// The project the command works on.
+    pub workspace: Option<WorkspaceSpec>,
+}
+
+/// A workspace to mount in the guest.
+#[derive(Debug, Clone)]
+pub struct WorkspaceSpec {
+    /// The project.
+    pub workspace: crate::workspace::Workspace,
+    /// `workspace.exclude`.
+    pub exclude: Vec<String>,
+    /// Where the guest keeps its changes.
+    pub upper: capsem_proto::workspace::Upper,
+    /// Most bytes of changes the host keeps (`sandbox.max_copy_bytes`).
+    pub max_changes_bytes: u64,
+    /// The directory its records are kept in (a named sandbox's); `None`
+    /// for the session's.
+    pub records: Option<PathBuf>,
 }
 
 /// How the command ended.
@@ -281,6 +302,7 @@ impl Sandbox {
             assets,
             home_disk: None,
             files: req.files,
+            workspace: req.workspace,
         };
         let booted = self
             .boot(
@@ -300,6 +322,9 @@ impl Sandbox {
                 };
                 let outcome = live.exec(spec, io, transcript.as_ref()).await;
                 opened.phases.command_done = Some(self.mark("command finished"));
+                if let Err(e) = live.save_changes().await {
+                    notice(&format!("workspace: {e}"));
+                }
                 live.stop(matches!(outcome, Ok(Outcome::Exited(_)))).await;
                 opened.phases.vm_gone = Some(self.mark("VM gone"));
                 (outcome, Some(live))
@@ -432,30 +457,35 @@ impl Sandbox {
             }
         };
         let events = opened.recorder.events().clone();
+        let export = match spec.workspace.as_ref().map(export).transpose() {
+            Ok(export) => export,
+            Err(e) => {
+                kill(&vm).await;
+                return Err(e);
+            }
+        };
         let network = match Network::new(
             opened.ca.clone(),
             self.settings.clone(),
             events.clone(),
             notice,
         ) {
-            Ok(network) => network.start(inbound),
+            Ok(network) => network.start(inbound, export),
             Err(e) => {
                 kill(&vm).await;
                 return Err(e.into());
             }
         };
         self.mark_hello(&mut opened.phases, channel.hello());
-        let live = Live {
+        let mut live = Live {
             session: session.clone(),
             vm,
             channel,
             network,
             events,
+            workspace: None,
         };
-        if !spec.files.is_empty()
-            && let Err(source) = live.channel.write_files(spec.files).await
-        {
-            let err = live.explain(source, Stage::Exec).await;
+        if let Err(err) = live.prepare(spec.files, spec.workspace).await {
             live.stop(false).await;
             live.network.finish(NETWORK_GRACE).await;
             return Err(err);
@@ -517,6 +547,8 @@ pub struct BootSpec {
     pub home_disk: Option<crate::vm::DiskFiles>,
     /// Small files written into the guest once its agent is ready.
     pub files: Vec<GuestFile>,
+    /// The project, mounted once the files are written.
+    pub workspace: Option<WorkspaceSpec>,
 }
 
 /// How a boot ended without an error.
@@ -605,9 +637,76 @@ pub struct Live {
     channel: Channel,
     network: crate::net::Running,
     events: EventLog,
+    /// Where the workspace's changes are kept, and how many bytes of them.
+    workspace: Option<(crate::workspace::Stored, u64)>,
+}
+
+/// The host's side of a workspace: its files, served read-only.
+fn export(spec: &WorkspaceSpec) -> Result<Arc<crate::workspace::Export>, RunError> {
+    let export = crate::workspace::Export::new(&spec.workspace.root, &spec.exclude)?;
+    Ok(Arc::new(export))
 }
 
 impl Live {
+    /// Writes `files` into the guest and mounts the workspace.
+    async fn prepare(
+        &mut self,
+        files: Vec<GuestFile>,
+        workspace: Option<WorkspaceSpec>,
+    ) -> Result<(), RunError> {
+        if !files.is_empty()
+            && let Err(source) = self.channel.write_files(files).await
+        {
+            return Err(self.explain(source, Stage::Exec).await);
+        }
+        let Some(spec) = workspace else {
+            return Ok(());
+        };
+        let records = spec.records.as_deref().unwrap_or(self.session.dir());
+        let stored = crate::workspace::Stored::new(records);
+        let mounted = crate::workspace::changes::Mounted {
+            root: spec.workspace.root.clone(),
+            name: spec.workspace.name.clone(),
+            mounted_at_ns: now_ns(),
+            exclude: spec.exclude.clone(),
+        };
+        if stored.mounted().is_none() {
+            stored
+                .record_mount(&mounted)
+                .map_err(|source| RunError::Io {
+                    what: "recording the workspace".into(),
+                    source,
+                })?;
+        }
+        let mount = capsem_proto::workspace::WorkspaceMount {
+            name: spec.workspace.name,
+            upper: spec.upper,
+        };
+        if let Err(source) = self.channel.mount_workspace(mount).await {
+            return Err(self.explain(source, Stage::Exec).await);
+        }
+        self.workspace = Some((stored, spec.max_changes_bytes));
+        Ok(())
+    }
+
+    /// Keeps what the guest changed in its workspace with the session
+    /// (replacing what was kept before); nothing without a workspace.
+    pub async fn save_changes(&self) -> Result<(), RunError> {
+        let Some((stored, limit)) = &self.workspace else {
+            return Ok(());
+        };
+        let chunks = self
+            .channel
+            .export_workspace()
+            .await
+            .map_err(|source| RunError::Channel {
+                source,
+                boot_log: self.session.boot_log(),
+            })?;
+        stored.save_changes(chunks, *limit).await?;
+        Ok(())
+    }
+
     /// Runs a command, racing it against the VM's death. A command past
     /// its timeout has its process group killed ([`Outcome::TimedOut`]);
     /// the VM goes on.
@@ -709,6 +808,13 @@ enum Handshake {
     TimedOut,
     /// The VM ended first.
     Exited(VmExit),
+}
+
+/// Nanoseconds since the epoch, now.
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// A standard socket, ready for tokio.

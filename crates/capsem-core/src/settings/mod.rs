@@ -199,6 +199,26 @@ pub struct SandboxSettings {
     pub max_copy_bytes: u64,
 }
 
+/// The `workspace.*` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceSettings {
+    /// `workspace.auto`.
+    pub auto: WorkspaceAuto,
+    /// `workspace.exclude`: globs the guest never sees.
+    pub exclude: Vec<String>,
+}
+
+/// Which runs get a workspace without `-w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkspaceAuto {
+    /// The AI CLIs (`capsem claude|gemini|codex`).
+    AiClis,
+    /// Every run.
+    Always,
+    /// None.
+    Never,
+}
+
 impl Settings {
     /// Only the built-in defaults.
     pub fn defaults() -> Self {
@@ -354,6 +374,18 @@ impl Settings {
         }
     }
 
+    /// The `workspace.*` settings.
+    pub fn workspace(&self) -> WorkspaceSettings {
+        WorkspaceSettings {
+            auto: match self.text("workspace.auto") {
+                "always" => WorkspaceAuto::Always,
+                "never" => WorkspaceAuto::Never,
+                _ => WorkspaceAuto::AiClis,
+            },
+            exclude: split_list(self.text("workspace.exclude")),
+        }
+    }
+
     /// The `sandbox.*` settings.
     pub fn sandbox(&self) -> SandboxSettings {
         SandboxSettings {
@@ -363,6 +395,15 @@ impl Settings {
             max_copy_bytes: self.size("sandbox.max_copy_bytes") as u64,
         }
     }
+}
+
+/// The items of a comma-separated setting, trimmed, without empty ones.
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The settings files as they stand: what changes when one is edited or
@@ -542,6 +583,11 @@ fn check(def: &Def, raw: &toml::Value, path: &Path) -> Result<Value, SettingsErr
         (Kind::Ranges, toml::Value::String(s)) if crate::net::address::Ranges::parse(s).is_ok() => {
             Some(Value::Str(s.clone()))
         }
+        (Kind::Globs, toml::Value::String(s))
+            if crate::workspace::Excludes::new(&split_list(s)).is_ok() =>
+        {
+            Some(Value::Str(s.clone()))
+        }
         _ => None,
     };
     value.ok_or_else(|| SettingsError::Invalid {
@@ -571,6 +617,7 @@ pub fn expected(kind: Kind) -> String {
         Kind::Overrides => "comma-separated name=ip:port pairs".to_owned(),
         Kind::Ranges => "comma-separated address ranges (10.1.0.0/16, fd00::/8)".to_owned(),
         Kind::CaFile => "an absolute path to a PEM file of CA certificates".to_owned(),
+        Kind::Globs => "comma-separated file globs (.env, *.pem, secrets/**)".to_owned(),
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Kind {
     /// An absolute path to a PEM file of CA certificates, or empty;
     /// checked when set.
     CaFile,
+    /// Comma-separated file globs (`.env, *.pem, secrets/**`).
+    Globs,
 }
 
 /// A default value.
@@ -167,6 +169,18 @@ pub const REGISTRY: &[Def] = &[
         kind: Kind::Int { min: 1, max: 1024 },
         default: Default::Int(20),
         description: "most named sandboxes running at once; starting one more is refused",
+    },
+    Def {
+        key: "workspace.auto",
+        kind: Kind::Choice(&["ai", "always", "never"]),
+        default: Default::Str("ai"),
+        description: "which runs get the git work tree around the current directory as their workspace without -w: the AI CLIs (ai), every run (always) or none (never)",
+    },
+    Def {
+        key: "workspace.exclude",
+        kind: Kind::Globs,
+        default: Default::Str(""),
+        description: "comma-separated globs of workspace files the guest may never read (.env, *.pem: any depth; secrets/**: from the project's root); the host hides them",
     },
     Def {
         key: "ai.claude.settings_json",

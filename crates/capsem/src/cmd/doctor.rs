@@ -45,6 +45,10 @@ pub fn run(args: DoctorArgs, outer: RunOptions, started: Instant) -> i32 {
             ..options.clone()
         },
         tty: false,
+        workspace: crate::cli::WorkspaceArgs {
+            workspace: None,
+            no_workspace: true,
+        },
         command: command(&args, options.verbose),
     };
     if !options.quiet && !args.json && terminal::stderr_is_terminal() {

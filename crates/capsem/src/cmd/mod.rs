@@ -11,3 +11,4 @@ pub mod sessions;
 pub mod settings;
 pub mod shell;
 pub mod version;
+pub mod workspace;

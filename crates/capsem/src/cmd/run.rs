@@ -43,7 +43,7 @@ pub enum Output {
 }
 
 /// The AI CLIs, which open their interactive screen when run bare.
-const AI_CLIS: [&str; 3] = ["claude", "gemini", "codex"];
+pub const AI_CLIS: [&str; 3] = ["claude", "gemini", "codex"];
 
 /// Runs the command and returns capsem's exit code.
 pub fn run(args: RunArgs, started: Instant, output: Output) -> i32 {
@@ -157,9 +157,10 @@ fn wants_terminal(args: &RunArgs) -> bool {
 async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i32, Failure> {
     let tty = wants_terminal(&args).then(|| terminal::size().unwrap_or(DEFAULT_SIZE));
     let options = args.options;
+    let settings = load_settings()?;
+    let workspace = super::workspace::for_run(&args.workspace, &args.command, &settings)?;
     let command = command_of(args.command);
     let controls = forward_controls(tty.is_some())?;
-    let settings = load_settings()?;
     let sandbox = sandbox_for(&settings, settings.vm(), started)?;
     // Raw mode from here on; the guard restores the terminal when this
     // function returns, before any error is printed.
@@ -178,6 +179,9 @@ async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i3
         }
     });
     settings.warnings.iter().for_each(|w| notice(w));
+    if let Some(spec) = &workspace {
+        notice(&super::workspace::mounted_notice(&spec.workspace));
+    }
     let (stdout, stderr): (Writer, Writer) = match output {
         Output::Raw => (Box::new(tokio::io::stdout()), Box::new(tokio::io::stderr())),
         Output::Report => (
@@ -207,10 +211,19 @@ async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i3
         tty,
         files: ai::guest_files(&settings),
         timeout,
+        workspace,
     };
-    let report = sandbox.run(request, io, notice).await;
+    let had_workspace = request.workspace.is_some();
+    let report = sandbox.run(request, io, notice.clone()).await;
     drop(raw);
-    Ok(match report?.outcome {
+    let report = report?;
+    if had_workspace {
+        notice(&format!(
+            "workspace: changes kept; see them with `capsem diff {0}`, apply with `capsem apply {0}`",
+            report.session
+        ));
+    }
+    Ok(match report.outcome {
         Outcome::Exited(status) => i32::from(status.shell_code()),
         Outcome::TimedOut => {
             let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();

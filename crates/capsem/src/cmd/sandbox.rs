@@ -28,7 +28,7 @@ use crate::terminal::{self, RawMode};
 /// How long a service the CLI started may take to answer.
 const SERVICE_WAIT: Duration = Duration::from_secs(10);
 
-fn api(e: ClientError) -> Failure {
+pub fn api(e: ClientError) -> Failure {
     Failure::new(e)
 }
 
@@ -106,6 +106,13 @@ pub async fn create(args: CreateArgs) -> Result<i32, Failure> {
         cpus: args.cpus,
         memory_mib: args.memory,
         env: run::user_env(&[], args.env)?,
+        workspace: match &args.workspace {
+            Some(dir) => Some(
+                std::path::absolute(dir)
+                    .map_err(|e| Failure::new(format!("{}: {e}", dir.display())))?,
+            ),
+            None => None,
+        },
     };
     let client = service().await?;
     let info: SandboxInfo = client
@@ -450,6 +457,10 @@ pub async fn supervise(name: &str, started: Instant) -> Result<i32, Failure> {
     );
     env.extend(meta.env);
     let idle = settings.sandbox().idle_timeout_secs;
+    let workspace = match &meta.workspace {
+        Some(root) => Some(super::workspace::for_sandbox(root, &dir, &settings)?),
+        None => None,
+    };
     ignore_hangups();
     supervisor::run(supervisor::Spec {
         dir,
@@ -457,6 +468,7 @@ pub async fn supervise(name: &str, started: Instant) -> Result<i32, Failure> {
         sandbox,
         env,
         files: ai::guest_files(&settings),
+        workspace,
         idle_timeout: (idle > 0).then(|| Duration::from_secs(idle.into())),
     })
     .await

@@ -159,6 +159,7 @@ fn kind_name(kind: Kind) -> &'static str {
         Kind::Overrides => "overrides",
         Kind::Ranges => "ranges",
         Kind::CaFile => "ca_file",
+        Kind::Globs => "globs",
     }
 }
 

@@ -28,6 +28,7 @@ pub fn run(options: RunOptions, name: Option<String>, started: Instant) -> i32 {
     let args = RunArgs {
         options,
         tty: true,
+        workspace: Default::default(),
         command,
     };
     cmd::run::run(args, started, cmd::run::Output::Raw)

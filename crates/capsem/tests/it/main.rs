@@ -20,3 +20,4 @@ mod settings;
 mod shell;
 mod support;
 mod upstream;
+mod workspace;

@@ -7,22 +7,22 @@ use std::time::Duration;
 use crate::support::{Capsem, alive, assert_code, stderr, stdout, wait_until};
 
 /// A capsem home whose service and sandboxes are torn down at the end.
-struct Service {
-    capsem: Capsem,
+pub struct Service {
+    pub capsem: Capsem,
 }
 
 impl Service {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Service {
             capsem: Capsem::new(),
         }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         self.capsem.run(args)
     }
 
-    fn ok(&self, args: &[&str]) -> String {
+    pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert_code(&out, 0);
         stdout(&out)
