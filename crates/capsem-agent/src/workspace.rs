@@ -26,8 +26,8 @@ use capsem_proto::blocking::QueueWriter;
 use capsem_proto::limits::MAX_WORKSPACE_STREAMS;
 use capsem_proto::mux::Opener;
 use capsem_proto::workspace::{
-    CHANGES_FILES, FsAttr, FsEntry, FsKind, FsReply, FsRequest, MAX_READ_BYTES, OPAQUE_MARKER,
-    Upper, WHITEOUT_PREFIX, WorkspaceMount,
+    BUNDLE_ENTRY, CHANGES_FILES, FsAttr, FsEntry, FsKind, FsReply, FsRequest, MAX_READ_BYTES,
+    OPAQUE_MARKER, Upper, WHITEOUT_PREFIX, WorkspaceMount,
 };
 use capsem_proto::{GuestCodec, GuestToHost, HostToGuest};
 use fuser::{
@@ -498,6 +498,10 @@ fn pack_upper(upper: &Path, out: QueueWriter) -> io::Result<()> {
     builder.follow_symlinks(false);
     builder.append_dir(CHANGES_FILES, upper)?;
     pack_dir(&mut builder, upper, Path::new(CHANGES_FILES))?;
+    let bundle = Path::new(BASE).join(BUNDLE_ENTRY);
+    if bundle.is_file() {
+        builder.append_path_with_name(&bundle, BUNDLE_ENTRY)?;
+    }
     builder.into_inner()?.flush()
 }
 

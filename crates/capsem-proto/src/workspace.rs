@@ -32,6 +32,9 @@ pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// The directory of the changes archive under which the project's files
 /// sit.
 pub const CHANGES_FILES: &str = "files";
+/// The changes archive's entry holding the commits made in the guest (a
+/// git bundle), if there are any.
+pub const BUNDLE_ENTRY: &str = "commits.bundle";
 
 /// A request from the guest's FUSE mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -638,7 +638,7 @@ pub struct Live {
     network: crate::net::Running,
     events: EventLog,
     /// Where the workspace's changes are kept, and how many bytes of them.
-    workspace: Option<(crate::workspace::Stored, u64)>,
+    workspace: Option<Mounted>,
 }
 
 /// The host's side of a workspace: its files, served read-only.
@@ -685,16 +685,21 @@ impl Live {
         if let Err(source) = self.channel.mount_workspace(mount).await {
             return Err(self.explain(source, Stage::Exec).await);
         }
-        self.workspace = Some((stored, spec.max_changes_bytes));
+        self.workspace = Some(Mounted {
+            stored,
+            limit: spec.max_changes_bytes,
+            name: mounted.name,
+        });
         Ok(())
     }
 
     /// Keeps what the guest changed in its workspace with the session
     /// (replacing what was kept before); nothing without a workspace.
     pub async fn save_changes(&self) -> Result<(), RunError> {
-        let Some((stored, limit)) = &self.workspace else {
+        let Some(ws) = &self.workspace else {
             return Ok(());
         };
+        self.bundle_commits(&ws.name).await;
         let chunks = self
             .channel
             .export_workspace()
@@ -703,8 +708,34 @@ impl Live {
                 source,
                 boot_log: self.session.boot_log(),
             })?;
-        stored.save_changes(chunks, *limit).await?;
+        ws.stored.save_changes(chunks, ws.limit).await?;
         Ok(())
+    }
+
+    /// Has the guest bundle the commits made in the workspace `name`, for
+    /// the export to carry; a failure leaves them out, and says so.
+    async fn bundle_commits(&self, name: &str) {
+        let script = crate::workspace::git::BUNDLE_SCRIPT;
+        let spec = ExecSpec {
+            command: Command::Argv(
+                ["bash", "-c", script, "capsem-bundle", name]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+            env: Vec::new(),
+            tty: None,
+            timeout: Some(BUNDLE_TIMEOUT),
+        };
+        let io = ExecIo {
+            stdin: None,
+            stdout: Box::new(tokio::io::sink()),
+            stderr: Box::new(tokio::io::sink()),
+            controls: tokio::sync::mpsc::channel(1).1,
+        };
+        match self.exec(spec, io, None).await {
+            Ok(Outcome::Exited(ExitStatus::Code(0))) => {}
+            other => tracing::warn!("bundling the workspace's commits: {other:?}"),
+        }
     }
 
     /// Runs a command, racing it against the VM's death. A command past
@@ -809,6 +840,18 @@ enum Handshake {
     /// The VM ended first.
     Exited(VmExit),
 }
+
+/// A named workspace whose changes the guest keeps.
+struct Mounted {
+    stored: crate::workspace::Stored,
+    /// Most bytes of changes kept.
+    limit: u64,
+    /// Its name under `/root`.
+    name: String,
+}
+
+/// How long the guest may take to bundle its commits.
+const BUNDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Nanoseconds since the epoch, now.
 fn now_ns() -> i64 {

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
-use capsem_proto::workspace::{CHANGES_FILES, OPAQUE_MARKER, WHITEOUT_PREFIX};
+use capsem_proto::workspace::{BUNDLE_ENTRY, CHANGES_FILES, OPAQUE_MARKER, WHITEOUT_PREFIX};
 use rustix::fs::{FileType, OFlags};
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +140,9 @@ pub struct Changes {
     /// Changes under `.git` other than hooks and config (objects, refs,
     /// the index): never applied as files.
     pub git_files: usize,
+    /// Whether the sandbox made commits (a bundle `capsem apply` fetches
+    /// as a branch).
+    pub commits: bool,
 }
 
 /// An entry of the upper layer.
@@ -161,8 +164,12 @@ pub fn compare(archive: &Path, mounted: &Mounted) -> Result<Changes, WorkspaceEr
     })?;
     let excludes = Excludes::new(&mounted.exclude)?;
     let file = File::open(archive).map_err(read_err)?;
-    let (upper, opaque, mut refused) = read_upper(file).map_err(read_err)?;
-    let mut out = Changes::default();
+    let layer = read_upper(file).map_err(read_err)?;
+    let (upper, opaque, mut refused) = (layer.entries, layer.opaque, layer.refused);
+    let mut out = Changes {
+        commits: layer.commits,
+        ..Changes::default()
+    };
     let mut deleted: BTreeMap<String, Node> = BTreeMap::new();
     let mut added: BTreeMap<String, Node> = BTreeMap::new();
     let mut modified: Vec<(String, Node, Node)> = Vec::new();
@@ -355,7 +362,12 @@ pub fn stays_inside(link: &str, target: &str) -> bool {
     true
 }
 
-type UpperLayer = (BTreeMap<String, Upper>, BTreeSet<String>, Vec<Refusal>);
+struct UpperLayer {
+    entries: BTreeMap<String, Upper>,
+    opaque: BTreeSet<String>,
+    refused: Vec<Refusal>,
+    commits: bool,
+}
 
 /// The upper layer's entries by path, its opaque directories, and what
 /// was refused.
@@ -363,10 +375,15 @@ fn read_upper(file: File) -> io::Result<UpperLayer> {
     let mut upper = BTreeMap::new();
     let mut opaque = BTreeSet::new();
     let mut refused = Vec::new();
+    let mut commits = false;
     let mut archive = tar::Archive::new(io::BufReader::new(file));
     for entry in archive.entries()? {
         let mut entry = entry?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        if raw == BUNDLE_ENTRY {
+            commits = true;
+            continue;
+        }
         let Some(path) = project_path(&entry.path_bytes()) else {
             refused.push(Refusal {
                 path: raw,
@@ -413,7 +430,12 @@ fn read_upper(file: File) -> io::Result<UpperLayer> {
         };
         upper.insert(path, Upper::Node(node));
     }
-    Ok((upper, opaque, refused))
+    Ok(UpperLayer {
+        entries: upper,
+        opaque,
+        refused,
+        commits,
+    })
 }
 
 /// The path under the project of an archive entry (`files/PATH`), if it

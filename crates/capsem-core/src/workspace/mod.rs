@@ -8,13 +8,15 @@
 //! - [`changes`]: the overlay's upper layer, exported from the guest as a
 //!   tar archive and kept with the session, compared with the project
 //!   (`capsem diff`, shown by [`patch`]);
-//! - [`apply`]: writing accepted changes into the project (`capsem apply`);
+//! - [`apply`]: writing accepted changes into the project (`capsem apply`),
+//!   and [`git`]: the sandbox's commits, as a branch;
 //! - [`stored`]: what a session keeps of it.
 
 pub mod apply;
 pub mod changes;
 pub mod choose;
 pub mod export;
+pub mod git;
 pub mod patch;
 pub mod stored;
 #[cfg(test)]
@@ -60,6 +62,9 @@ pub enum WorkspaceError {
         /// Why.
         source: std::io::Error,
     },
+    /// The sandbox's commits could not be fetched.
+    #[error("bringing the sandbox's commits back: {0}")]
+    Git(String),
     /// Writing into the project failed.
     #[error("writing {path}: {source}")]
     Write {

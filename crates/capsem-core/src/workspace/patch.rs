@@ -49,6 +49,13 @@ pub fn write_patch(
     for refusal in &changes.refused {
         writeln!(out, "# refused: {}: {}", refusal.path, refusal.why).map_err(written)?;
     }
+    if changes.commits {
+        writeln!(
+            out,
+            "# new commits: capsem apply brings them back as a branch capsem/ID"
+        )
+        .map_err(written)?;
+    }
     if changes.git_files > 0 {
         writeln!(
             out,

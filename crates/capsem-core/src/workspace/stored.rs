@@ -58,6 +58,11 @@ impl Stored {
         serde_json::from_slice(&text).ok()
     }
 
+    /// The records' own directory (private).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The changes archive.
     pub fn archive(&self) -> PathBuf {
         self.dir.join("changes.tar")

@@ -254,6 +254,9 @@ fn print_stat(changes: &Changes) {
             changes.git_files
         );
     }
+    if changes.commits {
+        outln!("  (new commits: applied as a branch capsem/ID)");
+    }
 }
 
 /// `capsem apply`.
@@ -270,7 +273,9 @@ pub fn apply(args: ApplyArgs) -> Result<i32, Failure> {
     };
     let mut changes = kept.changes()?;
     changes.changes.retain(|c| selection.selects(c));
-    if changes.changes.is_empty() {
+    // Commits come with the whole of a run's changes, not with some paths.
+    let commits = changes.commits && selection.paths.is_empty();
+    if changes.changes.is_empty() && !commits {
         eprintln!("capsem: nothing to apply");
         return Ok(0);
     }
@@ -281,7 +286,7 @@ pub fn apply(args: ApplyArgs) -> Result<i32, Failure> {
         tilde(&kept.mounted.root)
     );
     print_stat(&changes);
-    if !args.yes && !confirm(changes.changes.len())? {
+    if !args.yes && !confirm(changes.changes.len() + usize::from(commits))? {
         eprintln!("capsem: nothing applied");
         return Ok(1);
     }
@@ -306,7 +311,22 @@ pub fn apply(args: ApplyArgs) -> Result<i32, Failure> {
                     visible(dir)
                 );
             }
-            record(&kept, "apply", done.paths.clone(), done.bytes)?;
+            let mut paths = done.paths.clone();
+            if commits {
+                let branch = format!("capsem/{}", kept.id);
+                let archive = kept.stored.archive();
+                let dir = kept.stored.dir();
+                let root = &kept.mounted.root;
+                match capsem_core::workspace::git::fetch_commits(&archive, root, &branch, dir) {
+                    Ok(Some(commit)) => {
+                        eprintln!("capsem: the run's commits are branch {branch} ({commit})");
+                        paths.push(format!("refs/heads/{branch}"));
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("capsem: {e}"),
+                }
+            }
+            record(&kept, "apply", paths, done.bytes)?;
             eprintln!(
                 "capsem: applied {} changes ({} bytes) to {}",
                 done.paths.len(),

@@ -91,6 +91,7 @@ fn the_guest_works_on_the_project_and_its_changes_come_back_only_when_applied() 
     let script = "pwd; cat README; git status --short; git log --oneline | wc -l; make -s; \
                   echo more >> README; rm old.txt; chmod +x run.sh; mv src/a.c src/b.c; \
                   ln -s README link; mkdir -p d; printf 'x\\0y' > d/bin; \
+                  git -c user.name=agent -c user.email=a@sandbox commit -qam 'from the sandbox'; \
                   ls -a | tr '\\n' ' '";
     let out = capsem.run(&["run", "-w", ws, "--", "bash", "-c", script]);
     assert_code(&out, 0);
@@ -154,6 +155,18 @@ fn the_guest_works_on_the_project_and_its_changes_come_back_only_when_applied() 
     assert_eq!(snapshot(&root), before);
     let applied = capsem.run(&["apply", "--yes"]);
     assert_code(&applied, 0);
+    // The guest's commit is a branch, its objects checked by git.
+    let branch = format!("capsem/{}", capsem.last_session_id());
+    let log = Command::new("git")
+        .args(["log", "--format=%s", "-1", &branch])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "from the sandbox\n",
+        "{applied:?}"
+    );
     assert_eq!(
         fs::read_to_string(root.join("README")).unwrap(),
         "hello\nmore\n"
