@@ -26,6 +26,7 @@ mod agents;
 mod network;
 mod sandboxes;
 mod terminal;
+mod workspace;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -37,12 +38,16 @@ pub struct BenchArgs {
     out: PathBuf,
     /// Only the network proxy's latency and throughput (written to the
     /// report's `network` key alone).
-    #[arg(long, conflicts_with = "sandboxes_only")]
+    #[arg(long, conflicts_with_all = ["sandboxes_only", "workspace_only"])]
     network_only: bool,
     /// Only the named sandboxes' exec latency, lifecycle and memory
     /// (written to the report's `sandboxes` key alone).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "workspace_only")]
     sandboxes_only: bool,
+    /// Only the workspaces' mount, git status, read, diff and apply
+    /// figures (written to the report's `workspace` key alone).
+    #[arg(long)]
+    workspace_only: bool,
 }
 
 /// One timed process run.
@@ -70,6 +75,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let one_shot = run_capsem(&capsem, &home, "true")?;
         let report = json!({ "sandboxes": sandboxes::measure(&capsem, &home, args.runs, ms(one_shot.wall))? });
         print_sandboxes(&report["sandboxes"]);
+        return write_report(&report, &args.out, &scratch);
+    }
+    if args.workspace_only {
+        let report = json!({ "workspace": workspace::measure(&capsem, &scratch, args.runs)? });
+        print_workspace(&report["workspace"]);
         return write_report(&report, &args.out, &scratch);
     }
     if args.network_only {
@@ -112,6 +122,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     eprintln!("xtask: named sandboxes");
     let one_shot = median_of(&report["cold_start"]["wall_ms"]);
     report["sandboxes"] = sandboxes::measure(&capsem, &home, args.runs.min(3), one_shot)?;
+    eprintln!("xtask: workspaces");
+    report["workspace"] = workspace::measure(&capsem, &scratch, args.runs.min(3))?;
     eprintln!("xtask: terminal latency and throughput");
     report["terminal"] = json!({
         "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
@@ -500,6 +512,42 @@ fn print_summary(report: &Value) {
         r["events_written_per_s"],
         r["events_dropped"],
         r["events_offered"]
+    );
+}
+
+fn print_workspace(w: &Value) {
+    let m = &w["mount"];
+    println!(
+        "workspace: run true {} ms bare, {} ms with {} files, {} ms with {} (ratio {})",
+        median_of(&m["run_true_no_workspace_ms"]),
+        median_of(&m["run_true_small_ms"]),
+        m["files"][0],
+        median_of(&m["run_true_large_ms"]),
+        m["files"][1],
+        m["ratio_large_to_small"]
+    );
+    let g = &w["git_status"];
+    println!(
+        "  git status, {} files: {} ms through the workspace, {} ms on tmpfs (ratio {})",
+        g["files"],
+        median_of(&g["workspace_ms"]),
+        median_of(&g["guest_tmpfs_ms"]),
+        g["ratio"]
+    );
+    let r = &w["sequential_read"];
+    println!(
+        "  read {} MiB: {} MiB/s through the workspace, {} MiB/s from the rootfs (ratio {})",
+        r["mib"],
+        median_of(&r["workspace_mib_per_s"]),
+        median_of(&r["rootfs_mib_per_s"]),
+        r["ratio"]
+    );
+    let d = &w["diff_apply"];
+    println!(
+        "  {} changed files: diff --stat {} ms, apply {} ms",
+        d["files"],
+        median_of(&d["diff_stat_ms"]),
+        median_of(&d["apply_ms"])
     );
 }
 

@@ -93,7 +93,7 @@ fn ok(capsem: &Path, home: &Path, args: &[&str]) -> Result<String> {
 }
 
 /// Process start to exit of `capsem ARGS`, in ms.
-fn timed(capsem: &Path, home: &Path, args: &[&str]) -> Result<f64> {
+pub(super) fn timed(capsem: &Path, home: &Path, args: &[&str]) -> Result<f64> {
     let started = Instant::now();
     ok(capsem, home, args)?;
     Ok(ms(started.elapsed()))
