@@ -19,15 +19,15 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use capsem_proto::blocking::QueueWriter;
 use capsem_proto::limits::MAX_WORKSPACE_STREAMS;
 use capsem_proto::mux::Opener;
 use capsem_proto::workspace::{
-    BUNDLE_ENTRY, CHANGES_FILES, FsAttr, FsEntry, FsKind, FsReply, FsRequest, MAX_READ_BYTES,
-    OPAQUE_MARKER, Upper, WHITEOUT_PREFIX, WorkspaceMount,
+    BUNDLE_ENTRY, CHANGES_FILES, FsAttr, FsKind, FsReply, FsRequest, MAX_READ_BYTES, OPAQUE_MARKER,
+    Upper, WHITEOUT_PREFIX, WorkspaceMount,
 };
 use capsem_proto::{GuestCodec, GuestToHost, HostToGuest};
 use fuser::{
@@ -162,7 +162,11 @@ struct Inner {
     /// At most [`MAX_WORKSPACE_STREAMS`] requests at once.
     slots: Semaphore,
     inodes: Mutex<Inodes>,
-    dirs: Mutex<HashMap<u64, Vec<FsEntry>>>,
+    /// Open directories, by handle.
+    dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// The latest listing of each directory, by path: lookups and
+    /// attributes are answered from it while it is fresh.
+    listings: Mutex<HashMap<Vec<u8>, Arc<Listing>>>,
     next_handle: AtomicU64,
 }
 
@@ -209,6 +213,7 @@ impl Remote {
             slots: Semaphore::new(MAX_WORKSPACE_STREAMS),
             inodes: Mutex::default(),
             dirs: Mutex::default(),
+            listings: Mutex::default(),
             next_handle: AtomicU64::new(1),
         }))
     }
@@ -266,18 +271,56 @@ impl Inner {
         Ok(replies)
     }
 
+    /// The attributes of `path`: from its directory's listing (fetched
+    /// if none is fresh), which answers a whole `git status` or `find` in
+    /// one request per directory; asked of the host alone for the root or
+    /// a directory that cannot be listed.
     async fn stat(&self, path: Vec<u8>) -> Result<(u64, FileAttr), Errno> {
-        match self
-            .call(FsRequest::Stat { path: path.clone() })
-            .await?
-            .pop()
+        let found = match split(&path) {
+            Some((dir, name)) => match self.listing(dir).await {
+                Ok(listing) => Some(listing.attr(name).ok_or(Errno::ENOENT)?),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let attr = match found {
+            Some(attr) => attr,
+            None => match self
+                .call(FsRequest::Stat { path: path.clone() })
+                .await?
+                .pop()
+            {
+                Some(FsReply::Attr(attr)) => attr,
+                _ => return Err(Errno::EIO),
+            },
+        };
+        let ino = lock(&self.inodes).number(&path);
+        Ok((ino, file_attr(ino, &attr)))
+    }
+
+    /// The listing of the directory `dir`, fetched unless a fresh one is
+    /// at hand.
+    async fn listing(&self, dir: &[u8]) -> Result<Arc<Listing>, Errno> {
+        if let Some(listing) = lock(&self.listings).get(dir)
+            && listing.at.elapsed() < TTL
         {
-            Some(FsReply::Attr(attr)) => {
-                let ino = lock(&self.inodes).number(&path);
-                Ok((ino, file_attr(ino, &attr)))
-            }
-            _ => Err(Errno::EIO),
+            return Ok(listing.clone());
         }
+        let replies = self.call(FsRequest::List { path: dir.to_vec() }).await?;
+        let entries = replies
+            .into_iter()
+            .flat_map(|r| match r {
+                FsReply::Entries(entries) => entries,
+                _ => Vec::new(),
+            })
+            .map(|e| (e.name, e.attr))
+            .collect();
+        let listing = Arc::new(Listing {
+            at: Instant::now(),
+            entries,
+        });
+        lock(&self.listings).insert(dir.to_vec(), listing.clone());
+        Ok(listing)
     }
 
     async fn data(&self, req: FsRequest) -> Result<Vec<u8>, Errno> {
@@ -364,17 +407,10 @@ impl Filesystem for Remote {
             Err(e) => return reply.error(e),
         };
         self.spawn(|fs| async move {
-            match fs.call(FsRequest::List { path }).await {
-                Ok(replies) => {
-                    let entries = replies
-                        .into_iter()
-                        .flat_map(|r| match r {
-                            FsReply::Entries(entries) => entries,
-                            _ => Vec::new(),
-                        })
-                        .collect();
+            match fs.listing(&path).await {
+                Ok(listing) => {
                     let handle = fs.next_handle.fetch_add(1, Ordering::Relaxed);
-                    lock(&fs.dirs).insert(handle, entries);
+                    lock(&fs.dirs).insert(handle, listing);
                     reply.opened(FileHandle(handle), FopenFlags::empty());
                 }
                 Err(e) => reply.error(e),
@@ -394,7 +430,7 @@ impl Filesystem for Remote {
             return reply.error(Errno::ENOENT);
         };
         let dirs = lock(&self.0.dirs);
-        let Some(entries) = dirs.get(&u64::from(fh)) else {
+        let Some(listing) = dirs.get(&u64::from(fh)) else {
             return reply.error(Errno::EBADF);
         };
         let mut inodes = lock(&self.0.inodes);
@@ -403,9 +439,9 @@ impl Filesystem for Remote {
             (here, FileType::Directory, &b"."[..]),
             (here, FileType::Directory, b".."),
         ];
-        let listed = entries.iter().map(|e| {
-            let ino = inodes.number(&join(&dir, &e.name));
-            (ino, file_type(e.kind), e.name.as_slice())
+        let listed = listing.entries.iter().map(|(name, attr)| {
+            let ino = inodes.number(&join(&dir, name));
+            (ino, file_type(attr.kind), name.as_slice())
         });
         let all: Vec<_> = dots.into_iter().chain(listed).collect();
         for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
@@ -426,6 +462,27 @@ impl Filesystem for Remote {
     ) {
         lock(&self.0.dirs).remove(&u64::from(fh));
         reply.ok();
+    }
+}
+
+/// A directory's entries as the host listed them.
+struct Listing {
+    at: Instant,
+    entries: std::collections::BTreeMap<Vec<u8>, FsAttr>,
+}
+
+impl Listing {
+    fn attr(&self, name: &[u8]) -> Option<FsAttr> {
+        self.entries.get(name).copied()
+    }
+}
+
+/// A path's directory and name; `None` for the root.
+fn split(path: &[u8]) -> Option<(&[u8], &[u8])> {
+    match path.iter().rposition(|&b| b == b'/') {
+        _ if path.is_empty() => None,
+        Some(at) => Some((&path[..at], &path[at + 1..])),
+        None => Some((&[], path)),
     }
 }
 

@@ -20,7 +20,7 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Most bytes one read asks for.
 pub const MAX_READ_BYTES: u32 = 128 * 1024;
 /// Most directory entries in one [`FsReply::Entries`]: with the longest
-/// names, well under a frame.
+/// names and their attributes, well under a frame.
 pub const MAX_ENTRIES_PER_REPLY: usize = 1024;
 
 /// The name of the file, in a directory of the changes, that stands for
@@ -116,14 +116,16 @@ pub enum FsKind {
     Symlink,
 }
 
-/// One entry of a directory.
+/// One entry of a directory, with its attributes: the guest answers the
+/// lookups that follow a listing (`git status`, `find`) without asking
+/// again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsEntry {
     /// Its name.
     #[serde(with = "serde_bytes")]
     pub name: Vec<u8>,
-    /// Its kind.
-    pub kind: FsKind,
+    /// Its attributes.
+    pub attr: FsAttr,
 }
 
 /// Where the guest keeps what it writes over the project.

@@ -124,14 +124,21 @@ fn git_status(capsem: &Path, home: &Path, repo: &Path, runs: usize) -> Result<Va
 }
 
 /// MiB/s reading a file through the workspace against reading as many
-/// bytes of the rootfs's files.
+/// bytes of the rootfs's largest file (an AI CLI's binary), both with
+/// `dd` (plain reads: `cat` may splice).
 fn sequential_read(capsem: &Path, home: &Path, dir: &Path, runs: usize) -> Result<Value> {
     fs::create_dir_all(dir)?;
-    let big = fs::File::create(dir.join("big"))?;
-    big.set_len((READ_MIB << 20) as u64)?;
+    let block: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut big = fs::File::create(dir.join("big"))?;
+    for _ in 0..READ_MIB {
+        std::io::Write::write_all(&mut big, &block)?;
+    }
     let script = format!(
-        "{TIME}; t cat big; t sh -c 'find /usr -type f -size +64k -print0 | xargs -0 cat | head -c {}'",
-        READ_MIB << 20
+        "{TIME}; t dd if=big of=/dev/null bs=1M; \
+         f=$(find /usr -xdev -type f -size +{READ_MIB}M | head -1); \
+         t dd if=$f of=/dev/null bs=1M count={READ_MIB}"
     );
     let (mut through, mut rootfs) = (Vec::new(), Vec::new());
     for _ in 0..runs {

@@ -119,26 +119,24 @@ impl Export {
             if name == b"." || name == b".." {
                 continue;
             }
-            let kind = match entry.file_type() {
-                FileType::Unknown => rustix::fs::statat(
-                    &fd,
-                    entry.file_name(),
-                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .ok()
-                .and_then(|st| kind(FileType::from_raw_mode(st.st_mode))),
-                other => kind(other),
-            };
-            let Some(kind) = kind else { continue };
             if self.excludes.hides(&join(path, name)) {
                 continue;
             }
+            // The entry itself, beneath the directory already opened
+            // beneath the root: a symlink is stat'ed, not followed.
+            let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+            let Ok(attr) = rustix::fs::statat(&fd, entry.file_name(), flags).map(|st| attr(&st))
+            else {
+                continue;
+            };
+            // Devices, FIFOs and sockets are not shown.
+            let Ok(attr) = attr else { continue };
             if entries.len() == MAX_DIR_ENTRIES {
                 return Err(Errno::FBIG);
             }
             entries.push(FsEntry {
                 name: name.to_vec(),
-                kind,
+                attr,
             });
         }
         let mut replies: Vec<FsReply> = entries

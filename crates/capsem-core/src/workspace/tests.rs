@@ -80,7 +80,7 @@ fn the_export_serves_the_project_and_nothing_beside_it() {
     };
     let mut names: Vec<_> = entries
         .iter()
-        .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.kind))
+        .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.attr.kind))
         .collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
