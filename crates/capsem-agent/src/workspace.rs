@@ -63,6 +63,23 @@ pub fn workdir() -> Option<&'static str> {
     MOUNTED.get().map(|m| m.target.as_str())
 }
 
+/// Environment for commands once a workspace is mounted (the command's
+/// own comes after and wins). git compares an index entry's device,
+/// inode, owner and change time with the file's; through the mount those
+/// are the guest's, not the ones the host's git recorded, so every
+/// `git status` would read every file again. Size and modification time
+/// are the host's own.
+pub fn env() -> &'static [(&'static str, &'static str)] {
+    const GIT: &[(&str, &str)] = &[
+        ("GIT_CONFIG_COUNT", "2"),
+        ("GIT_CONFIG_KEY_0", "core.checkStat"),
+        ("GIT_CONFIG_VALUE_0", "minimal"),
+        ("GIT_CONFIG_KEY_1", "core.trustctime"),
+        ("GIT_CONFIG_VALUE_1", "false"),
+    ];
+    if MOUNTED.get().is_some() { GIT } else { &[] }
+}
+
 /// Mounts the workspace at `/root/NAME` and answers on `channel`.
 pub async fn mount_workspace(mut channel: Channel, req: WorkspaceMount, opener: Opener) {
     let reply = match mount_now(&req, opener).await {

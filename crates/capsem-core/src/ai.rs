@@ -122,6 +122,60 @@ pub fn guest_files(settings: &Settings) -> Vec<GuestFile> {
     ]
 }
 
+/// Marks `dir` (a workspace's directory in the guest) trusted in the
+/// AI CLIs' files among `files`, as `/root` is, so that none asks whether
+/// to trust the project it was started in. A file that does not parse
+/// (a setting the user broke) is left as it is.
+pub fn trust_project(files: &mut [GuestFile], dir: &str) {
+    for file in files {
+        let Ok(text) = std::str::from_utf8(&file.contents) else {
+            continue;
+        };
+        let trusted = match file.path.as_str() {
+            "/root/.claude.json" => with_json(text, |doc| {
+                let projects = doc
+                    .as_object_mut()?
+                    .entry("projects")
+                    .or_insert_with(|| serde_json::json!({}));
+                projects.as_object_mut()?.insert(
+                    dir.into(),
+                    serde_json::json!({"hasTrustDialogAccepted": true}),
+                );
+                Some(())
+            }),
+            "/root/.gemini/trustedFolders.json" => with_json(text, |doc| {
+                doc.as_object_mut()?
+                    .insert(dir.into(), "TRUST_FOLDER".into());
+                Some(())
+            }),
+            "/root/.codex/config.toml" => {
+                text.parse::<toml_edit::DocumentMut>().ok().map(|mut doc| {
+                    let projects = doc["projects"].or_insert(toml_edit::table());
+                    if let Some(projects) = projects.as_table_mut() {
+                        projects.set_implicit(true);
+                        projects[dir]["trust_level"] = toml_edit::value("trusted");
+                    }
+                    doc.to_string()
+                })
+            }
+            _ => None,
+        };
+        if let Some(trusted) = trusted {
+            file.contents = trusted.into_bytes();
+        }
+    }
+}
+
+/// `text` as JSON, changed by `change`, as text again.
+fn with_json(
+    text: &str,
+    change: impl FnOnce(&mut serde_json::Value) -> Option<()>,
+) -> Option<String> {
+    let mut doc: serde_json::Value = serde_json::from_str(text).ok()?;
+    change(&mut doc)?;
+    serde_json::to_string_pretty(&doc).ok()
+}
+
 /// A provider's API key: the settings prefix of its switch, domains, API
 /// hosts and key, the variables the CLIs read it from, and where in a
 /// request the provider's API takes it.
@@ -228,6 +282,31 @@ fn new_uuid() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workspace_is_trusted_by_every_ai_cli() {
+        let mut files = guest_files(&Settings::defaults());
+        trust_project(&mut files, "/root/my app");
+        let text = |path: &str| {
+            let file = files.iter().find(|f| f.path == path).unwrap();
+            String::from_utf8(file.contents.clone()).unwrap()
+        };
+        let claude: serde_json::Value = serde_json::from_str(&text("/root/.claude.json")).unwrap();
+        assert_eq!(
+            claude["projects"]["/root/my app"]["hasTrustDialogAccepted"],
+            true
+        );
+        assert_eq!(claude["projects"]["/root"]["hasTrustDialogAccepted"], true);
+        let gemini: serde_json::Value =
+            serde_json::from_str(&text("/root/.gemini/trustedFolders.json")).unwrap();
+        assert_eq!(gemini["/root/my app"], "TRUST_FOLDER");
+        let codex: toml::Table = text("/root/.codex/config.toml").parse().unwrap();
+        assert_eq!(
+            codex["projects"]["/root/my app"]["trust_level"].as_str(),
+            Some("trusted")
+        );
+        assert_eq!(codex["approval_policy"].as_str(), Some("never"));
+    }
 
     #[test]
     fn defaults_are_valid_and_set_yolo_mode() {

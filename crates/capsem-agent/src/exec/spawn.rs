@@ -75,6 +75,7 @@ fn process(req: &ExecRequest) -> Process {
     process
         .env_clear()
         .envs(DEFAULT_ENV.iter().copied())
+        .envs(crate::workspace::env().iter().copied())
         .envs(req.env.iter().map(|(k, v)| (k, v)))
         .current_dir(crate::workspace::workdir().unwrap_or(WORKDIR));
     process

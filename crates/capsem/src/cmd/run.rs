@@ -205,11 +205,15 @@ async fn run_async(args: RunArgs, started: Instant, output: Output) -> Result<i3
         Some(limit) => Some(limit).filter(|l| !l.is_zero()),
         None => (limit > 0).then(|| Duration::from_secs(limit.into())),
     };
+    let mut files = ai::guest_files(&settings);
+    if let Some(spec) = &workspace {
+        ai::trust_project(&mut files, &format!("/root/{}", spec.workspace.name));
+    }
     let request = RunRequest {
         command,
         env: guest_env(&settings, tty.is_some(), &options.pass_env, options.env)?,
         tty,
-        files: ai::guest_files(&settings),
+        files,
         timeout,
         workspace,
     };

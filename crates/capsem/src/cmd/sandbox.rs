@@ -461,13 +461,17 @@ pub async fn supervise(name: &str, started: Instant) -> Result<i32, Failure> {
         Some(root) => Some(super::workspace::for_sandbox(root, &dir, &settings)?),
         None => None,
     };
+    let mut files = ai::guest_files(&settings);
+    if let Some(spec) = &workspace {
+        ai::trust_project(&mut files, &format!("/root/{}", spec.workspace.name));
+    }
     ignore_hangups();
     supervisor::run(supervisor::Spec {
         dir,
         name: name.to_owned(),
         sandbox,
         env,
-        files: ai::guest_files(&settings),
+        files,
         workspace,
         idle_timeout: (idle > 0).then(|| Duration::from_secs(idle.into())),
     })

@@ -102,11 +102,18 @@ fn the_ai_clis_are_installed_at_their_pinned_versions() {
 /// set in `settings`, and waits for `ready`; fails if any of `prompts`
 /// showed up on the way. A bare AI CLI on a terminal gets a guest
 /// terminal without `-t`.
+/// `cd project && capsem CLI`: the CLI starts in the project (a git work
+/// tree, so the workspace by default) without asking anything.
 fn starts_without_prompts(cli: &str, settings: &str, ready: &str, prompts: &[&str]) {
     let capsem = Capsem::new();
     capsem.user_settings(settings);
+    let top = tempfile::tempdir().unwrap();
+    let project = top.path().join("myapp");
+    std::fs::create_dir_all(project.join(".git")).unwrap();
+    std::fs::write(project.join("README"), "a project\n").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsem"));
     cmd.args(["-q", cli])
+        .current_dir(&project)
         .env("CAPSEM_HOME", capsem.home())
         .env("CAPSEM_CORP_CONFIG", capsem.home().join("no-corp.toml"))
         .env("TERM", "xterm-256color");

@@ -28,10 +28,13 @@ impl Capsem {
         fs::write(self.home().join("user.toml"), toml).unwrap();
     }
 
-    /// A command for `capsem ARGS`, with a private home and no corp file.
+    /// A command for `capsem ARGS`, with a private home and no corp file,
+    /// run from that home (outside any git work tree, so that an AI CLI
+    /// gets no workspace unless a test gives it one).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_capsem"));
         cmd.args(args)
+            .current_dir(self.home())
             .env("CAPSEM_HOME", self.home())
             .env("CAPSEM_CORP_CONFIG", self.home().join("no-corp.toml"))
             .env_remove("CAPSEM_ASSETS_DIR")
