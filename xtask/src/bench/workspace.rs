@@ -81,6 +81,8 @@ fn git_repo(dir: &Path) -> Result<std::path::PathBuf> {
         &["add", "."],
         &[
             "-c",
+            "gc.auto=0",
+            "-c",
             "user.name=b",
             "-c",
             "user.email=b@b",
@@ -89,7 +91,7 @@ fn git_repo(dir: &Path) -> Result<std::path::PathBuf> {
             "bench",
         ],
         // One pack, so the guest's clone for the comparison reads one file.
-        &["gc", "-q"],
+        &["repack", "-adq"],
     ] {
         let status = Command::new("git").args(args).current_dir(&repo).status()?;
         if !status.success() {
