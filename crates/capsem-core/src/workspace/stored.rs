@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::WorkspaceError;
 use super::changes::Mounted;
@@ -23,12 +23,12 @@ pub struct Stored {
 }
 
 /// One line of `applied.jsonl`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyRecord {
     /// When (ms since the epoch).
     pub at_ms: i64,
     /// `apply` or `discard`.
-    pub action: &'static str,
+    pub action: String,
     /// The user who accepted (their login name, or uid).
     pub user: String,
     /// Paths written or removed.
@@ -120,6 +120,15 @@ impl Stored {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Every apply and discard recorded, oldest first (lines that do not
+    /// parse are skipped).
+    pub fn applied(&self) -> Vec<ApplyRecord> {
+        let text = fs::read_to_string(self.dir.join("applied.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 
     /// Appends `record` to `applied.jsonl`.

@@ -8,6 +8,7 @@ use capsem_core::session::store::{Inspection, SessionRow, Status, Store};
 use capsem_core::session::transcript::{self, Record, TRANSCRIPT_FILE};
 use capsem_core::settings::Settings;
 use capsem_core::text::visible;
+use capsem_core::workspace::Stored;
 use serde_json::json;
 
 use crate::cli::{ListArgs, SessionsAction};
@@ -121,6 +122,8 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
         .ok_or_else(|| Failure::new(format!("session {id} vanished")))?;
     let dir = store.dir_of(&id);
     let summary = events::summarize(&dir.join(EVENTS_FILE)).ok();
+    let workspace = Stored::new(&dir);
+    let mounted = workspace.mounted();
     if json {
         let data = json!({
             "session": row,
@@ -128,6 +131,11 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
             "boot_log": dir.join("boot.log"),
             "qemu_log": dir.join("qemu.log"),
             "events": summary,
+            "workspace": mounted.as_ref().map(|m| json!({
+                "mounted": m,
+                "changes_kept": workspace.has_changes(),
+                "applied": workspace.applied(),
+            })),
         });
         outln!("{}", json!({ "type": "session_detail", "data": data }));
         return Ok(0);
@@ -207,6 +215,28 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
                 net.input_tokens,
                 net.output_tokens,
                 net.cost_usd
+            );
+        }
+    }
+    if let Some(mounted) = &mounted {
+        let kept = if workspace.has_changes() {
+            format!("changes kept (capsem diff {})", row.id)
+        } else {
+            "no changes kept".to_owned()
+        };
+        let root = visible(&mounted.root.to_string_lossy()).into_owned();
+        field(
+            "workspace",
+            format!("{root} at /root/{}; {kept}", visible(&mounted.name)),
+        );
+        for record in workspace.applied() {
+            outln!(
+                "  {} {} by {}: {} paths, {} bytes",
+                local_time(record.at_ms),
+                record.action,
+                visible(&record.user),
+                record.paths.len(),
+                record.bytes
             );
         }
     }

@@ -406,7 +406,7 @@ fn record(
         .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()));
     let record = ApplyRecord {
         at_ms: capsem_core::session::store::now_ms(),
-        action,
+        action: action.to_owned(),
         user,
         paths,
         bytes,

@@ -186,6 +186,13 @@ fn the_guest_works_on_the_project_and_its_changes_come_back_only_when_applied() 
         fs::read_to_string(root.join(".env")).unwrap(),
         "TOKEN=host-secret\n"
     );
+    // The session records what was mounted and the apply.
+    let id = capsem.last_session_id();
+    let schemas = crate::json::schemas();
+    let detail = crate::json::check(&capsem, &["sessions", "show", &id, "--json"], &schemas);
+    let workspace = &detail[0]["data"]["workspace"];
+    assert_eq!(workspace["mounted"]["root"], ws, "{workspace}");
+    assert_eq!(workspace["applied"][0]["action"], "apply", "{workspace}");
     let left = stdout(&capsem.run(&["diff", "--stat"]));
     assert!(
         left.lines().all(|l| l.starts_with("  (")),
