@@ -96,6 +96,36 @@ fn the_export_serves_the_project_and_nothing_beside_it() {
 }
 
 #[test]
+fn a_mount_inside_the_project_is_not_crossed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: bind mounts need root");
+        return;
+    }
+    let (top, root) = project();
+    fs::create_dir(root.join("bound")).unwrap();
+    let bound = root.join("bound");
+    let mount = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status();
+        assert!(status.unwrap().success(), "{args:?}");
+    };
+    mount(&[
+        "mount".as_ref(),
+        "--bind".as_ref(),
+        top.path().as_os_str(),
+        bound.as_os_str(),
+    ]);
+    let export = Export::new(&root, &[]).unwrap();
+    let through = read(&export, "bound/secret");
+    mount(&["umount".as_ref(), bound.as_os_str()]);
+    assert!(
+        errno(&through).is_some(),
+        "read through a bind mount: {through:?}"
+    );
+}
+
+#[test]
 fn attributes_hide_setuid_and_owners() {
     let (_top, root) = project();
     fs::set_permissions(root.join("src/main.c"), fs::Permissions::from_mode(0o4755)).unwrap();

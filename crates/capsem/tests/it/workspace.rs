@@ -153,7 +153,21 @@ fn the_guest_works_on_the_project_and_its_changes_come_back_only_when_applied() 
     // Without a terminal or --yes nothing is written.
     assert_code(&capsem.run(&["apply"]), 125);
     assert_eq!(snapshot(&root), before);
-    let applied = capsem.run(&["apply", "--yes"]);
+    // A file the user edited since the run saw it is a conflict: nothing
+    // is written until they force it.
+    fs::write(root.join("README"), "edited on the host\n").unwrap();
+    let conflict = capsem.run(&["apply", "--yes"]);
+    assert_code(&conflict, 125);
+    assert!(
+        stderr(&conflict).contains("conflict: README"),
+        "{}",
+        stderr(&conflict)
+    );
+    assert!(
+        root.join("old.txt").exists(),
+        "a conflicting apply wrote something"
+    );
+    let applied = capsem.run(&["apply", "--yes", "--force"]);
     assert_code(&applied, 0);
     // The guest's commit is a branch, its objects checked by git.
     let branch = format!("capsem/{}", capsem.last_session_id());
@@ -214,6 +228,8 @@ fn guest_root_cannot_change_or_read_past_the_project() {
          umount /root/app; echo y > /root/app/README; \
          rm -rf {lower}/src; ln {lower}/README /root/hard; echo z >> /root/hard; \
          mount -t fuse -o fd=0,rootmode=40000,user_id=0,group_id=0 x /mnt </dev/fuse; \
+         mount --bind /etc {lower}/src; echo w > {lower}/src/hostname; \
+         mkdir -p /tmp/b; mount --bind {lower} /tmp/b && echo v > /tmp/b/README; \
          true"
     );
     let out = capsem.run(&[
