@@ -17,6 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use rand::RngExt;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde::Serialize;
@@ -245,30 +246,39 @@ fn write_all(
     Ok(())
 }
 
-/// Creates `path` (with `make`, under a temporary name in its directory)
-/// and renames it over whatever is there.
+/// Tries at making a temporary name before giving up: each is 64 random
+/// bits, so a clash means someone else's file sits at one, never ours.
+const TEMP_TRIES: usize = 8;
+
+/// Creates `path` (with `make`, under a fresh random name in its directory)
+/// and renames it over whatever is there. `make` must fail with `EEXIST`
+/// rather than touch an existing name (O_EXCL, symlinkat), so a project
+/// file that happens to have the temporary name is never removed.
 fn replace(
     tree: &Tree,
     path: &str,
-    make: impl FnOnce(&std::os::fd::OwnedFd, &OsStr) -> Result<u64, Errno>,
+    mut make: impl FnMut(&std::os::fd::OwnedFd, &OsStr) -> Result<u64, Errno>,
 ) -> Result<u64, Errno> {
     let (parent, name) = split(path.as_bytes());
     make_dirs(tree, parent, Mode::from_raw_mode(0o755))?;
     let dir = tree.open(parent, OFlags::PATH | OFlags::DIRECTORY)?;
-    let tmp = format!(".capsem-apply-{}", std::process::id());
-    let tmp = OsStr::new(&tmp);
-    let _ = rustix::fs::unlinkat(&dir, tmp, AtFlags::empty());
-    let written = match make(&dir, tmp) {
-        Ok(n) => n,
-        Err(e) => {
+    for _ in 0..TEMP_TRIES {
+        let tmp = format!(".capsem-apply-{:016x}", rand::rng().random::<u64>());
+        let tmp = OsStr::new(&tmp);
+        let written = match make(&dir, tmp) {
+            Ok(n) => n,
+            Err(Errno::EXIST) => continue,
+            Err(e) => {
+                let _ = rustix::fs::unlinkat(&dir, tmp, AtFlags::empty());
+                return Err(e);
+            }
+        };
+        rustix::fs::renameat(&dir, tmp, &dir, OsStr::from_bytes(name)).inspect_err(|_| {
             let _ = rustix::fs::unlinkat(&dir, tmp, AtFlags::empty());
-            return Err(e);
-        }
-    };
-    rustix::fs::renameat(&dir, tmp, &dir, OsStr::from_bytes(name)).inspect_err(|_| {
-        let _ = rustix::fs::unlinkat(&dir, tmp, AtFlags::empty());
-    })?;
-    Ok(written)
+        })?;
+        return Ok(written);
+    }
+    Err(Errno::EXIST)
 }
 
 /// Makes `path` and the directories above it, each beneath the root; an

@@ -319,10 +319,20 @@ fn apply_writes_what_was_accepted_and_nothing_else() {
     guest_changes(&root, &archive);
     let mounted = mounted(&root, &[".env"]);
     let changes = changes::compare(&archive, &mounted).unwrap();
+    // A project file named like apply's old fixed temporary name.
+    let bystander = format!(".capsem-apply-{}", std::process::id());
+    fs::write(root.join(&bystander), "mine").unwrap();
     let outcome = apply::apply(&changes, &archive, &mounted, &Selection::default()).unwrap();
     let Outcome::Applied(done) = outcome else {
         panic!("{outcome:?}")
     };
+    assert_eq!(fs::read_to_string(root.join(&bystander)).unwrap(), "mine");
+    let temporaries: Vec<_> = fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".capsem-apply-") && *n != bystander)
+        .collect();
+    assert!(temporaries.is_empty(), "left behind: {temporaries:?}");
     assert_eq!(fs::read_to_string(root.join("README")).unwrap(), "new\n");
     assert_eq!(
         fs::read_to_string(root.join("renamed")).unwrap(),
