@@ -10,7 +10,7 @@ use crate::out::outln;
 /// Hashes every pinned asset afresh (this command exists to check, not to
 /// trust a cache) and prints one line per asset, or one JSON object.
 pub fn verify(json: bool) -> Result<i32, Failure> {
-    let (manifest, dir) = embedded::assets()?;
+    let embedded::Assets { manifest, dir, .. } = embedded::assets()?;
     let verified = match assets::verify(&manifest, &dir, None) {
         Ok(verified) => verified,
         Err(e) if json => {

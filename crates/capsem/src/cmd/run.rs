@@ -252,7 +252,11 @@ pub fn sandbox_for(
     vm: VmSettings,
     started: Instant,
 ) -> Result<Sandbox, Failure> {
-    let (manifest, asset_dir) = embedded::assets()?;
+    let embedded::Assets {
+        manifest,
+        dir: asset_dir,
+        ..
+    } = embedded::assets()?;
     let backend = QemuBackend::locate().map_err(|e| {
         Failure::new(e).hint("sudo apt-get install qemu-system-x86 (or set CAPSEM_QEMU)")
     })?;

@@ -7,9 +7,13 @@ use crate::embedded;
 use crate::exit::Failure;
 use crate::out::outln;
 
-/// Prints versions and the pinned assets.
+/// Prints versions, the pinned assets and where they are looked for.
 pub fn print(json: bool) -> Result<i32, Failure> {
-    let (manifest, dir) = embedded::assets()?;
+    let embedded::Assets {
+        manifest,
+        dir,
+        source,
+    } = embedded::assets()?;
     if json {
         let assets: serde_json::Map<String, serde_json::Value> = manifest
             .entries()
@@ -24,6 +28,7 @@ pub fn print(json: bool) -> Result<i32, Failure> {
             "capsem": env!("CARGO_PKG_VERSION"),
             "protocol": PROTOCOL_VERSION,
             "asset_dir": dir,
+            "asset_source": source.name(),
             "assets": assets,
         });
         outln!("{}", json!({ "type": "version", "data": data }));
@@ -31,7 +36,7 @@ pub fn print(json: bool) -> Result<i32, Failure> {
     }
     outln!("capsem {}", env!("CARGO_PKG_VERSION"));
     outln!("protocol {PROTOCOL_VERSION}");
-    outln!("assets {}", dir.display());
+    outln!("assets {} ({})", dir.display(), source.name());
     for (role, entry) in manifest.entries() {
         outln!("  {role:<9} {} {}", entry.blake3, entry.file);
     }

@@ -192,7 +192,8 @@ pub fn asset_dir() -> PathBuf {
     let line = text
         .lines()
         .find_map(|l| l.strip_prefix("assets "))
-        .expect("capsem version names its asset directory");
+        .and_then(|l| l.strip_suffix(" (build cache)"))
+        .expect("capsem version names its asset directory, the build cache");
     PathBuf::from(line)
 }
 
