@@ -27,11 +27,16 @@ const BUILD: &[&str] = &[
     "ca-certificates",
 ];
 
+/// Packages to build and check the .deb (dpkg-shlibdeps is in
+/// build-essential's dpkg-dev).
+const PACKAGE: &[&str] = &["lintian", "man-db"];
+
 /// Makes sure every package is installed.
 pub fn ensure() -> Result<()> {
     let missing: Vec<&str> = RUNTIME
         .iter()
         .chain(BUILD)
+        .chain(PACKAGE)
         .copied()
         .filter(|pkg| !installed(pkg))
         .collect();

@@ -9,6 +9,7 @@ mod assets;
 mod bench;
 mod cache;
 mod deps;
+mod dist;
 mod fixture;
 mod initramfs;
 mod kernel;
@@ -39,8 +40,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Install what is missing, build, lint and run every test.
+    /// Install what is missing, build, lint and run every test, then build
+    /// the .deb and check it installed into a fresh root.
     Test,
+    /// Build the .deb (target/dist/capsem_VERSION_amd64.deb) with the
+    /// assets, completions and manual pages.
+    Dist(dist::DistArgs),
     /// Measure cold start and memory against bare QEMU; writes JSON.
     Bench(bench::BenchArgs),
     /// Copy a real session index, scrubbed, to the test fixtures.
@@ -70,6 +75,7 @@ fn main() {
         Task::BuildAssets => deps::ensure().and_then(|()| assets::build()).map(|_| 0),
         Task::Run { args } => run(&args),
         Task::Test => test().map(|()| 0),
+        Task::Dist(args) => deps::ensure().and_then(|()| dist::run(&args)).map(|()| 0),
         Task::Bench(args) => bench::run(&args).map(|()| 0),
         Task::UpdateFixture(args) => fixture::run(&args).map(|()| 0),
     };
@@ -106,5 +112,6 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    proc::run(cargo(&current).args(["test", "--workspace", "--locked"]))
+    proc::run(cargo(&current).args(["test", "--workspace", "--locked"]))?;
+    dist::check(&dist::build()?)
 }

@@ -28,7 +28,7 @@ pub fn man(dir: Option<&Path>) -> Result<i32, Failure> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Failure::new(format!("creating {}: {e}", dir.display())))?;
     let mut pages = vec![("capsem.1".to_owned(), command.clone())];
-    for sub in command.get_subcommands() {
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
         let name = format!("capsem-{}", sub.get_name());
         pages.push((format!("{name}.1"), sub.clone().name(name)));
     }
