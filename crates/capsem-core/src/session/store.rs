@@ -549,12 +549,17 @@ fn this_process() -> (i64, i64) {
 }
 
 /// When process `pid` started, in clock ticks since boot (field 22 of
-/// `/proc/PID/stat`); `None` when there is no such process.
+/// `/proc/PID/stat`); `None` when there is no such process or it is dead
+/// and only waits to be reaped (a zombie: its parent, often an init that
+/// reaps lazily, decides how long that lasts).
 fn process_start(pid: i64) -> Option<i64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces; fields resume after its ')'.
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 2..].split_whitespace();
+    if matches!(fields.next()?, "Z" | "X") {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -697,6 +702,20 @@ mod tests {
     fn this_process_is_alive() {
         let (pid, start) = this_process();
         assert_eq!(process_start(pid), Some(start));
+    }
+
+    #[test]
+    fn a_dead_process_not_yet_reaped_has_no_start() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i64::from(child.id());
+        let stat = || fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !stat().contains(") Z ") {
+            assert!(std::time::Instant::now() < deadline, "{}", stat());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(process_start(pid), None);
+        child.wait().unwrap();
         assert_eq!(process_start(999_999_999), None);
     }
 }
