@@ -152,6 +152,8 @@ pub fn check(deb: &Path) -> Result<()> {
     let dpkg = |args: &[&str]| {
         let mut cmd = Command::new("dpkg");
         cmd.arg("--root").arg(&root).args(["--log", "/dev/null"]);
+        // Minimal images exclude manual pages in /etc/dpkg/dpkg.cfg.d.
+        cmd.arg("--path-include=*");
         // The dependencies are the host's; dpkg only sees the empty root.
         cmd.args(["--force-depends"]).args(args);
         cmd
@@ -166,6 +168,7 @@ pub fn check(deb: &Path) -> Result<()> {
     installed.uses_its_own_assets()?;
     installed.boots_a_vm()?;
     installed.has_manual_and_completions()?;
+    installed.refuses_swapped_images()?;
     eprintln!("xtask: package: dpkg -r");
     proc::run(&mut dpkg(&["-r", "capsem"]))?;
     ensure!(
@@ -240,6 +243,31 @@ impl Installed {
             uname.starts_with("Linux "),
             "capsem uname -a printed {uname:?}"
         );
+        Ok(())
+    }
+
+    /// An image changed after installation is refused, as a tampered
+    /// build is: the hashes are the binary's, not the directory's.
+    fn refuses_swapped_images(&self) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let initramfs = self.root.join("usr/lib/capsem/assets/initramfs.cpio");
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&initramfs)?
+            .write_all_at(b"X", 0)?;
+        for args in [&["assets", "verify"][..], &["-q", "true"]] {
+            eprintln!(
+                "xtask: package: capsem {} (swapped initramfs)",
+                args.join(" ")
+            );
+            let out = self.capsem(args).output()?;
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                !out.status.success() && stderr.contains("does not match this capsem build"),
+                "capsem {} took a swapped initramfs: {stderr}",
+                args.join(" ")
+            );
+        }
         Ok(())
     }
 
