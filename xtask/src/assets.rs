@@ -68,10 +68,7 @@ fn assemble(kernel: &Path, initramfs: &Path, rootfs: &Path) -> Result<PathBuf> {
     }
     cache::get_or_build("assets", &key.finish(), |out| {
         for (dir, file) in parts {
-            let (from, to) = (dir.join(file), out.join(file));
-            if fs::hard_link(&from, &to).is_err() {
-                fs::copy(&from, &to).with_context(|| format!("copying {}", from.display()))?;
-            }
+            cache::link_or_copy(&dir.join(file), &out.join(file))?;
         }
         let entry = |file: &str| -> Result<AssetEntry> {
             let path = out.join(file);

@@ -116,6 +116,15 @@ pub fn get_or_build(
     Ok(dir)
 }
 
+/// Hard-links `from` to `to` (assets are hundreds of MB), copying when the
+/// two are on different filesystems.
+pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
+    if fs::hard_link(from, to).is_err() {
+        fs::copy(from, to).with_context(|| format!("copying {}", from.display()))?;
+    }
+    Ok(())
+}
+
 /// Deletes all but the `keep` most recently built entries of each kind,
 /// never one in `used`. Every rootfs is hundreds of MB; without this the
 /// cache grows by one with every change to an input.

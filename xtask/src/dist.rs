@@ -23,21 +23,21 @@ pub struct DistArgs {
     pub check: bool,
 }
 
-/// Builds the package (and checks it when asked).
+/// Builds the assets and the package (and checks it when asked).
 pub fn run(args: &DistArgs) -> Result<()> {
-    let deb = build()?;
+    let deb = build(&assets::build()?)?;
     if args.check {
         check(&deb)?;
     }
     Ok(())
 }
 
-/// Builds `target/dist/capsem_VERSION_amd64.deb` and returns its path.
-pub fn build() -> Result<PathBuf> {
-    let current_json = assets::build()?;
-    let current = CurrentAssets::parse(&fs::read_to_string(&current_json)?)
-        .context("parsing current.json")?;
-    proc::run(cargo(&current_json).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
+/// Builds `target/dist/capsem_VERSION_amd64.deb` from the asset set of
+/// `current_json` and returns its path.
+pub fn build(current_json: &Path) -> Result<PathBuf> {
+    let current =
+        CurrentAssets::parse(&fs::read_to_string(current_json)?).context("parsing current.json")?;
+    proc::run(cargo(current_json).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
     let dist = workspace().join("target/dist");
     let stage = dist.join("stage");
     if stage.exists() {
@@ -81,10 +81,7 @@ fn stage_assets(current: &CurrentAssets, to: &Path) -> Result<()> {
         .into_iter()
         .chain([MANIFEST_FILE, manifest.kernel_config.as_str()]);
     for file in files {
-        let (from, dest) = (current.dir.join(file), to.join(file));
-        if fs::hard_link(&from, &dest).is_err() {
-            fs::copy(&from, &dest).with_context(|| format!("copying {}", from.display()))?;
-        }
+        cache::link_or_copy(&current.dir.join(file), &to.join(file))?;
     }
     Ok(())
 }

@@ -113,5 +113,5 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     proc::run(cargo(&current).args(["test", "--workspace", "--locked"]))?;
-    dist::check(&dist::build()?)
+    dist::check(&dist::build(&current)?)
 }
