@@ -14,6 +14,7 @@
 mod archive;
 mod exec;
 mod files;
+mod identity;
 mod init;
 mod net;
 mod pipe;

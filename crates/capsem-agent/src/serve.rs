@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use capsem_proto::limits::PROTOCOL_VERSION;
 use capsem_proto::mux::{self, Mode};
-use capsem_proto::{GuestCodec, GuestHello, GuestToHost, HostHello, HostToGuest, frame, msg};
+use capsem_proto::{
+    GuestCodec, GuestHello, GuestReady, GuestToHost, HostHello, HostToGuest, frame, msg,
+};
 use futures::{SinkExt, StreamExt};
 use nix::time::{ClockId, clock_settime};
 use tokio::sync::Notify;
@@ -16,6 +18,7 @@ use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use crate::archive;
 use crate::exec::{self, Channel, Running};
 use crate::files;
+use crate::identity;
 use crate::net;
 use crate::port::{self, Port};
 use crate::reap::Reaper;
@@ -24,7 +27,8 @@ use crate::workspace;
 /// How long to wait for the channel port to be registered by the driver.
 const PORT_WAIT: Duration = Duration::from_secs(5);
 
-/// Serves until the host asks for shutdown or goes away.
+/// Serves until the host asks for shutdown or goes away. A VM restored
+/// from a boot template resumes in the read of the host's hello.
 pub async fn serve(init_started: Duration) -> Result<()> {
     let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
     let mut port = open_port().await?;
@@ -41,8 +45,15 @@ pub async fn serve(init_started: Duration) -> Result<()> {
         .await
         .context("reading the host's hello")?;
     msg::check_version(host.protocol)?;
+    identity::make_own(&host.entropy)?;
     set_clock(host.unix_time_ns);
     net::trust::install(&host.ca_pem)?;
+    let ready = GuestReady {
+        ready_ns: crate::boottime().as_nanos() as u64,
+    };
+    frame::write_frame(&mut port, &ready)
+        .await
+        .context("confirming the handshake")?;
     tracing::info!(
         "capsem-agent {}: serving the host",
         env!("CARGO_PKG_VERSION")

@@ -15,6 +15,8 @@ pub const CAPSEM_QEMU: &str = "CAPSEM_QEMU";
 pub const CAPSEM_LOG: &str = "CAPSEM_LOG";
 /// The user's home, for the default of [`CAPSEM_HOME`].
 pub const HOME: &str = "HOME";
+/// The user's cache directory, where boot templates are kept.
+pub const XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 
 /// The value of `name` as a path, if set and not empty.
 pub fn path_var(name: &str) -> Option<PathBuf> {

@@ -22,3 +22,13 @@ pub fn user_settings() -> PathBuf {
 pub fn corp_settings() -> PathBuf {
     path_var(env::CAPSEM_CORP_CONFIG).unwrap_or_else(|| PathBuf::from("/etc/capsem/corp.toml"))
 }
+
+/// Boot templates, shared by every capsem home of the user (they hold
+/// only what the assets boot to): `$XDG_CACHE_HOME/capsem/templates`,
+/// else `~/.cache/capsem/templates`.
+pub fn templates() -> PathBuf {
+    path_var(env::XDG_CACHE_HOME)
+        .or_else(|| path_var(env::HOME).map(|home| home.join(".cache")))
+        .unwrap_or_else(|| capsem_home().join("cache"))
+        .join("capsem/templates")
+}

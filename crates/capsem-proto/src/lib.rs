@@ -4,8 +4,10 @@
 //!
 //! 1. **Handshake.** The guest sends a [`GuestHello`] frame as soon as its
 //!    agent is ready; the host checks the version and answers with a
-//!    [`HostHello`] carrying the wall clock. Both are read with
-//!    [`frame::read_frame`], which never reads past its frame.
+//!    [`HostHello`] carrying the wall clock and fresh entropy; the guest
+//!    confirms with [`GuestReady`]. A VM restored from a boot template
+//!    starts at the [`HostHello`]. All are read with [`frame::read_frame`],
+//!    which never reads past its frame.
 //! 2. **Multiplexing.** The port then becomes a [`mux`] (yamux) connection.
 //!    The host opens one stream per command.
 //! 3. **Messages.** Each stream carries length-prefixed frames
@@ -44,8 +46,8 @@ pub mod workspace;
 pub use frame::{FrameCodec, FrameError};
 pub use msg::{
     ArchiveTarget, Command, ConnectRequest, EnvError, ExecRequest, ExitStatus, FILE_ROOTS,
-    GuestFile, GuestHello, GuestToHost, HostHello, HostToGuest, ProcessInfo, ProtocolError,
-    TtySize, validate_copy_path, validate_env_name, validate_files, validate_name,
+    GuestFile, GuestHello, GuestReady, GuestToHost, HostHello, HostToGuest, ProcessInfo,
+    ProtocolError, TtySize, validate_copy_path, validate_env_name, validate_files, validate_name,
     validate_top_name,
 };
 

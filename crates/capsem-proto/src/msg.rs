@@ -1,7 +1,10 @@
 //! Typed messages. The two directions are separate types so that the host
 //! only ever decodes [`GuestToHost`] and the guest only [`HostToGuest`].
 //!
-//! A channel starts with a handshake ([`GuestHello`] then [`HostHello`]).
+//! A channel starts with a handshake ([`GuestHello`], [`HostHello`], then
+//! [`GuestReady`]). A VM restored from a boot template was snapshotted
+//! waiting for the [`HostHello`]: its hello went to the template's builder,
+//! so on a restored VM the host sends its hello first.
 //! After it the host opens streams of two kinds, told apart by their first
 //! message:
 //!
@@ -45,17 +48,30 @@ pub struct HostHello {
     /// The PEM certificate of the CA the host's proxy signs intercepted
     /// connections with; the guest adds it to its trust store.
     pub ca_pem: String,
+    /// Fresh random bytes from the host. The guest mixes them into its
+    /// kernel's pool and reseeds its CRNG before anything else runs: VMs
+    /// restored from one template would otherwise share its RNG state.
+    pub entropy: [u8; 32],
 }
 
 impl HostHello {
     /// A hello for this build of the protocol.
-    pub fn new(unix_time_ns: u64, ca_pem: String) -> Self {
+    pub fn new(unix_time_ns: u64, ca_pem: String, entropy: [u8; 32]) -> Self {
         HostHello {
             protocol: PROTOCOL_VERSION,
             unix_time_ns,
             ca_pem,
+            entropy,
         }
     }
+}
+
+/// The guest's answer to [`HostHello`]: reseeded, clock set, CA trusted,
+/// and about to serve streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestReady {
+    /// Guest `CLOCK_BOOTTIME` when this was sent, in nanoseconds.
+    pub ready_ns: u64,
 }
 
 /// What the guest should run.

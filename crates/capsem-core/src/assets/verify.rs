@@ -125,10 +125,7 @@ pub fn verify(
     dir: &Path,
     cache_path: Option<&Path>,
 ) -> Result<VerifiedAssets, AssetError> {
-    let mut cache: HashCache = cache_path
-        .and_then(|path| fs::read(path).ok())
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
+    let mut cache = HashCache::load(cache_path);
     let mut changed = false;
     let mut files = Vec::with_capacity(3);
     for (role, entry) in manifest.entries() {
@@ -137,16 +134,8 @@ pub fn verify(
         changed |= updated;
         files.push(VerifiedFile { path, file });
     }
-    if let Some(cache_path) = cache_path.filter(|_| changed) {
-        let saved = serde_json::to_vec(&cache)
-            .map_err(std::io::Error::other)
-            .and_then(|json| write_atomic(cache_path, &json));
-        if let Err(e) = saved {
-            tracing::debug!(
-                "could not save the asset hash cache {}: {e}",
-                cache_path.display()
-            );
-        }
+    if changed {
+        cache.save(cache_path);
     }
     let [kernel, initramfs, rootfs]: [VerifiedFile; 3] = files.try_into().expect("three assets");
     Ok(VerifiedAssets {
@@ -154,6 +143,65 @@ pub fn verify(
         initramfs,
         rootfs,
     })
+}
+
+/// Verifies one file of `role` at `path` against `entry` (whose `file` is
+/// ignored), trusting it as [`verify`] does while its identity is unchanged.
+pub fn verify_file(
+    role: &'static str,
+    entry: &AssetEntry,
+    path: &Path,
+    cache_path: &Path,
+) -> Result<VerifiedFile, AssetError> {
+    let mut cache = HashCache::load(Some(cache_path));
+    let (file, changed) = verify_one(role, entry, path, &mut cache)?;
+    if changed {
+        cache.save(Some(cache_path));
+    }
+    Ok(VerifiedFile {
+        path: path.to_owned(),
+        file,
+    })
+}
+
+impl HashCache {
+    /// The cache at `path`; empty if there is none or it cannot be read.
+    fn load(path: Option<&Path>) -> Self {
+        path.and_then(|path| fs::read(path).ok())
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Saves the cache; a failure only costs a hash next time.
+    fn save(&self, path: Option<&Path>) {
+        let Some(path) = path else { return };
+        let saved = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|json| write_atomic(path, &json));
+        if let Err(e) = saved {
+            tracing::debug!(
+                "could not save the asset hash cache {}: {e}",
+                path.display()
+            );
+        }
+    }
+}
+
+impl VerifiedAssets {
+    /// The same open files again, for a second VM.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        let clone = |f: &VerifiedFile| -> std::io::Result<VerifiedFile> {
+            Ok(VerifiedFile {
+                path: f.path.clone(),
+                file: f.file.try_clone()?,
+            })
+        };
+        Ok(VerifiedAssets {
+            kernel: clone(&self.kernel)?,
+            initramfs: clone(&self.initramfs)?,
+            rootfs: clone(&self.rootfs)?,
+        })
+    }
 }
 
 /// Opens and checks one file; returns it and whether the cache changed.

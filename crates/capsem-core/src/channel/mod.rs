@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use capsem_proto::mux::{self, ConnectionError, Mode, Opener};
 use capsem_proto::workspace::WorkspaceMount;
 use capsem_proto::{
-    FrameError, GuestFile, GuestHello, GuestToHost, HostCodec, HostHello, HostToGuest,
+    FrameError, GuestFile, GuestHello, GuestReady, GuestToHost, HostCodec, HostHello, HostToGuest,
     ProtocolError, frame, validate_files,
 };
 use futures::channel::mpsc;
@@ -67,33 +67,55 @@ impl ChannelError {
 /// An open channel. Any number of commands and copies may use it at once
 /// (each on a stream of its own); signals share the control stream.
 pub struct Channel {
-    hello: GuestHello,
+    hello: Option<GuestHello>,
+    ready: GuestReady,
     opener: Opener,
     driver: JoinHandle<Result<(), ConnectionError>>,
     control: tokio::sync::Mutex<FramedWrite<Compat<mux::Stream>, HostCodec>>,
     next_exec: AtomicU32,
 }
 
+/// Where a VM's agent is when the channel opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Booted cold: it sends its hello first.
+    Boot,
+    /// Restored from a boot template: it waits for the host's hello.
+    Restored,
+}
+
+/// Reads and checks the hello an agent sends once it is up.
+pub async fn read_hello(socket: &mut UnixStream) -> Result<GuestHello, ChannelError> {
+    let hello: GuestHello = frame::read_frame(socket).await?;
+    hello.validate()?;
+    Ok(hello)
+}
+
 /// The streams the guest opens (its network connections and queries).
 pub type Inbound = mpsc::Receiver<mux::Stream>;
 
 impl Channel {
-    /// Reads the guest's hello from `socket`, answers it (with the CA the
-    /// guest is to trust), and starts the multiplexer. Returns the channel
-    /// and the streams the guest will open; whoever takes those serves
-    /// them, and dropped, they are refused. The caller bounds the time this
-    /// may take.
+    /// Reads the guest's hello from `socket` (unless the VM was restored
+    /// from a template, whose hello its builder read), answers it (with the
+    /// CA the guest is to trust and fresh entropy), waits for the guest to
+    /// confirm, and starts the multiplexer. Returns the channel and the
+    /// streams the guest will open; whoever takes those serves them, and
+    /// dropped, they are refused. The caller bounds the time this may take.
     pub async fn handshake(
         mut socket: UnixStream,
         ca_pem: String,
+        start: Start,
     ) -> Result<(Channel, Inbound), ChannelError> {
-        let hello: GuestHello = frame::read_frame(&mut socket).await?;
-        hello.validate()?;
+        let hello = match start {
+            Start::Boot => Some(read_hello(&mut socket).await?),
+            Start::Restored => None,
+        };
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        let host_hello = HostHello::new(now.as_nanos() as u64, ca_pem);
+        let host_hello = HostHello::new(now.as_nanos() as u64, ca_pem, rand::random());
         frame::write_frame(&mut socket, &host_hello).await?;
+        let ready: GuestReady = frame::read_frame(&mut socket).await?;
         let (mut opener, inbound, driver) = mux::start(socket.compat(), Mode::Client);
         let driver = tokio::spawn(driver);
         // The control stream is opened before any guest program can open
@@ -108,6 +130,7 @@ impl Channel {
         };
         let channel = Channel {
             hello,
+            ready,
             opener,
             driver,
             control: tokio::sync::Mutex::new(control),
@@ -116,9 +139,14 @@ impl Channel {
         Ok((channel, inbound))
     }
 
-    /// The guest's hello.
-    pub fn hello(&self) -> &GuestHello {
-        &self.hello
+    /// The guest's hello; `None` on a VM restored from a template.
+    pub fn hello(&self) -> Option<&GuestHello> {
+        self.hello.as_ref()
+    }
+
+    /// The guest's confirmation of the handshake.
+    pub fn ready(&self) -> &GuestReady {
+        &self.ready
     }
 
     /// Opens a new framed stream.

@@ -32,7 +32,10 @@ use crate::settings::{SessionSettings, VmSettings};
 use crate::vm::{Accel, Backend, KvmUnavailable, VmConfig, VmError, VmExit};
 
 mod record;
+mod template;
 mod vm;
+
+pub use template::{KEEP as TEMPLATES_KEPT, Key as TemplateKey};
 
 use record::{FinalState, RecordSpec, Recorder};
 use vm::RunningVm;
@@ -215,7 +218,15 @@ pub struct Phases {
         skip_serializing_if = "Option::is_none"
     )]
     pub init_started: Option<Duration>,
-    /// Agent hello received.
+    /// Boot template found and verified (or built): the VM resumes it
+    /// instead of booting. Absent on a cold boot.
+    #[serde(
+        rename = "template_ready_ms",
+        serialize_with = "ms::from_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub template_ready: Option<Duration>,
+    /// Agent ready: the handshake is done.
     #[serde(
         rename = "agent_ready_ms",
         serialize_with = "ms::from_opt_duration",
@@ -281,6 +292,8 @@ pub struct Sandbox {
     pub started: Instant,
     /// The settings in effect at each network decision.
     pub settings: SettingsLoader,
+    /// Where boot templates are kept ([`crate::paths::templates`]).
+    pub templates: PathBuf,
 }
 
 impl Sandbox {
@@ -416,11 +429,26 @@ impl Sandbox {
             let what = what.to_owned();
             move |source| RunError::Io { what, source }
         };
-        let session = &opened.session;
         let (channel_host, channel_vm) =
             StdUnixStream::pair().map_err(io_err("creating the channel socket pair"))?;
         let (console_host, console_vm) =
             StdUnixStream::pair().map_err(io_err("creating the console socket pair"))?;
+        // Named sandboxes (with their own disk) boot cold: their disk is
+        // mounted during boot.
+        let template = match spec.home_disk {
+            None if self.vm.snapshot_start => {
+                self.template(opened.accel, &spec.assets, &notice).await?
+            }
+            _ => None,
+        };
+        if template.is_some() {
+            opened.phases.template_ready = Some(self.mark("boot template ready"));
+        }
+        let start = match template {
+            Some(_) => channel::Start::Restored,
+            None => channel::Start::Boot,
+        };
+        let session = &opened.session;
         let boot_log = crate::fsutil::create_private(&session.boot_log())
             .map_err(io_err("creating the boot log"))?;
         let config = VmConfig {
@@ -433,6 +461,8 @@ impl Sandbox {
             home_disk: spec.home_disk,
             channel: channel_vm.into(),
             console: console_vm.into(),
+            control: None,
+            incoming: template.map(|state| state.file),
             monitor_log: crate::fsutil::create_private(&session.monitor_log())
                 .map_err(io_err("creating the QEMU log"))?,
         };
@@ -450,7 +480,7 @@ impl Sandbox {
         let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
         let ca_pem = opened.ca.cert_pem().to_owned();
         let (channel, inbound) = tokio::select! {
-            booted = self.handshake(session, socket, &vm, ca_pem) => booted?,
+            booted = self.handshake(session, socket, &vm, ca_pem, start) => booted?,
             signal = cancel => {
                 kill(&vm).await;
                 return Ok(Booted::Interrupted(signal));
@@ -476,7 +506,7 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
-        self.mark_hello(&mut opened.phases, channel.hello());
+        self.mark_ready(&mut opened.phases, &channel);
         let mut live = Live {
             session: session.clone(),
             vm,
@@ -493,17 +523,21 @@ impl Sandbox {
         Ok(Booted::Ready(Box::new(live)))
     }
 
-    /// Records when the kernel, `/init` and the agent were reached.
-    fn mark_hello(&self, phases: &mut Phases, hello: &capsem_proto::GuestHello) {
+    /// Records when the agent was ready and, on a cold boot, when the
+    /// kernel and `/init` were reached.
+    fn mark_ready(&self, phases: &mut Phases, channel: &Channel) {
         let ready = self.mark("guest agent ready");
-        let kernel = ready.saturating_sub(Duration::from_nanos(hello.ready_ns));
+        phases.agent_ready = Some(ready);
+        let Some(hello) = channel.hello() else {
+            return;
+        };
+        let kernel = ready.saturating_sub(Duration::from_nanos(channel.ready().ready_ns));
         phases.kernel_started = Some(kernel);
         phases.init_started = Some(kernel + Duration::from_nanos(hello.init_started_ns));
-        phases.agent_ready = Some(ready);
         tracing::info!(
             "guest kernel reached /init after {:.3} s, agent ready after {:.3} s (guest clock)",
             Duration::from_nanos(hello.init_started_ns).as_secs_f64(),
-            Duration::from_nanos(hello.ready_ns).as_secs_f64()
+            Duration::from_nanos(channel.ready().ready_ns).as_secs_f64()
         );
     }
 
@@ -514,11 +548,12 @@ impl Sandbox {
         socket: UnixStream,
         vm: &RunningVm,
         ca_pem: String,
+        start: channel::Start,
     ) -> Result<(Channel, channel::Inbound), RunError> {
         let secs = self.vm.boot_timeout_secs;
         let limit = Duration::from_secs(secs.into());
         let booted = tokio::select! {
-            hello = tokio::time::timeout(limit, Channel::handshake(socket, ca_pem)) => match hello {
+            hello = tokio::time::timeout(limit, Channel::handshake(socket, ca_pem, start)) => match hello {
                 Ok(Ok(opened)) => return Ok(opened),
                 Ok(Err(source)) => Handshake::Failed(source),
                 Err(_) => Handshake::TimedOut,

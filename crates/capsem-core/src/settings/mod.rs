@@ -165,6 +165,8 @@ pub struct VmSettings {
     pub boot_timeout_secs: u32,
     /// `vm.timeout_secs`; 0 for none.
     pub timeout_secs: u32,
+    /// `vm.snapshot_start`.
+    pub snapshot_start: bool,
     /// `guest.root`.
     pub root: crate::vm::GuestRoot,
 }
@@ -358,6 +360,7 @@ impl Settings {
             memory_mib: self.u32("vm.memory_mib"),
             boot_timeout_secs: self.u32("vm.boot_timeout_secs"),
             timeout_secs: self.u32("vm.timeout_secs"),
+            snapshot_start: self.flag("vm.snapshot_start"),
             root: match self.text("guest.root") {
                 "read-only" => crate::vm::GuestRoot::ReadOnly,
                 _ => crate::vm::GuestRoot::Overlay,

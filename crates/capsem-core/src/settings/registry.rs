@@ -96,6 +96,12 @@ pub const REGISTRY: &[Def] = &[
         description: "how long the guest agent may take to answer after the VM starts",
     },
     Def {
+        key: "vm.snapshot_start",
+        kind: Kind::Bool,
+        default: Default::Bool(true),
+        description: "start one-shot runs from a boot template (a snapshot of a booted VM) instead of booting",
+    },
+    Def {
         key: "vm.timeout_secs",
         kind: Kind::Int {
             min: 0,

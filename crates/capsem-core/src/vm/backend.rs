@@ -35,6 +35,12 @@ pub struct VmConfig {
     pub channel: OwnedFd,
     /// The VM's end of the console socket pair; the host reads the other.
     pub console: OwnedFd,
+    /// The VM's end of a socket pair for the monitor's control protocol
+    /// (QMP), when the host is to snapshot the VM.
+    pub control: Option<OwnedFd>,
+    /// A snapshot to resume instead of booting: the VM starts where the
+    /// snapshot was taken.
+    pub incoming: Option<File>,
     /// Where the monitor's own stdout and stderr go.
     pub monitor_log: File,
 }
@@ -113,6 +119,10 @@ pub enum VmError {
 pub trait Backend: Send + Sync {
     /// Starts a VM; returns once the monitor process runs.
     fn launch(&self, config: VmConfig) -> Result<VmHandle, VmError>;
+
+    /// What identifies this monitor's build, for keying its snapshots: a
+    /// snapshot is only resumed by the build that took it.
+    fn identity(&self) -> std::io::Result<String>;
 }
 
 /// A running VM. Dropping the handle kills the VM.

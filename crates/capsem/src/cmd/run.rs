@@ -272,6 +272,7 @@ pub fn sandbox_for(
             let live = Live::new(NetSettings::new);
             Arc::new(move || live.load())
         },
+        templates: paths::templates(),
     })
 }
 

@@ -42,6 +42,10 @@ pub enum Fd {
     HomeDisk = 8,
     /// The same, open read-only.
     HomeDiskReadOnly = 9,
+    /// The VM's end of the QMP socket pair.
+    Control = 10,
+    /// The snapshot to resume.
+    Incoming = 11,
 }
 
 /// What a VM's command line is made of, apart from its descriptors.
@@ -57,6 +61,10 @@ pub struct Shape {
     pub memory_mib: u32,
     /// Whether [`Fd::HomeDisk`] is a disk for `/root`.
     pub home_disk: bool,
+    /// Whether [`Fd::Control`] is a QMP socket.
+    pub control: bool,
+    /// Whether [`Fd::Incoming`] is a snapshot to resume.
+    pub incoming: bool,
 }
 
 /// The disks' serial numbers, by which the agent finds them.
@@ -160,6 +168,17 @@ pub fn vm_args(shape: &Shape, name: &str) -> Vec<OsString> {
             &format!("virtio-blk-device,drive=home,serial={HOME_SERIAL}"),
         ]));
     }
+    if shape.control {
+        args.extend(to_args(&[
+            "-chardev",
+            &format!("socket,id=control,fd={},server=off", fd(Fd::Control)),
+            "-mon",
+            "chardev=control,mode=control",
+        ]));
+    }
+    if shape.incoming {
+        args.extend(to_args(&["-incoming", &format!("fd:{}", fd(Fd::Incoming))]));
+    }
     args
 }
 
@@ -212,6 +231,8 @@ mod tests {
             cpus: 2,
             memory_mib: 1024,
             home_disk,
+            control: false,
+            incoming: false,
         }
     }
 
@@ -265,6 +286,24 @@ mod tests {
         assert!(line.contains(&format!("serial={HOME_SERIAL}")));
         assert!(line.contains(" capsem_home=disk"));
         assert!(!joined(Accel::Tcg).contains("capsem_home"));
+    }
+
+    #[test]
+    fn a_snapshot_is_taken_over_qmp_and_resumed_from_a_descriptor() {
+        let both = Shape {
+            control: true,
+            incoming: true,
+            ..shape(Accel::Tcg, false)
+        };
+        let line = vm_args(&both, "capsem-test")
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(line.contains("-chardev socket,id=control,fd=10,server=off"));
+        assert!(line.contains("-mon chardev=control,mode=control"));
+        assert!(line.ends_with("-incoming fd:11"));
+        assert!(!joined(Accel::Tcg).contains("-incoming") && !joined(Accel::Tcg).contains("-mon"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod args;
 mod process;
+pub mod qmp;
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,20 @@ impl Backend for QemuBackend {
             binary: self.binary.display().to_string(),
             source,
         })
+    }
+
+    /// The binary's path, size and modification time: an upgrade of QEMU
+    /// replaces the file.
+    fn identity(&self) -> std::io::Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(&self.binary)?;
+        Ok(format!(
+            "{}:{}:{}.{}",
+            self.binary.display(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ))
     }
 }
 

@@ -20,7 +20,7 @@ use crate::vm::backend::{VmConfig, VmExit, VmHandle};
 /// included) shares it.
 const SANDBOX_UIDS: std::ops::Range<u32> = 1_000_000_000..2_000_000_000;
 /// Most descriptors QEMU inherits.
-const MAX_FDS: usize = 8;
+const MAX_FDS: usize = 10;
 
 /// Starts QEMU for `config`.
 pub fn launch(binary: &Path, config: VmConfig) -> std::io::Result<VmHandle> {
@@ -31,6 +31,8 @@ pub fn launch(binary: &Path, config: VmConfig) -> std::io::Result<VmHandle> {
         cpus: config.cpus,
         memory_mib: config.memory_mib,
         home_disk: config.home_disk.is_some(),
+        control: config.control.is_some(),
+        incoming: config.incoming.is_some(),
     };
     cmd.args(vm_args(&shape, &config.name))
         .env_clear()
@@ -56,6 +58,12 @@ pub fn launch(binary: &Path, config: VmConfig) -> std::io::Result<VmHandle> {
     if let Some(disk) = &config.home_disk {
         map.push((disk.read_write.as_raw_fd(), Fd::HomeDisk as RawFd));
         map.push((disk.read_only.as_raw_fd(), Fd::HomeDiskReadOnly as RawFd));
+    }
+    if let Some(control) = &config.control {
+        map.push((control.as_raw_fd(), Fd::Control as RawFd));
+    }
+    if let Some(incoming) = &config.incoming {
+        map.push((incoming.as_raw_fd(), Fd::Incoming as RawFd));
     }
     let parent = std::process::id();
     // SAFETY: runs in the child between fork and exec, where only
