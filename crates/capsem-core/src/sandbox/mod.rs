@@ -127,6 +127,10 @@ impl RunError {
             RunError::Assets(AssetError::Missing { .. }) => {
                 Some("build the assets with `cargo xtask build-assets`")
             }
+            RunError::Assets(AssetError::Mismatch {
+                role: template::ROLE,
+                ..
+            }) => Some("remove that boot template's directory; the next run builds it again"),
             RunError::Assets(AssetError::Mismatch { .. }) => Some(
                 "rebuild the assets with `cargo xtask build-assets` (and capsem with them), or point CAPSEM_ASSETS_DIR at the assets of this build",
             ),

@@ -31,6 +31,8 @@ use crate::session::log_tail;
 use crate::vm::qemu::qmp::{Qmp, QmpError};
 use crate::vm::{Accel, VmConfig, VmError};
 
+/// The template's name in asset errors.
+pub const ROLE: &str = "boot template";
 /// Version of the template layout; a template of another is rebuilt.
 const FORMAT: u32 = 1;
 /// The template's record.
@@ -189,7 +191,7 @@ impl Sandbox {
         };
         let cache = self.home.join("asset-hashes.json");
         let state = dir.join(STATE_FILE);
-        let verified = crate::assets::verify_file("boot template", &meta.state, &state, &cache)?;
+        let verified = crate::assets::verify_file(ROLE, &meta.state, &state, &cache)?;
         // Its age is its last use, for pruning.
         let _ = fs::File::open(dir).and_then(|d| d.set_modified(std::time::SystemTime::now()));
         Ok(Some(verified))

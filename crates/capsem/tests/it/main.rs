@@ -18,6 +18,7 @@ mod security;
 mod sessions;
 mod settings;
 mod shell;
+mod snapshot;
 mod support;
 mod upstream;
 mod workspace;

@@ -106,6 +106,17 @@ fn allowed_requests_reach_their_servers_and_are_logged() {
 }
 
 #[test]
+fn a_cold_booted_vm_reaches_allowed_servers_too() {
+    let (capsem, https, _http) = world_with(&format!("\n{}", crate::snapshot::COLD));
+    let out = capsem.run(&["-q", "curl -sS --max-time 30 https://allowed.test/cold"]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("get /cold"), "{}", stdout(&out));
+    assert_eq!(https.requests().len(), 1);
+    let log = net_log(&capsem);
+    assert_eq!(find(&log, |r| r["domain"] == "allowed.test")["status"], 200);
+}
+
+#[test]
 fn refused_traffic_fails_in_the_guest_and_is_logged() {
     let (capsem, https, _http) = world();
     let script = "\

@@ -73,6 +73,8 @@ pub const ROOT_SERIAL: &str = "capsem-root";
 pub const HOME_SERIAL: &str = "capsem-home";
 
 /// The machine: accelerator, CPUs, RAM, and the lockdown flags; no devices.
+/// `mem-merge=off`: guest RAM is never offered to KSM, whose merging of
+/// identical pages across VMs is a side channel between them.
 pub fn machine_args(accel: Accel, cpus: u32, memory_mib: u32) -> Vec<OsString> {
     let (accel, cpu) = match accel {
         // No virtual PMU: with `-cpu host` on KVM it would hand the guest
@@ -83,7 +85,7 @@ pub fn machine_args(accel: Accel, cpus: u32, memory_mib: u32) -> Vec<OsString> {
     };
     to_args(&[
         "-M",
-        "microvm,acpi=off,x-option-roms=off,isa-serial=on",
+        "microvm,acpi=off,x-option-roms=off,isa-serial=on,mem-merge=off",
         "-accel",
         &accel,
         "-cpu",
@@ -182,6 +184,31 @@ pub fn vm_args(shape: &Shape, name: &str) -> Vec<OsString> {
     args
 }
 
+/// BLAKE3 of the command line of a fixed shape, without the kernel
+/// command line: it changes whenever capsem changes the machine or its
+/// devices, which a snapshot must match.
+pub fn device_line_hash() -> String {
+    let shape = Shape {
+        accel: Accel::Tcg,
+        root: GuestRoot::Overlay,
+        cpus: 1,
+        memory_mib: 128,
+        home_disk: false,
+        control: false,
+        incoming: false,
+    };
+    let args = vm_args(&shape, "template");
+    let mut hasher = blake3::Hasher::new();
+    let mut words = args.iter();
+    while let Some(word) = words.next() {
+        hasher.update(word.as_encoded_bytes()).update(b"\0");
+        if word == "-append" {
+            words.next();
+        }
+    }
+    hasher.finalize().to_hex()[..16].to_owned()
+}
+
 fn to_args(parts: &[&str]) -> Vec<OsString> {
     parts.iter().map(OsString::from).collect()
 }
@@ -251,6 +278,7 @@ mod tests {
         assert!(!line.contains("-netdev") && !line.contains("-nic") && !line.contains("-net "));
         assert!(line.contains("file=/dev/fdset/1,format=raw,readonly=on"));
         assert!(line.contains("-no-reboot"));
+        assert!(line.contains(",mem-merge=off "));
         assert!(line.contains(
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         ));

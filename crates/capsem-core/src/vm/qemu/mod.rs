@@ -62,17 +62,19 @@ impl Backend for QemuBackend {
         })
     }
 
-    /// The binary's path, size and modification time: an upgrade of QEMU
-    /// replaces the file.
+    /// The binary's path, size and modification time (an upgrade of QEMU
+    /// replaces the file), and a hash of the device line capsem gives it
+    /// (the kernel command line aside: `lpj` follows the host's clock).
     fn identity(&self) -> std::io::Result<String> {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(&self.binary)?;
         Ok(format!(
-            "{}:{}:{}.{}",
+            "{}:{}:{}.{}:{}",
             self.binary.display(),
             meta.size(),
             meta.mtime(),
-            meta.mtime_nsec()
+            meta.mtime_nsec(),
+            args::device_line_hash()
         ))
     }
 }

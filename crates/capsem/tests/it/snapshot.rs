@@ -1,0 +1,163 @@
+//! Boot templates: runs resume a snapshot of a booted VM, every restored
+//! VM is its own, a tampered template is refused, and `vm.snapshot_start
+//! = false` still boots cold (exec, terminal and doctor's sandbox checks
+//! run both ways; the network's cold run is in `network`).
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::support::{Capsem, assert_code, stderr, stdout};
+
+/// What the VM must not share with its siblings, one per line: 64 bytes
+/// of `/dev/urandom`, the kernel's boot id, the machine-id, the wall clock.
+const IDENTITY: &str = "head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; \
+    cat /proc/sys/kernel/random/boot_id /etc/machine-id; date +%s";
+
+pub const COLD: &str = "[vm]\nsnapshot_start = false\n";
+
+fn phases(capsem: &Capsem) -> Value {
+    let rows = capsem.json_lines(&["sessions", "--json", "-n", "1"]);
+    rows[0]["data"]["phases"].clone()
+}
+
+fn identity(capsem: &Capsem) -> Vec<String> {
+    let out = capsem.run(&["-q", IDENTITY]);
+    assert_code(&out, 0);
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    lines
+}
+
+#[test]
+fn restored_vms_differ_in_rng_boot_id_and_machine_id_and_keep_the_hosts_time() {
+    let capsem = Capsem::new();
+    let runs: Vec<Vec<String>> = (0..2).map(|_| identity(&capsem)).collect();
+    assert!(phases(&capsem)["template_ready_ms"].is_number());
+    assert!(phases(&capsem)["kernel_started_ms"].is_null());
+    let cold = Capsem::new();
+    cold.user_settings(COLD);
+    let cold_run = identity(&cold);
+    assert!(phases(&cold)["template_ready_ms"].is_null());
+    for field in 0..3 {
+        let seen: HashSet<&str> = [&runs[0], &runs[1], &cold_run]
+            .iter()
+            .map(|r| r[field].as_str())
+            .collect();
+        assert_eq!(
+            seen.len(),
+            3,
+            "field {field} repeats: {runs:?} {cold_run:?}"
+        );
+    }
+    assert_eq!(runs[0][0].len(), 128);
+    assert_eq!(runs[0][2].len(), 32);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for run in &runs {
+        let guest: i64 = run[3].parse().unwrap();
+        assert!((now - guest).abs() < 120, "guest clock {guest}, host {now}");
+    }
+}
+
+/// A capsem whose templates are its own, so that it may break them.
+fn private_templates() -> (Capsem, PathBuf) {
+    let capsem = Capsem::new();
+    let cache = capsem.home().join("cache");
+    (capsem, cache.join("capsem/templates"))
+}
+
+fn run_with_cache(capsem: &Capsem, args: &[&str]) -> std::process::Output {
+    let mut cmd = capsem.cmd(args);
+    cmd.env("XDG_CACHE_HOME", capsem.home().join("cache"));
+    cmd.output().unwrap()
+}
+
+#[test]
+fn the_template_is_built_once_and_a_tampered_one_is_refused() {
+    let (capsem, templates) = private_templates();
+    let first = run_with_cache(&capsem, &["echo", "one"]);
+    assert_code(&first, 0);
+    assert_eq!(stdout(&first), "one\n");
+    assert!(
+        stderr(&first).contains("building the boot template"),
+        "{}",
+        stderr(&first)
+    );
+    let second = run_with_cache(&capsem, &["echo", "two"]);
+    assert_code(&second, 0);
+    assert!(!stderr(&second).contains("building"), "{}", stderr(&second));
+
+    let dirs: Vec<PathBuf> = fs::read_dir(&templates)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let state = dirs[0].join("state");
+    // One flipped byte of guest memory, size and mtime kept.
+    let mtime = fs::metadata(&state).unwrap().modified().unwrap();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .read(true)
+        .open(&state)
+        .unwrap();
+    let mut byte = [0u8];
+    let at = file.metadata().unwrap().len() / 2;
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], at).unwrap();
+    file.set_modified(mtime).unwrap();
+    drop(file);
+    let refused = run_with_cache(&capsem, &["echo", "three"]);
+    assert_code(&refused, 125);
+    let text = stderr(&refused);
+    assert!(text.contains("next run builds it again"), "{text}");
+    assert!(
+        text.contains("the boot template asset") && text.contains("does not match"),
+        "{text}"
+    );
+    assert!(text.contains("refusing to boot it"), "{text}");
+    assert_eq!(stdout(&refused), "");
+
+    // Removed, it is built again.
+    fs::remove_dir_all(&dirs[0]).unwrap();
+    let rebuilt = run_with_cache(&capsem, &["echo", "four"]);
+    assert_code(&rebuilt, 0);
+    assert!(stderr(&rebuilt).contains("building the boot template"));
+}
+
+#[test]
+fn cold_boots_run_commands_terminals_and_doctors_sandbox_checks() {
+    let capsem = Capsem::new();
+    capsem.user_settings(COLD);
+    let out = capsem.run(&["-q", "echo out; echo err >&2; exit 3"]);
+    assert_code(&out, 3);
+    assert_eq!(
+        (stdout(&out), stderr(&out)),
+        ("out\n".into(), "err\n".into())
+    );
+    assert!(phases(&capsem)["kernel_started_ms"].is_number());
+    assert!(phases(&capsem)["template_ready_ms"].is_null());
+
+    let out = capsem.run(&[
+        "-q",
+        "run",
+        "-t",
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && echo on-a-tty",
+    ]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("on-a-tty\r\n"), "{}", stdout(&out));
+
+    let out = capsem.run(&["-q", "doctor", "-k", "test_sandbox"]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains(" passed"), "{}", stdout(&out));
+    assert!(!stdout(&out).contains("failed"), "{}", stdout(&out));
+}
