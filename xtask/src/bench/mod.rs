@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: cold start and host memory of `capsem true`, next to
 //! the floor: bare QEMU booting the same kernel into a trivial `/init` that
-//! powers off at once. Runs are interleaved so drift hits both alike;
+//! powers off at once; and the same run started from the boot template. Runs are interleaved so drift hits both alike;
 //! medians are reported, with min and max for spread.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,16 +38,21 @@ pub struct BenchArgs {
     out: PathBuf,
     /// Only the network proxy's latency and throughput (written to the
     /// report's `network` key alone).
-    #[arg(long, conflicts_with_all = ["sandboxes_only", "workspace_only"])]
+    #[arg(long, conflicts_with_all = ["sandboxes_only", "workspace_only", "start_only"])]
     network_only: bool,
     /// Only the named sandboxes' exec latency, lifecycle and memory
     /// (written to the report's `sandboxes` key alone).
-    #[arg(long, conflicts_with = "workspace_only")]
+    #[arg(long, conflicts_with_all = ["workspace_only", "start_only"])]
     sandboxes_only: bool,
     /// Only the workspaces' mount, git status, read, diff and apply
     /// figures (written to the report's `workspace` key alone).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "start_only")]
     workspace_only: bool,
+    /// Only the start of `capsem true`: the floor, cold boots, starts from
+    /// the boot template, and idle memory (no AI CLIs, network, sandboxes,
+    /// workspaces or terminal).
+    #[arg(long)]
+    start_only: bool,
 }
 
 /// One timed process run.
@@ -92,35 +97,52 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let vm = VmSettings::default();
     let accel = vm::accel::choose(AccelSetting::Auto)?.accel;
 
+    eprintln!("xtask: building the boot template from scratch");
+    let build = template_build(&capsem, &scratch)?;
     eprintln!("xtask: warming up (first run hashes the assets)");
     run_capsem(&capsem, &home, "true")?;
-    // The same cold start with the image as the root, for the overlay's cost.
-    let read_only_home = scratch.join("read-only-home");
-    fs::create_dir_all(&read_only_home)?;
-    fs::write(
-        read_only_home.join("user.toml"),
-        "[guest]\nroot = \"read-only\"\n",
+    // Booted cold, and with the image as the root for the overlay's cost.
+    let home_with = |name: &str, toml: &str| -> Result<PathBuf> {
+        let dir = scratch.join(name);
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("user.toml"), toml)?;
+        Ok(dir)
+    };
+    let cold_home = home_with("cold-home", COLD)?;
+    let read_only_home = home_with(
+        "read-only-home",
+        &format!("{COLD}[guest]\nroot = \"read-only\"\n"),
     )?;
-    let (mut floor, mut cold, mut read_only) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor, mut cold, mut read_only, mut snapshot) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..args.runs {
         eprintln!("xtask: run {}/{}", i + 1, args.runs);
         floor.push(run_floor(&current, &floor_initrd, &vm, accel, &scratch)?);
-        cold.push(run_capsem(&capsem, &home, "true")?);
+        cold.push(run_capsem(&capsem, &cold_home, "true")?);
+        snapshot.push(run_capsem(&capsem, &home, "true")?);
         read_only.push(run_capsem(&capsem, &read_only_home, "true")?);
     }
     let idle = (0..3)
+        .map(|_| run_capsem(&capsem, &cold_home, "sleep 2"))
+        .collect::<Result<Vec<_>>>()?;
+    let idle_restored = (0..3)
         .map(|_| run_capsem(&capsem, &home, "sleep 2"))
         .collect::<Result<Vec<_>>>()?;
 
     let mut report = report(&floor, &cold, &idle, &vm, accel.name(), args.runs);
     report["guest_root"] = guest_root(&cold, &read_only);
+    report["snapshot_start"] = snapshot_start(&cold, &snapshot, &idle_restored, build);
     report["session_recording"] = recording(&report, &scratch)?;
+    if args.start_only {
+        print_start(&report);
+        return write_report(&report, &args.out, &scratch);
+    }
     eprintln!("xtask: AI CLI cold starts");
     report["ai_cli_cold_start_ms"] = agents::cold_starts(&capsem, &home)?;
     eprintln!("xtask: network proxy latency and throughput");
     report["network"] = network::measure(&capsem, &home)?;
     eprintln!("xtask: named sandboxes");
-    let one_shot = median_of(&report["cold_start"]["wall_ms"]);
+    let one_shot = median_of(&report["snapshot_start"]["wall_ms"]);
     report["sandboxes"] = sandboxes::measure(&capsem, &home, args.runs.min(3), one_shot)?;
     eprintln!("xtask: workspaces");
     report["workspace"] = workspace::measure(&capsem, &scratch, args.runs.min(3))?;
@@ -350,6 +372,66 @@ fn guest_root(overlay: &[Sample], read_only: &[Sample]) -> Value {
     json!({ "overlay_wall_ms": overlay, "read_only_wall_ms": read_only, "ratio": ratio })
 }
 
+/// `vm.snapshot_start = false`.
+const COLD: &str = "[vm]\nsnapshot_start = false\n";
+
+/// One `capsem true` that builds the boot template, in a cache of its own:
+/// its wall time and the template's size in MiB.
+fn template_build(capsem: &Path, scratch: &Path) -> Result<(f64, f64)> {
+    let cache = scratch.join("template-cache");
+    let started = Instant::now();
+    let status = capsem_cmd(capsem, &scratch.join("template-home"), &["-q", "true"])
+        .env("XDG_CACHE_HOME", &cache)
+        .status()?;
+    let wall = ms(started.elapsed());
+    if !status.success() {
+        bail!("building the boot template failed: {status}");
+    }
+    let mut bytes = 0;
+    for template in fs::read_dir(cache.join("capsem/templates"))?.flatten() {
+        if let Ok(state) = fs::metadata(template.path().join("state")) {
+            bytes += state.len();
+        }
+    }
+    Ok((wall, bytes as f64 / (1024.0 * 1024.0)))
+}
+
+/// `capsem true` resumed from the boot template against a cold boot.
+fn snapshot_start(
+    cold: &[Sample],
+    restored: &[Sample],
+    idle: &[Sample],
+    (build_ms, state_mib): (f64, f64),
+) -> Value {
+    let wall = stats(restored.iter().map(|s| ms(s.wall)));
+    let cold_wall = stats(cold.iter().map(|s| ms(s.wall)));
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    json!({
+        "what": "capsem -q true resumed from the boot template (vm.snapshot_start = true)",
+        "wall_ms": wall,
+        "phases_ms": phase_stats(restored),
+        "ratio_to_cold": ratio(median_of(&wall), median_of(&cold_wall)),
+        "qemu_peak_rss_mib": stats(restored.iter().map(|s| mib(s.qemu_kib))),
+        "idle_qemu_peak_rss_mib": stats(idle.iter().map(|s| mib(s.qemu_kib))),
+        "template_build_wall_ms": round(build_ms),
+        "template_state_mib": round(state_mib),
+    })
+}
+
+/// Median, min and max of each phase over `samples`.
+fn phase_stats(samples: &[Sample]) -> BTreeMap<&String, Value> {
+    let names: BTreeSet<&String> = samples.iter().flat_map(|s| s.phases.keys()).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            (
+                name,
+                stats(samples.iter().filter_map(|s| s.phases.get(name).copied())),
+            )
+        })
+        .collect()
+}
+
 fn median_of(value: &Value) -> f64 {
     value["median"].as_f64().unwrap_or(f64::NAN)
 }
@@ -364,16 +446,7 @@ fn report(
 ) -> Value {
     let floor_wall = stats(floor.iter().map(|s| ms(s.wall)));
     let cold_wall = stats(cold.iter().map(|s| ms(s.wall)));
-    let names: BTreeSet<&String> = cold.iter().flat_map(|s| s.phases.keys()).collect();
-    let phases: BTreeMap<&String, Value> = names
-        .into_iter()
-        .map(|name| {
-            (
-                name,
-                stats(cold.iter().filter_map(|s| s.phases.get(name).copied())),
-            )
-        })
-        .collect();
+    let phases = phase_stats(cold);
     let mib = |kib: u64| kib as f64 / 1024.0;
     let floor_rss = stats(floor.iter().map(|s| mib(s.qemu_kib)));
     let idle_qemu = stats(idle.iter().map(|s| mib(s.qemu_kib)));
@@ -392,13 +465,13 @@ fn report(
             "qemu_peak_rss_mib": floor_rss,
         },
         "cold_start": {
-            "what": "capsem -q true: process start to exit, VM destroyed",
+            "what": "capsem -q true booted cold (vm.snapshot_start = false): process start to exit, VM destroyed",
             "wall_ms": cold_wall,
             "phases_ms": phases,
             "ratio_to_floor": ratio(median_of(&cold_wall), median_of(&floor_wall)),
         },
         "idle_memory": {
-            "what": "capsem -q 'sleep 2': peak RSS while the VM sits idle",
+            "what": "capsem -q 'sleep 2' booted cold: peak RSS while the VM sits idle",
             "qemu_peak_rss_mib": idle_qemu,
             "capsem_peak_rss_mib": idle_capsem,
             "qemu_ratio_to_floor": ratio(median_of(&idle_qemu), median_of(&floor_rss)),
@@ -436,7 +509,17 @@ fn recording(report: &Value, scratch: &Path) -> Result<Value> {
     }))
 }
 
-fn print_summary(report: &Value) {
+fn line(name: &str, v: &Value) {
+    println!(
+        "  {name:<28} median {:>8.1}  min {:>8.1}  max {:>8.1}",
+        median_of(v),
+        v["min"].as_f64().unwrap_or(f64::NAN),
+        v["max"].as_f64().unwrap_or(f64::NAN)
+    );
+}
+
+/// The start and memory figures.
+fn print_start(report: &Value) {
     let root = &report["guest_root"];
     println!(
         "guest root: overlay {:.1} ms, read-only {:.1} ms (ratio {})",
@@ -452,29 +535,37 @@ fn print_summary(report: &Value) {
         c["memory_mib"],
         c["runs"]
     );
-    let line = |name: &str, v: &Value| {
-        println!(
-            "  {name:<28} median {:>8.1}  min {:>8.1}  max {:>8.1}",
-            median_of(v),
-            v["min"].as_f64().unwrap_or(f64::NAN),
-            v["max"].as_f64().unwrap_or(f64::NAN)
-        );
-    };
     println!("wall time (ms):");
     line("floor (bare QEMU)", &report["floor"]["wall_ms"]);
-    line("capsem true", &report["cold_start"]["wall_ms"]);
+    line("capsem true, cold", &report["cold_start"]["wall_ms"]);
     println!("  ratio {}", report["cold_start"]["ratio_to_floor"]);
-    println!("capsem phases (ms since process start):");
-    if let Some(phases) = report["cold_start"]["phases_ms"].as_object() {
-        let mut ordered: Vec<(&String, &Value)> = phases.iter().collect();
-        ordered.sort_by(|a, b| median_of(a.1).total_cmp(&median_of(b.1)));
-        for (name, v) in ordered {
-            line(name, v);
+    line(
+        "capsem true from template",
+        &report["snapshot_start"]["wall_ms"],
+    );
+    println!(
+        "  ratio to cold {} (template built in {} ms, {} MiB)",
+        report["snapshot_start"]["ratio_to_cold"],
+        report["snapshot_start"]["template_build_wall_ms"],
+        report["snapshot_start"]["template_state_mib"]
+    );
+    for (title, start) in [("cold", "cold_start"), ("from template", "snapshot_start")] {
+        println!("capsem phases, {title} (ms since process start):");
+        if let Some(phases) = report[start]["phases_ms"].as_object() {
+            let mut ordered: Vec<(&String, &Value)> = phases.iter().collect();
+            ordered.sort_by(|a, b| median_of(a.1).total_cmp(&median_of(b.1)));
+            for (name, v) in ordered {
+                line(name, v);
+            }
         }
     }
     println!("peak RSS (MiB):");
     line("floor QEMU", &report["floor"]["qemu_peak_rss_mib"]);
     line("idle VM QEMU", &report["idle_memory"]["qemu_peak_rss_mib"]);
+    line(
+        "idle restored VM QEMU",
+        &report["snapshot_start"]["idle_qemu_peak_rss_mib"],
+    );
     line(
         "idle VM capsem",
         &report["idle_memory"]["capsem_peak_rss_mib"],
@@ -483,6 +574,10 @@ fn print_summary(report: &Value) {
         "  QEMU ratio {}",
         report["idle_memory"]["qemu_ratio_to_floor"]
     );
+}
+
+fn print_summary(report: &Value) {
+    print_start(report);
     println!("AI CLI cold start, `CLI --version` in a fresh guest (ms):");
     if let Some(clis) = report["ai_cli_cold_start_ms"].as_object() {
         for (cli, v) in clis {
