@@ -6,13 +6,18 @@
 //! `capsem_root=read-only` on the kernel command line, as it is); `/tmp`,
 //! `/run` and `/dev/shm` are fresh tmpfs mounts, so every boot starts
 //! empty and nothing a command writes outlives the VM or reaches the
-//! image. `/root` is a fresh tmpfs too, except in a named sandbox
-//! (`capsem_home=disk`): there it is the sandbox's own ext4 disk (serial
-//! `capsem-home`), which the host formatted and keeps between boots.
+//! image. `/root` is a fresh tmpfs too, except in a named sandbox: there
+//! the host's hello asks for the sandbox's own ext4 disk (serial
+//! `capsem-home`), which the host formatted and keeps between boots, and
+//! [`mount_home_disk`] mounts it over the tmpfs. That happens after the
+//! boot, not during it, so that a named sandbox can resume a boot
+//! template too: the template booted with a blank disk it never mounted.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -22,11 +27,8 @@ use nix::mount::{MsFlags, mount};
 const ROOT_SERIAL: &str = "capsem-root";
 const HOME_SERIAL: &str = "capsem-home";
 const NEW_ROOT: &str = "/newroot";
-/// Where the home disk is mounted (in the initramfs, out of the guest's
-/// sight); its `root` directory becomes `/root`.
-const HOME_DISK: &str = "/home-disk";
-/// Set on the kernel command line when `/root` is a disk.
-const HOME_VAR: &str = "capsem_home";
+/// Whether `/root` is the sandbox's disk ([`mount_home_disk`]).
+static HOME_IS_DISK: AtomicBool = AtomicBool::new(false);
 /// The image, under the overlay (in the initramfs, out of the guest's
 /// sight once the root is switched).
 const LOWER: &str = "/image";
@@ -72,36 +74,10 @@ pub fn setup() -> Result<()> {
         None,
     )?;
     mount_root()?;
-    let home_disk = std::env::var(HOME_VAR).is_ok_and(|v| v == "disk");
-    if home_disk {
-        mount_home_disk()?;
-    } else {
-        mount_fs(
-            "tmpfs",
-            &format!("{NEW_ROOT}/root"),
-            "tmpfs",
-            nodev_nosuid(),
-            Some("mode=0700"),
-        )?;
-    }
-    for (dir, mode) in [("tmp", "1777"), ("run", "0755")] {
+    for (dir, mode) in [("root", "0700"), ("tmp", "1777"), ("run", "0755")] {
         let target = format!("{NEW_ROOT}/{dir}");
         let opts = format!("mode={mode}");
         mount_fs("tmpfs", &target, "tmpfs", nodev_nosuid(), Some(&opts))?;
-    }
-    if home_disk {
-        // The whole disk, for what the sandbox keeps besides /root (the
-        // workspace's changes).
-        let target = format!("{NEW_ROOT}{}", crate::workspace::DISK);
-        make_dir(&target, 0o700)?;
-        mount(
-            Some(HOME_DISK),
-            target.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("binding the sandbox's disk at {target}"))?;
     }
     move_mount("/dev", &format!("{NEW_ROOT}/dev"))?;
     move_mount("/sys", &format!("{NEW_ROOT}/sys"))?;
@@ -198,30 +174,49 @@ fn disk_with_serial(serial: &str) -> Option<String> {
         })
 }
 
-/// Mounts the sandbox's disk and binds its `root` directory at `/root`
-/// (the file system's own root holds `lost+found`).
-fn mount_home_disk() -> Result<()> {
+// `BLKFLSBUF`: `_IO(0x12, 97)`.
+nix::ioctl_none!(blk_flush_buffers, 0x12, 97);
+
+/// Mounts the sandbox's disk whole at [`crate::workspace::DISK`] (what it
+/// keeps besides `/root`: the workspace's changes) and binds its `root`
+/// directory over `/root` (the file system's own root holds
+/// `lost+found`). Runs once the host's hello asked for it, before any
+/// command. The kernel's cache of the device is dropped first: a guest
+/// resumed from a template probed the template's blank disk, not this one.
+pub fn mount_home_disk() -> Result<()> {
     let device = find_disk(HOME_SERIAL)?;
-    make_dir(HOME_DISK, 0o700)?;
+    let disk = fs::File::open(&device).with_context(|| format!("opening {device}"))?;
+    // SAFETY: BLKFLSBUF takes no argument; the descriptor is an open
+    // block device.
+    unsafe { blk_flush_buffers(disk.as_raw_fd()) }
+        .with_context(|| format!("dropping the cached blocks of {device}"))?;
+    drop(disk);
+    let whole = crate::workspace::DISK;
+    make_dir(whole, 0o700)?;
     mount(
         Some(device.as_str()),
-        HOME_DISK,
+        whole,
         Some("ext4"),
         nodev_nosuid(),
         None::<&str>,
     )
     .with_context(|| format!("mounting the sandbox's disk {device}"))?;
-    let home = format!("{HOME_DISK}/root");
+    HOME_IS_DISK.store(true, Ordering::Release);
+    let home = format!("{whole}/root");
     make_dir(&home, 0o700)?;
-    let target = format!("{NEW_ROOT}/root");
     mount(
         Some(home.as_str()),
-        target.as_str(),
+        "/root",
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
     .with_context(|| format!("binding {home} at /root"))
+}
+
+/// Whether the sandbox's disk is mounted ([`mount_home_disk`]).
+pub fn home_is_disk() -> bool {
+    HOME_IS_DISK.load(Ordering::Acquire)
 }
 
 /// Mounts the image read-only at `NEW_ROOT`, or under an overlay there.

@@ -33,7 +33,7 @@ pub fn off() -> ! {
 /// Kills every other process, then makes `/root` read-only when it is a
 /// disk. A busy file system (a process not yet reaped) is retried.
 fn settle_disk() {
-    if !std::env::var("capsem_home").is_ok_and(|v| v == "disk") {
+    if !crate::init::home_is_disk() {
         return;
     }
     // Kills every process but this one.

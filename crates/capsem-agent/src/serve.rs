@@ -48,6 +48,9 @@ pub async fn serve(init_started: Duration) -> Result<()> {
     identity::make_own(&host.entropy)?;
     set_clock(host.unix_time_ns);
     net::trust::install(&host.ca_pem)?;
+    if host.home_disk {
+        crate::init::mount_home_disk()?;
+    }
     let ready = GuestReady {
         ready_ns: crate::boottime().as_nanos() as u64,
     };

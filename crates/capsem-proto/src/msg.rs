@@ -52,22 +52,28 @@ pub struct HostHello {
     /// kernel's pool and reseeds its CRNG before anything else runs: VMs
     /// restored from one template would otherwise share its RNG state.
     pub entropy: [u8; 32],
+    /// `/root` is the sandbox's own disk (serial `capsem-home`), which the
+    /// guest mounts before it confirms; otherwise it stays a fresh tmpfs.
+    /// Told here rather than on the kernel command line so that a named
+    /// sandbox can resume a boot template too.
+    pub home_disk: bool,
 }
 
 impl HostHello {
     /// A hello for this build of the protocol.
-    pub fn new(unix_time_ns: u64, ca_pem: String, entropy: [u8; 32]) -> Self {
+    pub fn new(unix_time_ns: u64, ca_pem: String, entropy: [u8; 32], home_disk: bool) -> Self {
         HostHello {
             protocol: PROTOCOL_VERSION,
             unix_time_ns,
             ca_pem,
             entropy,
+            home_disk,
         }
     }
 }
 
 /// The guest's answer to [`HostHello`]: reseeded, clock set, CA trusted,
-/// and about to serve streams.
+/// home mounted, and about to serve streams.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestReady {
     /// Guest `CLOCK_BOOTTIME` when this was sent, in nanoseconds.

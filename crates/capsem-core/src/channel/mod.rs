@@ -84,6 +84,17 @@ pub enum Start {
     Restored,
 }
 
+/// What the host tells a VM's agent in the handshake.
+#[derive(Debug, Clone)]
+pub struct Greeting {
+    /// The PEM certificate of the CA the guest is to trust.
+    pub ca_pem: String,
+    /// Whether `/root` is the sandbox's own disk.
+    pub home_disk: bool,
+    /// Where the agent is.
+    pub start: Start,
+}
+
 /// Reads and checks the hello an agent sends once it is up.
 pub async fn read_hello(socket: &mut UnixStream) -> Result<GuestHello, ChannelError> {
     let hello: GuestHello = frame::read_frame(socket).await?;
@@ -96,24 +107,28 @@ pub type Inbound = mpsc::Receiver<mux::Stream>;
 
 impl Channel {
     /// Reads the guest's hello from `socket` (unless the VM was restored
-    /// from a template, whose hello its builder read), answers it (with the
-    /// CA the guest is to trust and fresh entropy), waits for the guest to
+    /// from a template, whose hello its builder read), answers it (with
+    /// `greeting` and fresh entropy), waits for the guest to
     /// confirm, and starts the multiplexer. Returns the channel and the
     /// streams the guest will open; whoever takes those serves them, and
     /// dropped, they are refused. The caller bounds the time this may take.
     pub async fn handshake(
         mut socket: UnixStream,
-        ca_pem: String,
-        start: Start,
+        greeting: Greeting,
     ) -> Result<(Channel, Inbound), ChannelError> {
-        let hello = match start {
+        let hello = match greeting.start {
             Start::Boot => Some(read_hello(&mut socket).await?),
             Start::Restored => None,
         };
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or(Duration::ZERO);
-        let host_hello = HostHello::new(now.as_nanos() as u64, ca_pem, rand::random());
+        let host_hello = HostHello::new(
+            now.as_nanos() as u64,
+            greeting.ca_pem,
+            rand::random(),
+            greeting.home_disk,
+        );
         frame::write_frame(&mut socket, &host_hello).await?;
         let ready: GuestReady = frame::read_frame(&mut socket).await?;
         let (mut opener, inbound, driver) = mux::start(socket.compat(), Mode::Client);

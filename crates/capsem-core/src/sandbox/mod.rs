@@ -437,20 +437,28 @@ impl Sandbox {
             StdUnixStream::pair().map_err(io_err("creating the channel socket pair"))?;
         let (console_host, console_vm) =
             StdUnixStream::pair().map_err(io_err("creating the console socket pair"))?;
-        // Named sandboxes (with their own disk) boot cold: their disk is
-        // mounted during boot.
-        let template = match spec.home_disk {
-            None if self.vm.snapshot_start => {
-                self.template(opened.accel, &spec.assets, &notice).await?
-            }
-            _ => None,
+        let template = if self.vm.snapshot_start {
+            let disk_bytes = spec
+                .home_disk
+                .as_ref()
+                .map(|disk| disk.read_only.metadata().map(|m| m.len()))
+                .transpose()
+                .map_err(io_err("reading the sandbox's disk"))?;
+            self.template(opened.accel, &spec.assets, disk_bytes, &notice)
+                .await?
+        } else {
+            None
         };
         if template.is_some() {
             opened.phases.template_ready = Some(self.mark("boot template ready"));
         }
-        let start = match template {
-            Some(_) => channel::Start::Restored,
-            None => channel::Start::Boot,
+        let greeting = channel::Greeting {
+            ca_pem: opened.ca.cert_pem().to_owned(),
+            home_disk: spec.home_disk.is_some(),
+            start: match template {
+                Some(_) => channel::Start::Restored,
+                None => channel::Start::Boot,
+            },
         };
         let session = &opened.session;
         let boot_log = crate::fsutil::create_private(&session.boot_log())
@@ -482,9 +490,8 @@ impl Sandbox {
         opened.phases.vm_spawned = Some(self.mark("VM monitor started"));
 
         let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
-        let ca_pem = opened.ca.cert_pem().to_owned();
         let (channel, inbound) = tokio::select! {
-            booted = self.handshake(session, socket, &vm, ca_pem, start) => booted?,
+            booted = self.handshake(session, socket, &vm, greeting) => booted?,
             signal = cancel => {
                 kill(&vm).await;
                 return Ok(Booted::Interrupted(signal));
@@ -551,13 +558,12 @@ impl Sandbox {
         session: &Session,
         socket: UnixStream,
         vm: &RunningVm,
-        ca_pem: String,
-        start: channel::Start,
+        greeting: channel::Greeting,
     ) -> Result<(Channel, channel::Inbound), RunError> {
         let secs = self.vm.boot_timeout_secs;
         let limit = Duration::from_secs(secs.into());
         let booted = tokio::select! {
-            hello = tokio::time::timeout(limit, Channel::handshake(socket, ca_pem, start)) => match hello {
+            hello = tokio::time::timeout(limit, Channel::handshake(socket, greeting)) => match hello {
                 Ok(Ok(opened)) => return Ok(opened),
                 Ok(Err(source)) => Handshake::Failed(source),
                 Err(_) => Handshake::TimedOut,

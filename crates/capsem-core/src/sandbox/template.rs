@@ -3,8 +3,10 @@
 //! instead of booting.
 //!
 //! A template is keyed by everything that shapes the snapshot: the asset
-//! hashes, the monitor's build, the accelerator, the vCPUs, the RAM and
-//! the root mode. It is an asset like the others: its state file is
+//! hashes, the monitor's build, the accelerator, the vCPUs, the RAM, the
+//! root mode, and for a named sandbox the size of its disk (the template
+//! VM boots with a blank disk of that size, which the guest probes but
+//! never mounts; the resumed guest mounts the sandbox's own). It is an asset like the others: its state file is
 //! BLAKE3-hashed when built, and verified (with the assets' identity cache)
 //! before each use, so a tampered template is refused like a tampered
 //! rootfs. It is built under a lock, in a temporary directory renamed into
@@ -29,7 +31,7 @@ use crate::channel::{self, ChannelError};
 use crate::fsutil::{create_private, create_private_dir, write_atomic};
 use crate::session::log_tail;
 use crate::vm::qemu::qmp::{Qmp, QmpError};
-use crate::vm::{Accel, VmConfig, VmError};
+use crate::vm::{Accel, DiskFiles, VmConfig, VmError};
 
 /// The template's name in asset errors.
 pub const ROLE: &str = "boot template";
@@ -41,6 +43,9 @@ const META_FILE: &str = "template.json";
 const STATE_FILE: &str = "state";
 /// The template VM's console, kept for diagnosis.
 const BOOT_LOG: &str = "boot.log";
+/// The blank disk a named sandbox's template boots with; removed once the
+/// snapshot is taken.
+const BLANK_DISK: &str = "disk";
 /// Templates kept; older ones are removed when one is built.
 pub const KEEP: usize = 4;
 /// Longest a snapshot may take to write.
@@ -65,6 +70,8 @@ pub struct Key {
     pub memory_mib: u32,
     /// `overlay` or `read-only`.
     pub root: String,
+    /// The size of a named sandbox's disk; `None` without one.
+    pub home_disk_bytes: Option<u64>,
 }
 
 impl Key {
@@ -122,8 +129,9 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError 
 }
 
 impl Sandbox {
-    /// The key of the template for VMs of this sandbox under `accel`.
-    pub fn template_key(&self, accel: Accel) -> std::io::Result<Key> {
+    /// The key of the template for VMs of this sandbox under `accel`, with
+    /// a disk of `home_disk_bytes` or none.
+    pub fn template_key(&self, accel: Accel, home_disk_bytes: Option<u64>) -> std::io::Result<Key> {
         Ok(Key {
             assets: [
                 self.manifest.kernel.blake3.clone(),
@@ -135,10 +143,12 @@ impl Sandbox {
             cpus: self.vm.cpus,
             memory_mib: self.vm.memory_mib,
             root: self.vm.root.name().to_owned(),
+            home_disk_bytes,
         })
     }
 
-    /// The verified state file of the template for `accel`, built first
+    /// The verified state file of the template for `accel` and a disk of
+    /// `home_disk_bytes` (or none), built first
     /// (saying so) if there is none. `Ok(None)`: it could not be built;
     /// the notice says why and the VM boots cold. A template whose state
     /// does not match its record is an error.
@@ -146,12 +156,15 @@ impl Sandbox {
         &self,
         accel: Accel,
         assets: &VerifiedAssets,
+        home_disk_bytes: Option<u64>,
         notice: &Notice,
     ) -> Result<Option<VerifiedFile>, RunError> {
-        let key = self.template_key(accel).map_err(|source| RunError::Io {
-            what: "identifying the VM monitor".into(),
-            source,
-        })?;
+        let key = self
+            .template_key(accel, home_disk_bytes)
+            .map_err(|source| RunError::Io {
+                what: "identifying the VM monitor".into(),
+                source,
+            })?;
         let dir = self.templates.join(key.id());
         if let Some(found) = self.find_template(&dir, &key)? {
             return Ok(Some(found));
@@ -238,6 +251,10 @@ impl Sandbox {
             create_private(&path).map_err(io_err(format!("creating {}", path.display())))
         };
         let state = create(STATE_FILE)?;
+        let home_disk = key
+            .home_disk_bytes
+            .map(|bytes| blank_disk(&tmp.join(BLANK_DISK), bytes))
+            .transpose()?;
         let config = VmConfig {
             name: "capsem-template".into(),
             assets: assets.try_clone().map_err(io_err("reopening the assets"))?,
@@ -245,7 +262,7 @@ impl Sandbox {
             cpus: self.vm.cpus,
             memory_mib: self.vm.memory_mib,
             root: self.vm.root,
-            home_disk: None,
+            home_disk,
             channel: channel_vm.into(),
             console: console_vm.into(),
             control: Some(control_vm.into()),
@@ -280,6 +297,7 @@ impl Sandbox {
         .await;
         vm.kill();
         vm.wait().await;
+        let _ = fs::remove_file(tmp.join(BLANK_DISK));
         saved?;
         state.sync_all().map_err(io_err("writing the snapshot"))?;
         let size = state.metadata().map_err(io_err("the snapshot"))?.len();
@@ -300,6 +318,15 @@ impl Sandbox {
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| io_err("the record")(e.into()))?;
         write_atomic(&tmp.join(META_FILE), &json).map_err(io_err("writing the record"))
     }
+}
+
+/// A sparse, unformatted disk of `bytes`, open both ways.
+fn blank_disk(path: &Path, bytes: u64) -> Result<DiskFiles, BuildError> {
+    let what = || format!("creating {}", path.display());
+    create_private(path)
+        .and_then(|file| file.set_len(bytes))
+        .map_err(io_err(what()))?;
+    DiskFiles::open(path).map_err(io_err(what()))
 }
 
 /// Holds an exclusive lock on the template `id` until dropped.
@@ -356,6 +383,7 @@ mod tests {
             cpus: 2,
             memory_mib: 1024,
             root: "overlay".into(),
+            home_disk_bytes: None,
         }
     }
 
@@ -383,6 +411,14 @@ mod tests {
             },
             Key {
                 assets: ["k".into(), "i".into(), "r2".into()],
+                ..key()
+            },
+            Key {
+                home_disk_bytes: Some(1 << 30),
+                ..key()
+            },
+            Key {
+                home_disk_bytes: Some(2 << 30),
                 ..key()
             },
         ];

@@ -1,7 +1,8 @@
-//! Boot templates: runs resume a snapshot of a booted VM, every restored
-//! VM is its own, a tampered template is refused, and `vm.snapshot_start
-//! = false` still boots cold (exec, terminal and doctor's sandbox checks
-//! run both ways; the network's cold run is in `network`).
+//! Boot templates: runs and named sandboxes resume a snapshot of a booted
+//! VM, every restored VM is its own, a tampered template is refused, and
+//! `vm.snapshot_start = false` still boots cold (exec, terminal, named
+//! sandboxes and doctor's sandbox checks run both ways; the network's cold
+//! run is in `network`).
 
 use std::collections::HashSet;
 use std::fs;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use crate::sandboxes::Service;
 use crate::support::{Capsem, assert_code, stderr, stdout};
 
 /// What the VM must not share with its siblings, one per line: 64 bytes
@@ -160,4 +162,62 @@ fn cold_boots_run_commands_terminals_and_doctors_sandbox_checks() {
     assert_code(&out, 0);
     assert!(stdout(&out).contains(" passed"), "{}", stdout(&out));
     assert!(!stdout(&out).contains("failed"), "{}", stdout(&out));
+}
+
+/// The newest `n` sessions' phases.
+fn last_phases(capsem: &Capsem, n: usize) -> Vec<Value> {
+    let rows = capsem.json_lines(&["sessions", "--json", "-n", &n.to_string()]);
+    rows.iter().map(|r| r["data"]["phases"].clone()).collect()
+}
+
+/// Writes a file to `/root` of `name`, stops and starts it, and reads the
+/// file back from its disk.
+fn keeps_its_disk(service: &Service, name: &str) {
+    service.ok(&["exec", name, "echo kept > /root/f"]);
+    service.ok(&["stop", name]);
+    service.ok(&["start", name]);
+    assert_eq!(service.ok(&["exec", name, "cat /root/f"]), "kept\n");
+    let fstype = service.ok(&["exec", name, "findmnt -n -o FSTYPE /root | tail -1"]);
+    assert_eq!(fstype, "ext4\n");
+}
+
+#[test]
+fn named_sandboxes_resume_the_template_with_their_own_disk_and_identity() {
+    let service = Service::new();
+    for name in ["a", "b"] {
+        service.ok(&["create", "-n", name]);
+    }
+    let ids: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|name| service.ok(&["exec", name, IDENTITY]))
+        .collect();
+    let a: Vec<&str> = ids[0].lines().collect();
+    let b: Vec<&str> = ids[1].lines().collect();
+    for field in 0..3 {
+        assert_ne!(a[field], b[field], "field {field}: {ids:?}");
+    }
+    // Each mounts its own disk, not the template's blank one.
+    service.ok(&["exec", "a", "echo only-a > /root/mine"]);
+    assert_code(&service.run(&["exec", "b", "test ! -e /root/mine"]), 0);
+    keeps_its_disk(&service, "a");
+    // A boot's phases are recorded when it ends.
+    service.ok(&["stop", "a"]);
+    service.ok(&["stop", "b"]);
+    for phases in last_phases(&service.capsem, 3) {
+        assert!(phases["template_ready_ms"].is_number(), "{phases}");
+        assert!(phases["kernel_started_ms"].is_null(), "{phases}");
+    }
+}
+
+#[test]
+fn a_cold_booted_named_sandbox_keeps_its_disk_too() {
+    let service = Service::new();
+    service.capsem.user_settings(COLD);
+    service.ok(&["create", "-n", "cold"]);
+    keeps_its_disk(&service, "cold");
+    service.ok(&["stop", "cold"]);
+    for phases in last_phases(&service.capsem, 2) {
+        assert!(phases["kernel_started_ms"].is_number(), "{phases}");
+        assert!(phases["template_ready_ms"].is_null(), "{phases}");
+    }
 }
