@@ -1,4 +1,5 @@
 """The environment a command starts in."""
+import glob
 import locale
 import os
 import time
@@ -112,3 +113,10 @@ def test_tls_clients_trust_capsems_ca_alone():
         assert f.read().count("BEGIN CERTIFICATE") == 1
     # No hashed links to other roots (OpenSSL's CA directory).
     assert os.listdir("/etc/ssl/certs") == ["ca-certificates.crt"]
+
+
+def test_free_pages_go_back_to_the_host():
+    # The balloon device is bound (free page reporting); it is never
+    # inflated, so the guest keeps all of its memory.
+    assert glob.glob("/sys/bus/virtio/drivers/virtio_balloon/virtio*")
+    assert os.path.exists("/sys/module/page_reporting/parameters/page_reporting_order")

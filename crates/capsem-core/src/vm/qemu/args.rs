@@ -153,6 +153,10 @@ pub fn vm_args(shape: &Shape, name: &str) -> Vec<OsString> {
         "rng-random,id=rng,filename=/dev/urandom",
         "-device",
         "virtio-rng-device,rng=rng",
+        // Free pages the guest reports are discarded: idle memory goes
+        // back to the host. Capsem never inflates the balloon.
+        "-device",
+        "virtio-balloon-device,free-page-reporting=on",
     ]));
     if shape.home_disk {
         args.extend(to_args(&[
