@@ -141,7 +141,10 @@ async fn handle(
             workspace::mount_workspace(channel, mount, opener).await
         }
         HostToGuest::ExportWorkspace => workspace::export(channel).await,
-        HostToGuest::Signal { .. } | HostToGuest::Resize { .. } | HostToGuest::Shutdown => {
+        HostToGuest::Signal { .. }
+        | HostToGuest::Resize { .. }
+        | HostToGuest::Shutdown
+        | HostToGuest::SetClock { .. } => {
             if let Err(e) = control(first, channel, running, shutdown).await {
                 tracing::warn!("control stream: {e:#}");
             }
@@ -153,7 +156,8 @@ async fn handle(
     }
 }
 
-/// Serves the control stream: signals, resizes and shutdown.
+/// Serves the control stream: signals, resizes, the clock after a resume
+/// and shutdown.
 async fn control(
     first: HostToGuest,
     mut channel: Channel,
@@ -177,6 +181,7 @@ async fn control(
                 shutdown.notify_one();
                 return Ok(());
             }
+            HostToGuest::SetClock { unix_time_ns } => set_clock(unix_time_ns),
             other => bail!("unexpected {other:?} on the control stream"),
         }
     }

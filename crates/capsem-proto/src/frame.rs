@@ -234,6 +234,7 @@ mod tests {
                 }
             }),
             Just(HostToGuest::Shutdown),
+            any::<u64>().prop_map(|unix_time_ns| HostToGuest::SetClock { unix_time_ns }),
         ]
     }
 

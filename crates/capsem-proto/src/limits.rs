@@ -3,7 +3,7 @@
 
 /// Version of the protocol spoken on the channel. Bumped on any incompatible
 /// change to the handshake, framing or message types.
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Largest frame payload either side accepts, in bytes. A length header above
 /// this is rejected before any buffer is allocated.

@@ -11,9 +11,10 @@
 //! - an **exec stream** starts with [`HostToGuest::Exec`], then carries that
 //!   command's stdin; the guest answers with output chunks and ends with
 //!   [`GuestToHost::Exited`];
-//! - the **control stream** carries [`HostToGuest::Signal`] and
-//!   [`HostToGuest::Shutdown`], so they never queue behind stdin data that a
-//!   command is not reading.
+//! - the **control stream** carries [`HostToGuest::Signal`],
+//!   [`HostToGuest::Resize`], [`HostToGuest::SetClock`] and
+//!   [`HostToGuest::Shutdown`], so they never queue behind stdin data that
+//!   a command is not reading.
 
 use crate::workspace::{FsReply, FsRequest, WorkspaceMount};
 use serde::{Deserialize, Serialize};
@@ -271,6 +272,13 @@ pub enum HostToGuest {
     },
     /// Power the VM off now. Sent on the control stream.
     Shutdown,
+    /// Set the wall clock (nanoseconds since the Unix epoch): the VM was
+    /// suspended and has just resumed, its clock behind by the pause. Sent
+    /// on the control stream.
+    SetClock {
+        /// The host's wall clock.
+        unix_time_ns: u64,
+    },
     /// The connection may go ahead; from here on the stream carries its
     /// bytes.
     Connected,
@@ -596,6 +604,7 @@ impl HostToGuest {
             | HostToGuest::Fs(_)
             | HostToGuest::StdoutClosed
             | HostToGuest::Shutdown
+            | HostToGuest::SetClock { .. }
             | HostToGuest::DataEnd
             | HostToGuest::Connected
             | HostToGuest::Resolved(_) => Ok(()),

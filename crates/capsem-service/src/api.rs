@@ -36,6 +36,9 @@ pub enum State {
     Running,
     /// Its disk waits on the host; `start` boots it.
     Stopped,
+    /// Its supervisor runs, its VM's memory is in a file and no QEMU runs;
+    /// `resume` (or `start`) continues it where it was.
+    Suspended,
 }
 
 /// A sandbox, as `GET /v1/sandboxes` lists it.
@@ -76,6 +79,9 @@ pub struct SupervisorInfo {
     pub vm_pid: Option<u32>,
     /// When the last command started or ended.
     pub last_activity_ms: i64,
+    /// Whether its VM is suspended (no QEMU runs).
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 /// The service itself (`GET /v1/service`).

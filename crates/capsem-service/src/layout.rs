@@ -99,6 +99,11 @@ impl SandboxDir {
         self.path.join("home.img")
     }
 
+    /// Its VM's memory and device state while it is suspended.
+    pub fn suspended_state(&self) -> PathBuf {
+        self.path.join("suspended.state")
+    }
+
     /// Its supervisor's socket.
     pub fn socket(&self) -> PathBuf {
         self.path.join("supervisor.sock")

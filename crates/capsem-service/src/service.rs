@@ -124,6 +124,8 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/sandboxes/{name}", get(show).delete(remove))
         .route("/v1/sandboxes/{name}/start", post(start))
         .route("/v1/sandboxes/{name}/stop", post(stop))
+        .route("/v1/sandboxes/{name}/suspend", post(suspend))
+        .route("/v1/sandboxes/{name}/resume", post(resume))
         .route("/v1/sandboxes/{name}/exec", get(exec))
         .route("/v1/sandboxes/{name}/files", get(files).put(files))
         .route("/v1/sandboxes/{name}/logs", get(logs))
@@ -237,10 +239,10 @@ impl Service {
             .map(|live| rss_kib(live.pid) + live.vm_pid.map_or(0, rss_kib));
         Ok(SandboxInfo {
             name: meta.name,
-            state: if running {
-                SandboxState::Running
-            } else {
-                SandboxState::Stopped
+            state: match &live {
+                Some(live) if live.suspended => SandboxState::Suspended,
+                _ if running => SandboxState::Running,
+                _ => SandboxState::Stopped,
             },
             created_ms: meta.created_ms,
             started_ms: live.as_ref().map(|l| l.started_ms),
@@ -527,8 +529,52 @@ async fn start(
     let _held = lock.lock().await;
     if !lock::is_held(&dir.lock()) {
         service.boot(&dir, &load_settings()?).await?;
+    } else if supervisor_info(&dir).await.is_some_and(|i| i.suspended) {
+        ask(&dir, "/resume").await?;
     }
     service.info(&dir).await.map(axum::Json)
+}
+
+/// Writes a running sandbox's memory to its directory and ends its QEMU;
+/// its supervisor, and every client's connection, wait for the resume.
+async fn suspend(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+) -> Answer<SandboxInfo> {
+    let dir = running(&service, &given).await?;
+    let lock = service.lock_of(dir.name());
+    let _held = lock.lock().await;
+    ask(&dir, "/suspend").await?;
+    service.info(&dir).await.map(axum::Json)
+}
+
+/// Continues a suspended sandbox where it was.
+async fn resume(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+) -> Answer<SandboxInfo> {
+    let dir = service.resolve(&given)?;
+    let lock = service.lock_of(dir.name());
+    let _held = lock.lock().await;
+    if !supervisor_info(&dir).await.is_some_and(|i| i.suspended) {
+        return Err(ApiError::conflict(format!(
+            "sandbox {:?} is not suspended",
+            dir.name()
+        )));
+    }
+    ask(&dir, "/resume").await?;
+    service.info(&dir).await.map(axum::Json)
+}
+
+/// Posts to the supervisor of `dir`; its refusal is a conflict.
+async fn ask(dir: &SandboxDir, path: &str) -> Result<(), ApiError> {
+    Client::new(dir.socket())
+        .call::<()>(hyper::Method::POST, path, None::<&()>)
+        .await
+        .map_err(|e| match e.status() {
+            Some(_) => ApiError::conflict(e.to_string()),
+            None => ApiError::internal(format!("the sandbox's supervisor does not answer: {e}")),
+        })
 }
 
 async fn stop(
@@ -602,7 +648,7 @@ async fn files(
     UrlPath(given): UrlPath<String>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let dir = running(&service, &given)?;
+    let dir = running(&service, &given).await?;
     let (parts, body) = request.into_parts();
     let query = parts
         .uri
@@ -651,18 +697,19 @@ async fn save_workspace(
     Ok(axum::Json(()))
 }
 
-/// The sandbox `given` names, which must be running.
-fn running(service: &Service, given: &str) -> Result<SandboxDir, ApiError> {
+/// The sandbox `given` names, which must be running (not stopped, not
+/// suspended).
+async fn running(service: &Service, given: &str) -> Result<SandboxDir, ApiError> {
     let dir = service.resolve(given)?;
+    let name = dir.name().to_owned();
     if !lock::is_held(&dir.lock()) {
-        let name = dir
-            .path()
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
         return Err(ApiError::conflict(format!(
             "sandbox {name:?} is stopped: start it with `capsem start {name}`"
+        )));
+    }
+    if supervisor_info(&dir).await.is_some_and(|i| i.suspended) {
+        return Err(ApiError::conflict(format!(
+            "sandbox {name:?} is suspended: continue it with `capsem resume {name}`"
         )));
     }
     Ok(dir)
@@ -673,7 +720,7 @@ async fn exec(
     UrlPath(given): UrlPath<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let dir = running(&service, &given)?;
+    let dir = running(&service, &given).await?;
     let upstream = Client::new(dir.socket())
         .websocket("/exec")
         .await

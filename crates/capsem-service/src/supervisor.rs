@@ -2,10 +2,14 @@
 //! VM open and serving it on `supervisor.sock`.
 //!
 //! It boots the VM with the sandbox's disk at `/root`, records the boot as
-//! a session, and serves `GET /info`, `GET /exec` (WebSocket) and
-//! `POST /stop` until it is stopped, its VM dies, or it idles past
-//! `sandbox.idle_timeout_secs`. Then it stops the VM (the guest syncs its
-//! disk), closes the session and removes its socket.
+//! a session, and serves `GET /info`, `GET /exec` (WebSocket),
+//! `POST /suspend`, `POST /resume` and `POST /stop` until it is stopped,
+//! its VM dies, or it idles past `sandbox.idle_timeout_secs` (a suspended
+//! sandbox is never idle-stopped: that would throw its memory away). Then
+//! it stops the VM (the guest syncs its disk), closes the session and
+//! removes its socket. A sandbox stopped while suspended loses its memory;
+//! its disk is as the suspend left it (flushed, its journal replayed at the
+//! next mount).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
@@ -69,6 +73,7 @@ fn io_err(what: &str) -> impl FnOnce(std::io::Error) -> SupervisorError {
 
 struct Shared {
     live: Box<Live>,
+    dir: SandboxDir,
     env: Vec<(String, String)>,
     session: String,
     started_ms: i64,
@@ -83,6 +88,13 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
         .map_err(io_err("locking the sandbox"))?
         .ok_or(SupervisorError::Running)?;
     let notice: Notice = Arc::new(|text: &str| tracing::warn!("{text}"));
+    // A supervisor that died while its VM was suspended took the channel
+    // the guest was in the middle of: the state cannot be resumed.
+    if std::fs::remove_file(spec.dir.suspended_state()).is_ok() {
+        notice(
+            "the suspended memory of the last boot was lost with its supervisor; booting afresh, the disk kept",
+        );
+    }
     let command = format!("sandbox {}", spec.name);
     let (mut opened, assets) = spec.sandbox.open(&command, &notice)?;
     spec.dir
@@ -119,6 +131,7 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
     tracing::info!("sandbox {} ready, session {}", spec.name, opened.id());
     let shared = Arc::new(Shared {
         live,
+        dir: spec.dir.clone(),
         env: spec.env,
         session: opened.id().to_owned(),
         started_ms: now_ms(),
@@ -128,7 +141,13 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
     });
     let served = serve(&spec.dir, shared.clone(), spec.idle_timeout).await;
     let died = shared.live.wait_now();
+    let suspended = shared.live.is_suspended();
+    if suspended {
+        tracing::info!("stopped while suspended: its memory is discarded");
+        let _ = std::fs::remove_file(spec.dir.suspended_state());
+    }
     if died.is_none()
+        && !suspended
         && let Err(e) = shared.live.save_changes().await
     {
         tracing::warn!("keeping the workspace's changes: {e}");
@@ -188,6 +207,8 @@ async fn serve(
         .route("/info", get(info))
         .route("/exec", get(exec))
         .route("/stop", post(stop))
+        .route("/suspend", post(suspend))
+        .route("/resume", post(resume))
         .route("/workspace/save", post(save_workspace))
         .route("/files", get(get_files).put(put_files))
         .with_state(shared.clone());
@@ -212,7 +233,8 @@ async fn idle(shared: &Shared, limit: Option<Duration>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let quiet = now_ms() - shared.last_activity_ms.load(Ordering::Relaxed);
-        if shared.running_execs.load(Ordering::Relaxed) == 0 && quiet >= limit_ms {
+        let busy = shared.running_execs.load(Ordering::Relaxed) > 0;
+        if !busy && !shared.live.is_suspended() && quiet >= limit_ms {
             return;
         }
     }
@@ -225,6 +247,7 @@ async fn info(State(shared): State<Arc<Shared>>) -> axum::Json<SupervisorInfo> {
         pid: std::process::id(),
         vm_pid: shared.live.vm_pid(),
         last_activity_ms: shared.last_activity_ms.load(Ordering::Relaxed),
+        suspended: shared.live.is_suspended(),
     })
 }
 
@@ -251,10 +274,7 @@ struct FilesQuery {
 }
 
 fn refused(e: impl std::fmt::Display) -> axum::response::Response {
-    let body = crate::api::ErrorBody {
-        error: e.to_string(),
-    };
-    (axum::http::StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    Refusal(axum::http::StatusCode::BAD_REQUEST, e.to_string()).into_response()
 }
 
 /// Unpacks the request's tar body at `path` in the guest.
@@ -302,15 +322,72 @@ async fn get_files(
 }
 
 /// Keeps the workspace's changes with the sandbox now.
-async fn save_workspace(
-    State(shared): State<Arc<Shared>>,
-) -> Result<axum::Json<()>, (axum::http::StatusCode, String)> {
+async fn save_workspace(State(shared): State<Arc<Shared>>) -> Result<axum::Json<()>, Refusal> {
+    if shared.live.is_suspended() {
+        return Err(conflict("the sandbox is suspended: resume it first"));
+    }
     shared
         .live
         .save_changes()
         .await
         .map(axum::Json)
-        .map_err(|e| (axum::http::StatusCode::CONFLICT, e.to_string()))
+        .map_err(|e| conflict(e.to_string()))
+}
+
+/// Writes the VM's state to the sandbox's directory and ends its QEMU.
+async fn suspend(State(shared): State<Arc<Shared>>) -> Result<axum::Json<()>, Refusal> {
+    let path = shared.dir.suspended_state();
+    let partial = path.with_extension("partial");
+    let file = capsem_core::fsutil::create_private(&partial)
+        .map_err(|e| internal(format!("creating {}: {e}", partial.display())))?;
+    let saved = match shared.live.suspend(file).await {
+        Ok(()) => std::fs::rename(&partial, &path)
+            .map_err(|e| internal(format!("keeping {}: {e}", path.display()))),
+        Err(e) => Err(conflict(format!("suspending: {e}"))),
+    };
+    if saved.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    saved.map(axum::Json)
+}
+
+/// Starts QEMU again on the suspended state, which is removed once the VM
+/// runs.
+async fn resume(State(shared): State<Arc<Shared>>) -> Result<axum::Json<()>, Refusal> {
+    if !shared.live.is_suspended() {
+        return Err(conflict("the sandbox is not suspended"));
+    }
+    let path = shared.dir.suspended_state();
+    let file = std::fs::File::open(&path)
+        .map_err(|e| internal(format!("opening {}: {e}", path.display())))?;
+    shared
+        .live
+        .resume(file)
+        .await
+        .map_err(|e| conflict(format!("resuming: {e}")))?;
+    let _ = std::fs::remove_file(&path);
+    shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+    Ok(axum::Json(()))
+}
+
+/// A refused request, answered with an [`crate::api::ErrorBody`] so that
+/// the service can pass its words on.
+struct Refusal(axum::http::StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> axum::response::Response {
+        let body = crate::api::ErrorBody { error: self.1 };
+        (self.0, axum::Json(body)).into_response()
+    }
+}
+
+fn conflict(message: impl Into<String>) -> Refusal {
+    Refusal(axum::http::StatusCode::CONFLICT, message.into())
+}
+
+fn internal(message: String) -> Refusal {
+    Refusal(axum::http::StatusCode::INTERNAL_SERVER_ERROR, message)
 }
 
 async fn stop(State(shared): State<Arc<Shared>>) -> axum::Json<()> {

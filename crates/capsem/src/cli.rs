@@ -255,13 +255,27 @@ pub enum Subcmd {
         #[arg(long)]
         json: bool,
     },
-    /// Start a stopped sandbox (its /root as it was left).
+    /// Start a stopped sandbox (its /root as it was left), or continue a
+    /// suspended one.
     Start {
         /// The sandbox (an unambiguous prefix will do).
         name: String,
     },
     /// Stop a running sandbox: its processes end, its disk stays.
     Stop {
+        /// The sandbox (an unambiguous prefix will do).
+        name: String,
+    },
+    /// Suspend a running sandbox: its memory and device state go to its
+    /// directory and its VM stops using CPU and host memory; `resume`
+    /// continues it where it was (commands still running go on, their
+    /// clients wait). Stopping it instead discards the memory.
+    Suspend {
+        /// The sandbox (an unambiguous prefix will do).
+        name: String,
+    },
+    /// Continue a suspended sandbox where it was.
+    Resume {
         /// The sandbox (an unambiguous prefix will do).
         name: String,
     },
@@ -704,6 +718,8 @@ impl Subcmd {
             Subcmd::Logs { .. } => "logs",
             Subcmd::Start { .. } => "start",
             Subcmd::Stop { .. } => "stop",
+            Subcmd::Suspend { .. } => "suspend",
+            Subcmd::Resume { .. } => "resume",
             Subcmd::Rm { .. } => "rm",
             Subcmd::Service { .. } => "service",
             Subcmd::Supervise { .. } => "supervise",

@@ -52,6 +52,8 @@ fn main() {
         Some(Subcmd::Cp { follow, src, dest }) => sandboxes(cmd::copy::run(&src, &dest, follow)),
         Some(Subcmd::Start { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "start")),
         Some(Subcmd::Stop { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "stop")),
+        Some(Subcmd::Suspend { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "suspend")),
+        Some(Subcmd::Resume { name }) => sandboxes(cmd::sandbox::lifecycle(&name, "resume")),
         Some(Subcmd::Rm { name, force }) => sandboxes(cmd::sandbox::remove(&name, force)),
         Some(Subcmd::Service { action }) => sandboxes(cmd::sandbox::service_cmd(action)),
         Some(Subcmd::Supervise { name }) => {

@@ -78,7 +78,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let home = scratch.join("home");
     if args.sandboxes_only {
         let one_shot = run_capsem(&capsem, &home, "true")?;
-        let report = json!({ "sandboxes": sandboxes::measure(&capsem, &home, args.runs, ms(one_shot.wall))? });
+        let cold_home = home_with(&scratch, "cold-home", COLD)?;
+        let measured =
+            sandboxes::measure(&capsem, &home, &cold_home, args.runs, ms(one_shot.wall))?;
+        let report = json!({ "sandboxes": measured });
         print_sandboxes(&report["sandboxes"]);
         return write_report(&report, &args.out, &scratch);
     }
@@ -102,14 +105,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     eprintln!("xtask: warming up (first run hashes the assets)");
     run_capsem(&capsem, &home, "true")?;
     // Booted cold, and with the image as the root for the overlay's cost.
-    let home_with = |name: &str, toml: &str| -> Result<PathBuf> {
-        let dir = scratch.join(name);
-        fs::create_dir_all(&dir)?;
-        fs::write(dir.join("user.toml"), toml)?;
-        Ok(dir)
-    };
-    let cold_home = home_with("cold-home", COLD)?;
+    let cold_home = home_with(&scratch, "cold-home", COLD)?;
     let read_only_home = home_with(
+        &scratch,
         "read-only-home",
         &format!("{COLD}[guest]\nroot = \"read-only\"\n"),
     )?;
@@ -143,7 +141,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     report["network"] = network::measure(&capsem, &home)?;
     eprintln!("xtask: named sandboxes");
     let one_shot = median_of(&report["snapshot_start"]["wall_ms"]);
-    report["sandboxes"] = sandboxes::measure(&capsem, &home, args.runs.min(3), one_shot)?;
+    report["sandboxes"] =
+        sandboxes::measure(&capsem, &home, &cold_home, args.runs.min(3), one_shot)?;
     eprintln!("xtask: workspaces");
     report["workspace"] = workspace::measure(&capsem, &scratch, args.runs.min(3))?;
     eprintln!("xtask: terminal latency and throughput");
@@ -153,6 +152,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
     print_summary(&report);
     write_report(&report, &args.out, &scratch)
+}
+
+/// A capsem home in `scratch` with `toml` as its user settings.
+fn home_with(scratch: &Path, name: &str, toml: &str) -> Result<PathBuf> {
+    let dir = scratch.join(name);
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("user.toml"), toml)?;
+    Ok(dir)
 }
 
 fn write_report(report: &Value, out: &Path, scratch: &Path) -> Result<()> {
@@ -317,11 +324,16 @@ fn watch(mut child: Child, started: Instant) -> Result<(Duration, u64, u64)> {
 
 /// `VmHWM` (peak resident set) of a process, in KiB; 0 once it is gone.
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `/proc/PID/status` field in KiB; 0 once the process is gone.
+fn status_kib(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -648,20 +660,23 @@ fn print_workspace(w: &Value) {
 
 fn print_sandboxes(s: &Value) {
     println!("named sandboxes (ms):");
-    for (what, key) in [
-        ("exec true, CLI", "exec_true_cli_ms"),
-        ("exec true, API alone", "exec_true_api_ms"),
-        ("create (to ready)", "create_ms"),
-        ("stop", "stop_ms"),
-        ("start", "start_ms"),
-        ("rm", "rm_ms"),
+    let cold = &s["cold"];
+    for (what, v) in [
+        ("exec true, CLI", &s["exec_true_cli_ms"]),
+        ("exec true, API alone", &s["exec_true_api_ms"]),
+        ("create (to ready)", &s["create_ms"]),
+        ("create, booted cold", &cold["create_ms"]),
+        ("create to first output", &s["create_to_first_output_ms"]),
+        (
+            "  the same, booted cold",
+            &cold["create_to_first_output_ms"],
+        ),
+        ("stop", &s["stop_ms"]),
+        ("start", &s["start_ms"]),
+        ("start, booted cold", &cold["start_ms"]),
+        ("rm", &s["rm_ms"]),
     ] {
-        println!(
-            "  {what:<28} median {:>8.1}  min {:>8.1}  max {:>8.1}",
-            median_of(&s[key]),
-            s[key]["min"].as_f64().unwrap_or(f64::NAN),
-            s[key]["max"].as_f64().unwrap_or(f64::NAN)
-        );
+        line(what, v);
     }
     println!(
         "  guest's own fork+exec+wait of true {} ms; ratios: CLI/one-shot {}, CLI/guest {}, API/guest {}",
@@ -670,16 +685,32 @@ fn print_sandboxes(s: &Value) {
         s["ratio_cli_to_guest"],
         s["ratio_api_to_guest"]
     );
-    if let Some(fleets) = s["idle_pss_mib"].as_object() {
+    println!(
+        "  from the template vs cold: create {}, start {}",
+        s["ratio_create_to_cold"], s["ratio_start_to_cold"]
+    );
+    for (how, key) in [("template", "idle_pss_mib"), ("cold", "idle_pss_mib_cold")] {
+        let Some(fleets) = s[key].as_object() else {
+            continue;
+        };
         let mut fleets: Vec<_> = fleets.iter().collect();
         fleets.sort_by_key(|(n, _)| n.parse::<usize>().unwrap_or(usize::MAX));
         for (n, v) in fleets {
             println!(
-                "  {n:>2} idle sandboxes: {} MiB PSS in all, {} each",
+                "  {n:>2} idle sandboxes ({how}): {} MiB PSS in all, {} each",
                 v["total"], v["per_sandbox"]
             );
         }
     }
+    let r = &s["suspend_resume"];
+    line("suspend, 256 MiB written", &r["suspend_ms"]);
+    line("resume", &r["resume_ms"]);
+    println!("  suspended state {} MiB", r["state_mib"]);
+    let m = &s["memory_returned_mib"];
+    println!(
+        "  idle density, template over cold: {}; QEMU RSS {} MiB with 300 MiB written, {} MiB 10 s after the guest freed it",
+        s["ratio_idle_density_to_cold"], m["held"], m["after_free"]
+    );
 }
 
 fn print_network(n: &Value) {

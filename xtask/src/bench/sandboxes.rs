@@ -1,6 +1,8 @@
 //! Named sandboxes: exec latency (through the CLI, through the API alone,
-//! and the guest's own fork+exec), lifecycle times, and host memory per
-//! idle sandbox as their number grows.
+//! and the guest's own fork+exec), lifecycle times and host memory per
+//! idle sandbox as their number grows, each from the boot template and
+//! booted cold side by side, the memory a guest frees given back, and
+//! suspend and resume times.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -21,10 +23,18 @@ const EXECS: usize = 30;
 const FLEETS: [usize; 4] = [1, 5, 10, 20];
 
 /// All the sandbox figures; `one_shot_ms` is `capsem true`'s median.
-pub fn measure(capsem: &Path, home: &Path, runs: usize, one_shot_ms: f64) -> Result<Value> {
-    let mut lifecycle = Lifecycle::default();
+/// `home` starts sandboxes from the boot template, `cold_home` boots them.
+pub fn measure(
+    capsem: &Path,
+    home: &Path,
+    cold_home: &Path,
+    runs: usize,
+    one_shot_ms: f64,
+) -> Result<Value> {
+    let (mut lifecycle, mut cold) = (Lifecycle::default(), Lifecycle::default());
     for i in 0..runs.max(1) {
         lifecycle.run(capsem, home, &format!("bench-{i}"))?;
+        cold.run(capsem, cold_home, &format!("bench-{i}"))?;
     }
     let name = "bench-exec";
     ok(capsem, home, &["create", "-n", name])?;
@@ -34,10 +44,16 @@ pub fn measure(capsem: &Path, home: &Path, runs: usize, one_shot_ms: f64) -> Res
     let api = api_round_trips(home, name)?;
     let guest = guest_fork_exec_ms(capsem, home, name)?;
     ok(capsem, home, &["rm", "-f", name])?;
+    let returned = memory_returned(capsem, home)?;
+    let suspend = suspend_resume(capsem, home, runs.max(1))?;
     let idle_pss = fleets(capsem, home)?;
-    // The service the CLI started must not outlive the bench's home.
-    ok(capsem, home, &["service", "stop"])?;
+    let idle_pss_cold = fleets(capsem, cold_home)?;
+    // The services the CLI started must not outlive the bench's homes.
+    for home in [home, cold_home] {
+        ok(capsem, home, &["service", "stop"])?;
+    }
     let cli_median = median(&cli);
+    let per_sandbox = |fleet: &Value| fleet["20"]["per_sandbox"].as_f64().unwrap_or(f64::NAN);
     Ok(json!({
         "exec_true_cli_ms": stats(cli.iter().copied()),
         "exec_true_api_ms": stats(api.iter().copied()),
@@ -45,17 +61,32 @@ pub fn measure(capsem: &Path, home: &Path, runs: usize, one_shot_ms: f64) -> Res
         "ratio_cli_to_one_shot": ratio(cli_median, one_shot_ms),
         "ratio_cli_to_guest": ratio(cli_median, guest),
         "ratio_api_to_guest": ratio(median(&api), guest),
-        "create_ms": stats(lifecycle.create),
+        "create_ms": stats(lifecycle.create.iter().copied()),
+        "create_to_first_output_ms": stats(lifecycle.first_output.iter().copied()),
         "stop_ms": stats(lifecycle.stop),
-        "start_ms": stats(lifecycle.start),
+        "start_ms": stats(lifecycle.start.iter().copied()),
         "rm_ms": stats(lifecycle.rm),
+        "cold": {
+            "create_ms": stats(cold.create.iter().copied()),
+            "create_to_first_output_ms": stats(cold.first_output.iter().copied()),
+            "start_ms": stats(cold.start.iter().copied()),
+        },
+        "ratio_create_to_cold": ratio(median(&lifecycle.create), median(&cold.create)),
+        "ratio_start_to_cold": ratio(median(&lifecycle.start), median(&cold.start)),
         "idle_pss_mib": idle_pss,
+        "idle_pss_mib_cold": idle_pss_cold,
+        // Idle sandboxes per GiB from the template, over cold-booted ones.
+        "ratio_idle_density_to_cold": ratio(per_sandbox(&idle_pss_cold), per_sandbox(&idle_pss)),
+        "memory_returned_mib": returned,
+        "suspend_resume": suspend,
     }))
 }
 
 #[derive(Default)]
 struct Lifecycle {
     create: Vec<f64>,
+    /// `create` and then an `exec` whose output arrives.
+    first_output: Vec<f64>,
     stop: Vec<f64>,
     start: Vec<f64>,
     rm: Vec<f64>,
@@ -63,8 +94,10 @@ struct Lifecycle {
 
 impl Lifecycle {
     fn run(&mut self, capsem: &Path, home: &Path, name: &str) -> Result<()> {
-        self.create
-            .push(timed(capsem, home, &["create", "-n", name])?);
+        let create = timed(capsem, home, &["create", "-n", name])?;
+        self.create.push(create);
+        self.first_output
+            .push(create + timed(capsem, home, &["exec", name, "echo ready"])?);
         self.stop.push(timed(capsem, home, &["stop", name])?);
         self.start.push(timed(capsem, home, &["start", name])?);
         self.rm.push(timed(capsem, home, &["rm", "-f", name])?);
@@ -152,6 +185,61 @@ fn guest_fork_exec_ms(capsem: &Path, home: &Path, name: &str) -> Result<f64> {
         .parse()
         .with_context(|| format!("reading {out:?}"))?;
     Ok((us / 10.0).round() / 100.0)
+}
+
+/// QEMU's RSS with 300 MiB of guest tmpfs written, and 10 s after the
+/// guest freed it (free page reporting gives it back).
+fn memory_returned(capsem: &Path, home: &Path) -> Result<Value> {
+    let name = "bench-memory";
+    ok(capsem, home, &["create", "-n", name])?;
+    ok(
+        capsem,
+        home,
+        &["exec", name, "head -c 300M /dev/zero > /dev/shm/fill"],
+    )?;
+    let qemu = || {
+        supervisors(home)
+            .first()
+            .and_then(|&pid| super::first_child(pid))
+            .map_or(0.0, |pid| super::status_kib(pid, "VmRSS:") as f64 / 1024.0)
+    };
+    let held = rss_mib(qemu());
+    ok(capsem, home, &["exec", name, "rm /dev/shm/fill"])?;
+    std::thread::sleep(std::time::Duration::from_secs(10));
+    let after = rss_mib(qemu());
+    ok(capsem, home, &["rm", "-f", name])?;
+    Ok(json!({ "held": held, "after_free": after, "returned": rss_mib(held - after) }))
+}
+
+/// `capsem suspend` and `capsem resume` of a sandbox holding 256 MiB of
+/// written guest memory, and the state file's size.
+fn suspend_resume(capsem: &Path, home: &Path, runs: usize) -> Result<Value> {
+    let name = "bench-suspend";
+    ok(capsem, home, &["create", "-n", name])?;
+    ok(
+        capsem,
+        home,
+        &["exec", name, "head -c 256M /dev/urandom > /dev/shm/fill"],
+    )?;
+    let (mut suspend, mut resume, mut state_mib) = (Vec::new(), Vec::new(), 0.0);
+    for _ in 0..runs {
+        suspend.push(timed(capsem, home, &["suspend", name])?);
+        let state = home.join("sandboxes").join(name).join("suspended.state");
+        state_mib = std::fs::metadata(&state)?.len() as f64 / (1 << 20) as f64;
+        resume.push(timed(capsem, home, &["resume", name])?);
+        ok(capsem, home, &["exec", name, "test -s /dev/shm/fill"])?;
+    }
+    ok(capsem, home, &["rm", "-f", name])?;
+    Ok(json!({
+        "dirty_guest_mib": 256,
+        "suspend_ms": stats(suspend),
+        "resume_ms": stats(resume),
+        "state_mib": rss_mib(state_mib),
+    }))
+}
+
+fn rss_mib(mib: f64) -> f64 {
+    (mib * 10.0).round() / 10.0
 }
 
 /// Host memory (PSS of each supervisor and its QEMU) with N idle

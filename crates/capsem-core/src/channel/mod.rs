@@ -8,6 +8,7 @@
 
 mod copy;
 pub mod exec;
+mod gate;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
@@ -27,6 +28,7 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 
 pub use copy::Chunks;
 pub use exec::{Control, Ended, ExecIo, ExecSpec, Recording, run as exec};
+pub use gate::NotDrained;
 
 /// A multiplexed stream framed with the host's codec.
 pub type Stream = Framed<Compat<mux::Stream>, HostCodec>;
@@ -73,6 +75,7 @@ pub struct Channel {
     driver: JoinHandle<Result<(), ConnectionError>>,
     control: tokio::sync::Mutex<FramedWrite<Compat<mux::Stream>, HostCodec>>,
     next_exec: AtomicU32,
+    gate: gate::Gate,
 }
 
 /// Where a VM's agent is when the channel opens.
@@ -102,6 +105,13 @@ pub async fn read_hello(socket: &mut UnixStream) -> Result<GuestHello, ChannelEr
     Ok(hello)
 }
 
+/// The host's wall clock since the Unix epoch.
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+}
+
 /// The streams the guest opens (its network connections and queries).
 pub type Inbound = mpsc::Receiver<mux::Stream>;
 
@@ -120,17 +130,15 @@ impl Channel {
             Start::Boot => Some(read_hello(&mut socket).await?),
             Start::Restored => None,
         };
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
         let host_hello = HostHello::new(
-            now.as_nanos() as u64,
+            unix_now().as_nanos() as u64,
             greeting.ca_pem,
             rand::random(),
             greeting.home_disk,
         );
         frame::write_frame(&mut socket, &host_hello).await?;
         let ready: GuestReady = frame::read_frame(&mut socket).await?;
+        let (socket, gate) = gate::Gated::new(socket).map_err(FrameError::Io)?;
         let (mut opener, inbound, driver) = mux::start(socket.compat(), Mode::Client);
         let driver = tokio::spawn(driver);
         // The control stream is opened before any guest program can open
@@ -150,6 +158,7 @@ impl Channel {
             driver,
             control: tokio::sync::Mutex::new(control),
             next_exec: AtomicU32::new(1),
+            gate,
         };
         Ok((channel, inbound))
     }
@@ -206,6 +215,25 @@ impl Channel {
             GuestToHost::Refused(reason) => Err(ChannelError::Refused(reason)),
             _ => Err(ProtocolError::Unexpected("an answer other than Done to a request").into()),
         }
+    }
+
+    /// Holds everything the host writes to the guest from now on, and
+    /// waits, within `limit`, until the guest's side has read what was
+    /// written before: the VM can then be snapshotted without losing a
+    /// byte in flight. An error releases the writes again.
+    pub async fn hold_writes(&self, limit: Duration) -> Result<(), NotDrained> {
+        self.gate.hold(limit).await
+    }
+
+    /// Lets the host's writes go to the guest again.
+    pub fn release_writes(&self) {
+        self.gate.release();
+    }
+
+    /// Sets the guest's wall clock to the host's (after a resume).
+    pub async fn set_clock(&self) -> Result<(), ChannelError> {
+        let unix_time_ns = unix_now().as_nanos() as u64;
+        self.control(HostToGuest::SetClock { unix_time_ns }).await
     }
 
     /// Asks the guest to power off. The VM's exit confirms it.

@@ -36,6 +36,7 @@ mod template;
 mod vm;
 
 pub use template::{KEEP as TEMPLATES_KEPT, Key as TemplateKey};
+pub use vm::SuspendError;
 
 use record::{FinalState, RecordSpec, Recorder};
 use vm::RunningVm;
@@ -463,7 +464,7 @@ impl Sandbox {
         let session = &opened.session;
         let boot_log = crate::fsutil::create_private(&session.boot_log())
             .map_err(io_err("creating the boot log"))?;
-        let config = VmConfig {
+        let mut config = VmConfig {
             name: format!("capsem-{}", session.id()),
             assets: spec.assets,
             accel: opened.accel,
@@ -484,9 +485,20 @@ impl Sandbox {
             config.memory_mib,
             opened.accel.name()
         );
+        // A named sandbox can be suspended: it keeps the VM's descriptors
+        // and a QMP socket to its monitor.
+        let relaunch = if config.home_disk.is_some() {
+            let kit = self.relaunch_kit(&mut config);
+            Some(kit.map_err(io_err("keeping the VM's descriptors"))?)
+        } else {
+            None
+        };
         let handle = self.backend.launch(config)?;
-        let vm = RunningVm::new(handle, console_host, boot_log)
+        let mut vm = RunningVm::new(handle, console_host, boot_log)
             .map_err(io_err("reading the VM console"))?;
+        if let Some(relaunch) = relaunch {
+            vm = vm.suspendable(relaunch);
+        }
         opened.phases.vm_spawned = Some(self.mark("VM monitor started"));
 
         let socket = to_tokio(channel_host).map_err(io_err("preparing the channel"))?;
@@ -532,6 +544,19 @@ impl Sandbox {
             return Err(err);
         }
         Ok(Booted::Ready(Box::new(live)))
+    }
+
+    /// Gives `config` a QMP socket, and returns what a resume of its VM
+    /// takes.
+    fn relaunch_kit(&self, config: &mut VmConfig) -> std::io::Result<vm::Relaunch> {
+        let kept = config.try_clone()?;
+        let (host, vm) = StdUnixStream::pair()?;
+        config.control = Some(vm.into());
+        Ok(vm::Relaunch {
+            backend: self.backend.clone(),
+            config: kept,
+            control: Some(vm::Control::Socket(host)),
+        })
     }
 
     /// Records when the agent was ready and, on a cold boot, when the
@@ -761,15 +786,20 @@ impl Live {
     /// the export to carry; a failure leaves them out, and says so.
     async fn bundle_commits(&self, name: &str) {
         let script = crate::workspace::git::BUNDLE_SCRIPT;
+        let argv = ["bash", "-c", script, "capsem-bundle", name];
+        if let Err(e) = self.run_quietly(&argv, BUNDLE_TIMEOUT).await {
+            tracing::warn!("bundling the workspace's commits: {e}");
+        }
+    }
+
+    /// Runs `argv` in the guest with no input and its output dropped; an
+    /// exit other than 0 is an error.
+    async fn run_quietly(&self, argv: &[&str], timeout: Duration) -> Result<(), String> {
         let spec = ExecSpec {
-            command: Command::Argv(
-                ["bash", "-c", script, "capsem-bundle", name]
-                    .map(str::to_owned)
-                    .to_vec(),
-            ),
+            command: Command::Argv(argv.iter().map(|a| (*a).to_owned()).collect()),
             env: Vec::new(),
             tty: None,
-            timeout: Some(BUNDLE_TIMEOUT),
+            timeout: Some(timeout),
         };
         let io = ExecIo {
             stdin: None,
@@ -778,8 +808,8 @@ impl Live {
             controls: tokio::sync::mpsc::channel(1).1,
         };
         match self.exec(spec, io, None).await {
-            Ok(Outcome::Exited(ExitStatus::Code(0))) => {}
-            other => tracing::warn!("bundling the workspace's commits: {other:?}"),
+            Ok(Outcome::Exited(ExitStatus::Code(0))) => Ok(()),
+            other => Err(format!("{other:?}")),
         }
     }
 
@@ -844,10 +874,47 @@ impl Live {
         Stage::Exec.died(&self.session, exit)
     }
 
+    /// Writes the VM's memory and device state to `state` and ends its
+    /// monitor; everything on the host's side (commands' streams, network
+    /// connections) waits for [`Live::resume`]. A failed suspend leaves the
+    /// VM running.
+    pub async fn suspend(&self, state: std::fs::File) -> Result<(), SuspendError> {
+        // What the guest wrote reaches its disk first: a sandbox stopped
+        // while suspended keeps its disk as it was at the suspend.
+        if let Err(e) = self.run_quietly(&["sync"], SYNC_TIMEOUT).await {
+            tracing::warn!("syncing the guest's disk before the suspend: {e}");
+        }
+        self.channel.hold_writes(DRAIN_LIMIT).await?;
+        let suspended = self.vm.suspend(state, SUSPEND_LIMIT).await;
+        if suspended.is_err() {
+            self.channel.release_writes();
+        }
+        suspended
+    }
+
+    /// Resumes the VM from `state` and sets its clock, behind by the pause.
+    /// A failed resume leaves it suspended.
+    pub async fn resume(&self, state: std::fs::File) -> Result<(), SuspendError> {
+        self.vm.resume(state, SUSPEND_LIMIT).await?;
+        self.channel.release_writes();
+        if let Err(e) = self.channel.set_clock().await {
+            tracing::warn!("setting the resumed guest's clock: {e}");
+        }
+        Ok(())
+    }
+
+    /// Whether the VM is suspended.
+    pub fn is_suspended(&self) -> bool {
+        self.vm.is_suspended()
+    }
+
     /// Ends the VM: asks the guest to power off (it syncs its disk) and
-    /// waits for that when `graceful`, else kills it.
+    /// waits for that when `graceful`, else kills it. A suspended VM is
+    /// discarded: its disk is as the suspend left it.
     pub async fn stop(&self, graceful: bool) {
-        if graceful {
+        if self.vm.is_suspended() {
+            kill(&self.vm).await;
+        } else if graceful {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.channel.shutdown()).await;
             stop(&self.vm).await;
         } else {
@@ -894,6 +961,15 @@ struct Mounted {
     /// Its name under `/root`.
     name: String,
 }
+
+/// Longest a suspend may take to write the VM's state, or a resume to
+/// load it.
+const SUSPEND_LIMIT: Duration = Duration::from_secs(120);
+/// Longest the guest's `sync` may take before a suspend.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest the guest may take to read what the host sent it before a
+/// suspend.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
 /// How long the guest may take to bundle its commits.
 const BUNDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -30,7 +30,7 @@ use crate::assets::{AssetEntry, VerifiedAssets, VerifiedFile};
 use crate::channel::{self, ChannelError};
 use crate::fsutil::{create_private, create_private_dir, write_atomic};
 use crate::session::log_tail;
-use crate::vm::qemu::qmp::{Qmp, QmpError};
+use crate::vm::qemu::qmp::{self, Qmp, QmpError};
 use crate::vm::{Accel, DiskFiles, VmConfig, VmError};
 
 /// The template's name in asset errors.
@@ -50,8 +50,6 @@ const BLANK_DISK: &str = "disk";
 pub const KEEP: usize = 4;
 /// Longest a snapshot may take to write.
 const SAVE_LIMIT: Duration = Duration::from_secs(60);
-/// Longest QEMU's monitor may take to answer.
-const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Lines of the template VM's boot log quoted when its build fails.
 const LOG_LINES: usize = 20;
 
@@ -288,7 +286,7 @@ impl Sandbox {
             };
             let file = state.try_clone().map_err(io_err("the state file"))?;
             tokio::task::spawn_blocking(move || {
-                Qmp::connect(control_host, QMP_TIMEOUT)?.save(&file, SAVE_LIMIT)
+                Qmp::connect(control_host, qmp::REPLY_TIMEOUT)?.save(&file, SAVE_LIMIT)
             })
             .await
             .map_err(|e| io_err("snapshotting")(std::io::Error::other(e)))??;

@@ -45,6 +45,32 @@ pub struct VmConfig {
     pub monitor_log: File,
 }
 
+impl VmConfig {
+    /// The same VM again, every descriptor duplicated: what a suspended VM
+    /// is resumed with. Neither the monitor's control socket nor a
+    /// snapshot to resume is copied; each start brings its own.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(VmConfig {
+            name: self.name.clone(),
+            assets: self.assets.try_clone()?,
+            accel: self.accel,
+            cpus: self.cpus,
+            memory_mib: self.memory_mib,
+            root: self.root,
+            home_disk: self
+                .home_disk
+                .as_ref()
+                .map(DiskFiles::try_clone)
+                .transpose()?,
+            channel: self.channel.try_clone()?,
+            console: self.console.try_clone()?,
+            control: None,
+            incoming: None,
+            monitor_log: self.monitor_log.try_clone()?,
+        })
+    }
+}
+
 /// A writable disk image, open twice: QEMU opens an image read-only
 /// before it opens it read-write, and takes from its descriptor set the
 /// descriptor whose access mode matches each open.
@@ -62,6 +88,14 @@ impl DiskFiles {
         Ok(DiskFiles {
             read_write: File::options().read(true).write(true).open(path)?,
             read_only: File::open(path)?,
+        })
+    }
+
+    /// The same descriptors, duplicated.
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(DiskFiles {
+            read_write: self.read_write.try_clone()?,
+            read_only: self.read_only.try_clone()?,
         })
     }
 }

@@ -136,7 +136,7 @@ pub async fn list(json: bool) -> Result<i32, Failure> {
         return Ok(0);
     }
     outln!(
-        "{:<24} {:<8} {:<19} {:>8} {:>4} {:>6} {:>8} {:>9}",
+        "{:<24} {:<9} {:<19} {:>8} {:>4} {:>6} {:>8} {:>9}",
         "NAME",
         "STATE",
         "CREATED",
@@ -151,10 +151,11 @@ pub async fn list(json: bool) -> Result<i32, Failure> {
         let state = match s.state {
             State::Running => "running",
             State::Stopped => "stopped",
+            State::Suspended => "suspended",
         };
         let since = |ms: Option<i64>| ms.map_or("-".to_owned(), |ms| ago(now - ms));
         outln!(
-            "{:<24} {:<8} {:<19} {:>8} {:>4} {:>6} {:>8} {:>9}",
+            "{:<24} {:<9} {:<19} {:>8} {:>4} {:>6} {:>8} {:>9}",
             s.name,
             state,
             crate::cmd::sessions::local_time(s.created_ms),

@@ -20,5 +20,6 @@ mod settings;
 mod shell;
 mod snapshot;
 mod support;
+mod suspend;
 mod upstream;
 mod workspace;

@@ -29,7 +29,7 @@ impl Service {
     }
 
     /// `capsem ls --json`, each record checked against docs/json.md.
-    fn list(&self) -> Vec<serde_json::Value> {
+    pub fn list(&self) -> Vec<serde_json::Value> {
         if self.ok(&["ls", "--json"]).is_empty() {
             return Vec::new();
         }
@@ -38,7 +38,7 @@ impl Service {
         records.into_iter().map(|r| r["data"].clone()).collect()
     }
 
-    fn state(&self, name: &str) -> String {
+    pub fn state(&self, name: &str) -> String {
         let all = self.list();
         let found = all.iter().find(|s| s["name"] == name).expect("listed");
         found["state"].as_str().unwrap().to_owned()
@@ -405,7 +405,7 @@ fn sandboxes_outlive_a_killed_service_and_a_killed_supervisor_takes_its_vm() {
     assert!(sessions.contains("\"killed\""), "{sessions}");
 }
 
-fn kill9(pid: u32) {
+pub fn kill9(pid: u32) {
     let out = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .output()
@@ -415,7 +415,7 @@ fn kill9(pid: u32) {
 
 /// The supervisor of `name`: the process holding its socket, found by its
 /// command line.
-fn supervisor_pid(service: &Service, name: &str) -> u32 {
+pub fn supervisor_pid(service: &Service, name: &str) -> u32 {
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;

@@ -2,17 +2,18 @@
 //! VM, every restored VM is its own, a tampered template is refused, and
 //! `vm.snapshot_start = false` still boots cold (exec, terminal, named
 //! sandboxes and doctor's sandbox checks run both ways; the network's cold
-//! run is in `network`).
+//! run is in `network`), and memory the guest frees goes back to the host.
 
 use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::sandboxes::Service;
-use crate::support::{Capsem, assert_code, stderr, stdout};
+use crate::support::{Capsem, assert_code, stderr, stdout, wait_until};
 
 /// What the VM must not share with its siblings, one per line: 64 bytes
 /// of `/dev/urandom`, the kernel's boot id, the machine-id, the wall clock.
@@ -220,4 +221,33 @@ fn a_cold_booted_named_sandbox_keeps_its_disk_too() {
         assert!(phases["kernel_started_ms"].is_number(), "{phases}");
         assert!(phases["template_ready_ms"].is_null(), "{phases}");
     }
+}
+
+fn host_rss_mib(service: &Service, name: &str) -> u64 {
+    let all = service.list();
+    let found = all.iter().find(|s| s["name"] == name).expect("listed");
+    found["host_rss_kib"]
+        .as_u64()
+        .expect("a running sandbox's RSS")
+        / 1024
+}
+
+#[test]
+fn memory_the_guest_frees_goes_back_to_the_host() {
+    let service = Service::new();
+    service.ok(&["create", "-n", "mem"]);
+    // 300 MiB of guest tmpfs pages, each written.
+    service.ok(&["exec", "mem", "head -c 300M /dev/zero > /dev/shm/fill"]);
+    let held = host_rss_mib(&service, "mem");
+    service.ok(&["exec", "mem", "rm /dev/shm/fill"]);
+    // The guest reports freed pages after about two seconds.
+    let mut now = held;
+    let returned = wait_until(Duration::from_secs(60), || {
+        now = host_rss_mib(&service, "mem");
+        now + 200 <= held
+    });
+    assert!(
+        returned,
+        "QEMU held {held} MiB, still {now} MiB after the free"
+    );
 }

@@ -1,5 +1,6 @@
-//! Just enough of QEMU's machine protocol (QMP) to snapshot a VM: write
-//! its RAM and device state to a descriptor capsem passes.
+//! Just enough of QEMU's machine protocol (QMP) to snapshot a VM (write
+//! its RAM and device state to a descriptor capsem passes) and to see one
+//! resumed from a snapshot run.
 //!
 //! QMP is line-delimited JSON on the socket pair QEMU inherits
 //! ([`super::args::Fd::Control`]). QEMU's `fd:` migration target only
@@ -17,6 +18,8 @@ use serde_json::{Value, json};
 
 /// Longest reply line read; QMP's replies here are a few hundred bytes.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
+/// Longest QEMU's monitor may take to answer one command.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a running migration is polled.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -37,8 +40,8 @@ pub enum QmpError {
         /// QEMU's reason.
         desc: String,
     },
-    /// The snapshot did not complete in time.
-    #[error("the snapshot did not complete within {0:?}")]
+    /// The snapshot or resume did not complete in time.
+    #[error("QEMU did not finish within {0:?}")]
     TimedOut(Duration),
 }
 
@@ -70,25 +73,53 @@ impl Qmp {
     /// first: the snapshot records the run state, and one taken paused
     /// would resume paused.
     pub fn save(&mut self, state: &File, limit: Duration) -> Result<(), QmpError> {
-        let deadline = Instant::now() + limit;
         self.execute("getfd", json!({"fdname": "snapshot"}), Some(state))?;
         self.execute("migrate", json!({"uri": "fd:snapshot"}), None)?;
-        loop {
-            let info = self.execute("query-migrate", json!({}), None)?;
+        self.poll("query-migrate", limit, |info| {
             match info.get("status").and_then(Value::as_str) {
-                Some("completed") => return Ok(()),
-                Some("failed" | "cancelled") => {
-                    return Err(QmpError::Refused {
-                        command: "migrate".into(),
-                        desc: info
-                            .get("error-desc")
-                            .and_then(Value::as_str)
-                            .unwrap_or("failed")
-                            .to_owned(),
-                    });
-                }
-                _ if Instant::now() > deadline => return Err(QmpError::TimedOut(limit)),
-                _ => std::thread::sleep(POLL),
+                Some("completed") => Some(Ok(())),
+                Some("failed" | "cancelled") => Some(Err(QmpError::Refused {
+                    command: "migrate".into(),
+                    desc: info
+                        .get("error-desc")
+                        .and_then(Value::as_str)
+                        .unwrap_or("failed")
+                        .to_owned(),
+                })),
+                _ => None,
+            }
+        })
+    }
+
+    /// Waits until a VM resuming a snapshot (`-incoming`) runs, within
+    /// `limit`. A snapshot QEMU cannot load ends QEMU, and this with it.
+    pub fn wait_running(&mut self, limit: Duration) -> Result<(), QmpError> {
+        self.poll("query-status", limit, |info| {
+            match info.get("status").and_then(Value::as_str) {
+                Some("running") => Some(Ok(())),
+                Some("inmigrate" | "prelaunch") => None,
+                other => Some(Err(QmpError::Refused {
+                    command: "the resume".into(),
+                    desc: format!("the VM is {}", other.unwrap_or("in no known state")),
+                })),
+            }
+        })
+    }
+
+    /// Runs `command` until `done` says how it ended, within `limit`.
+    fn poll(
+        &mut self,
+        command: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> Option<Result<(), QmpError>>,
+    ) -> Result<(), QmpError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = self.execute(command, json!({}), None)?;
+            match done(&info) {
+                Some(ended) => return ended,
+                None if Instant::now() > deadline => return Err(QmpError::TimedOut(limit)),
+                None => std::thread::sleep(POLL),
             }
         }
     }
@@ -252,6 +283,29 @@ mod tests {
         let mut qmp = Qmp::connect(socket, Duration::from_secs(5)).unwrap();
         let err = qmp.save(&state, Duration::from_secs(5)).unwrap_err();
         assert_eq!(err.to_string(), "QEMU refused `getfd`: no");
+    }
+
+    #[test]
+    fn a_resume_is_waited_for_and_a_vm_left_paused_is_an_error() {
+        let polls = std::sync::atomic::AtomicU32::new(0);
+        let (socket, _server) =
+            fake(
+                move |_| match polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                    0 => "{\"return\": {}}\n".into(),
+                    1 | 2 => "{\"return\": {\"status\": \"inmigrate\"}}\n".into(),
+                    _ => "{\"return\": {\"status\": \"running\"}}\n".into(),
+                },
+            );
+        let mut qmp = Qmp::connect(socket, Duration::from_secs(5)).unwrap();
+        qmp.wait_running(Duration::from_secs(5)).unwrap();
+
+        let (socket, _server) = fake(|cmd| match cmd {
+            "query-status" => "{\"return\": {\"status\": \"paused\"}}\n".into(),
+            _ => "{\"return\": {}}\n".into(),
+        });
+        let mut qmp = Qmp::connect(socket, Duration::from_secs(5)).unwrap();
+        let err = qmp.wait_running(Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("the VM is paused"), "{err}");
     }
 
     #[test]
