@@ -687,14 +687,7 @@ async fn save_workspace(
     if !lock::is_held(&dir.lock()) {
         return Ok(axum::Json(()));
     }
-    Client::new(dir.socket())
-        .call::<()>(axum::http::Method::POST, "/workspace/save", None::<&()>)
-        .await
-        .map_err(|e| match e.status() {
-            Some(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
-            None => ApiError::internal(format!("the sandbox's supervisor does not answer: {e}")),
-        })?;
-    Ok(axum::Json(()))
+    ask(&dir, "/workspace/save").await.map(axum::Json)
 }
 
 /// The sandbox `given` names, which must be running (not stopped, not

@@ -191,12 +191,7 @@ fn guest_fork_exec_ms(capsem: &Path, home: &Path, name: &str) -> Result<f64> {
 /// guest freed it (free page reporting gives it back).
 fn memory_returned(capsem: &Path, home: &Path) -> Result<Value> {
     let name = "bench-memory";
-    ok(capsem, home, &["create", "-n", name])?;
-    ok(
-        capsem,
-        home,
-        &["exec", name, "head -c 300M /dev/zero > /dev/shm/fill"],
-    )?;
+    create_filled(capsem, home, name, "300M", "/dev/zero")?;
     let qemu = || {
         supervisors(home)
             .first()
@@ -215,12 +210,7 @@ fn memory_returned(capsem: &Path, home: &Path) -> Result<Value> {
 /// written guest memory, and the state file's size.
 fn suspend_resume(capsem: &Path, home: &Path, runs: usize) -> Result<Value> {
     let name = "bench-suspend";
-    ok(capsem, home, &["create", "-n", name])?;
-    ok(
-        capsem,
-        home,
-        &["exec", name, "head -c 256M /dev/urandom > /dev/shm/fill"],
-    )?;
+    create_filled(capsem, home, name, "256M", "/dev/urandom")?;
     let (mut suspend, mut resume, mut state_mib) = (Vec::new(), Vec::new(), 0.0);
     for _ in 0..runs {
         suspend.push(timed(capsem, home, &["suspend", name])?);
@@ -236,6 +226,15 @@ fn suspend_resume(capsem: &Path, home: &Path, runs: usize) -> Result<Value> {
         "resume_ms": stats(resume),
         "state_mib": rss_mib(state_mib),
     }))
+}
+
+/// Creates sandbox `name` with `size` of `source` written to its
+/// `/dev/shm/fill` (guest memory).
+fn create_filled(capsem: &Path, home: &Path, name: &str, size: &str, source: &str) -> Result<()> {
+    ok(capsem, home, &["create", "-n", name])?;
+    let fill = format!("head -c {size} {source} > /dev/shm/fill");
+    ok(capsem, home, &["exec", name, &fill])?;
+    Ok(())
 }
 
 fn rss_mib(mib: f64) -> f64 {

@@ -99,7 +99,7 @@ pub const REGISTRY: &[Def] = &[
         key: "vm.snapshot_start",
         kind: Kind::Bool,
         default: Default::Bool(true),
-        description: "start one-shot runs from a boot template (a snapshot of a booted VM) instead of booting",
+        description: "start one-shot runs and named sandboxes from a boot template (a snapshot of a booted VM) instead of booting",
     },
     Def {
         key: "vm.timeout_secs",
