@@ -200,6 +200,17 @@ impl Service {
         locks.entry(name.to_owned()).or_default().clone()
     }
 
+    /// The sandbox `given` names, its lifecycle lock held (start, stop,
+    /// suspend, resume and removal take turns) until the guard drops.
+    async fn locked(
+        &self,
+        given: &str,
+    ) -> Result<(SandboxDir, tokio::sync::OwnedMutexGuard<()>), ApiError> {
+        let dir = self.resolve(given)?;
+        let held = self.lock_of(dir.name()).lock_owned().await;
+        Ok((dir, held))
+    }
+
     /// The sandboxes whose supervisors hold their locks.
     fn running(&self) -> std::collections::HashSet<String> {
         self.names()
@@ -524,9 +535,7 @@ async fn start(
     State(service): State<Arc<Service>>,
     UrlPath(given): UrlPath<String>,
 ) -> Answer<SandboxInfo> {
-    let dir = service.resolve(&given)?;
-    let lock = service.lock_of(dir.name());
-    let _held = lock.lock().await;
+    let (dir, _held) = service.locked(&given).await?;
     if !lock::is_held(&dir.lock()) {
         service.boot(&dir, &load_settings()?).await?;
     } else if supervisor_info(&dir).await.is_some_and(|i| i.suspended) {
@@ -542,8 +551,7 @@ async fn suspend(
     UrlPath(given): UrlPath<String>,
 ) -> Answer<SandboxInfo> {
     let dir = running(&service, &given).await?;
-    let lock = service.lock_of(dir.name());
-    let _held = lock.lock().await;
+    let _held = service.lock_of(dir.name()).lock_owned().await;
     ask(&dir, "/suspend").await?;
     service.info(&dir).await.map(axum::Json)
 }
@@ -553,9 +561,7 @@ async fn resume(
     State(service): State<Arc<Service>>,
     UrlPath(given): UrlPath<String>,
 ) -> Answer<SandboxInfo> {
-    let dir = service.resolve(&given)?;
-    let lock = service.lock_of(dir.name());
-    let _held = lock.lock().await;
+    let (dir, _held) = service.locked(&given).await?;
     if !supervisor_info(&dir).await.is_some_and(|i| i.suspended) {
         return Err(ApiError::conflict(format!(
             "sandbox {:?} is not suspended",
@@ -581,9 +587,7 @@ async fn stop(
     State(service): State<Arc<Service>>,
     UrlPath(given): UrlPath<String>,
 ) -> Answer<SandboxInfo> {
-    let dir = service.resolve(&given)?;
-    let lock = service.lock_of(dir.name());
-    let _held = lock.lock().await;
+    let (dir, _held) = service.locked(&given).await?;
     if lock::is_held(&dir.lock()) {
         service.halt(&dir).await?;
     }
@@ -601,9 +605,7 @@ async fn remove(
     UrlPath(given): UrlPath<String>,
     Query(query): Query<RemoveQuery>,
 ) -> Answer<()> {
-    let dir = service.resolve(&given)?;
-    let lock = service.lock_of(dir.name());
-    let _held = lock.lock().await;
+    let (dir, _held) = service.locked(&given).await?;
     if lock::is_held(&dir.lock()) {
         if !query.force {
             return Err(ApiError::conflict(format!(

@@ -335,21 +335,23 @@ async fn save_workspace(State(shared): State<Arc<Shared>>) -> Result<axum::Json<
 }
 
 /// Writes the VM's state to the sandbox's directory and ends its QEMU.
+/// No temporary name is needed: a state is only ever resumed by the
+/// supervisor that wrote it, and a new supervisor removes any it finds.
 async fn suspend(State(shared): State<Arc<Shared>>) -> Result<axum::Json<()>, Refusal> {
+    if shared.live.is_suspended() {
+        return Err(conflict("the sandbox is suspended already"));
+    }
     let path = shared.dir.suspended_state();
-    let partial = path.with_extension("partial");
-    let file = capsem_core::fsutil::create_private(&partial)
-        .map_err(|e| internal(format!("creating {}: {e}", partial.display())))?;
-    let saved = match shared.live.suspend(file).await {
-        Ok(()) => std::fs::rename(&partial, &path)
-            .map_err(|e| internal(format!("keeping {}: {e}", path.display()))),
-        Err(e) => Err(conflict(format!("suspending: {e}"))),
-    };
+    let file = capsem_core::fsutil::create_private(&path)
+        .map_err(|e| internal(format!("creating {}: {e}", path.display())))?;
+    let saved = shared.live.suspend(file).await;
     if saved.is_err() {
-        let _ = std::fs::remove_file(&partial);
+        let _ = std::fs::remove_file(&path);
     }
     shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-    saved.map(axum::Json)
+    saved
+        .map(axum::Json)
+        .map_err(|e| conflict(format!("suspending: {e}")))
 }
 
 /// Starts QEMU again on the suspended state, which is removed once the VM

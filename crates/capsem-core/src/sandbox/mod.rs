@@ -537,6 +537,7 @@ impl Sandbox {
             network,
             events,
             workspace: None,
+            turn: tokio::sync::Mutex::new(()),
         };
         if let Err(err) = live.prepare(spec.files, spec.workspace).await {
             live.stop(false).await;
@@ -709,6 +710,8 @@ pub struct Live {
     events: EventLog,
     /// Where the workspace's changes are kept, and how many bytes of them.
     workspace: Option<Mounted>,
+    /// One suspend or resume at a time.
+    turn: tokio::sync::Mutex<()>,
 }
 
 /// The host's side of a workspace: its files, served read-only.
@@ -879,6 +882,12 @@ impl Live {
     /// connections) waits for [`Live::resume`]. A failed suspend leaves the
     /// VM running.
     pub async fn suspend(&self, state: std::fs::File) -> Result<(), SuspendError> {
+        // The whole sequence is one turn: a second suspend must neither
+        // exec in a VM that is going away nor open the gate of another's.
+        let _turn = self.turn.lock().await;
+        if self.vm.is_suspended() {
+            return Err(SuspendError::Wrong("suspended already"));
+        }
         // What the guest wrote reaches its disk first: a sandbox stopped
         // while suspended keeps its disk as it was at the suspend.
         if let Err(e) = self.run_quietly(&["sync"], SYNC_TIMEOUT).await {
@@ -895,6 +904,7 @@ impl Live {
     /// Resumes the VM from `state` and sets its clock, behind by the pause.
     /// A failed resume leaves it suspended.
     pub async fn resume(&self, state: std::fs::File) -> Result<(), SuspendError> {
+        let _turn = self.turn.lock().await;
         self.vm.resume(state, SUSPEND_LIMIT).await?;
         self.channel.release_writes();
         if let Err(e) = self.channel.set_clock().await {

@@ -36,8 +36,6 @@ pub struct RunningVm {
     console: Mutex<Option<JoinHandle<()>>>,
     /// What a resume starts the VM with; `None` if it is never suspended.
     relaunch: Mutex<Option<Relaunch>>,
-    /// One suspend or resume at a time.
-    turn: tokio::sync::Mutex<()>,
 }
 
 /// Where the VM is.
@@ -119,7 +117,6 @@ impl RunningVm {
             current: watch::Sender::new(current),
             console: Mutex::new(Some(tokio::spawn(copy_console(console, boot_log)))),
             relaunch: Mutex::new(None),
-            turn: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -196,9 +193,9 @@ impl RunningVm {
     }
 
     /// Writes the VM's state to `state` within `limit` and ends its
-    /// monitor. A failed save leaves the VM running.
+    /// monitor. A failed save leaves the VM running. The caller runs one
+    /// suspend or resume at a time.
     pub async fn suspend(&self, state: File, limit: Duration) -> Result<(), SuspendError> {
-        let _turn = self.turn.lock().await;
         let Current::Running { start, handle } = self.current.borrow().clone() else {
             return Err(SuspendError::Wrong("not running"));
         };
@@ -225,9 +222,9 @@ impl RunningVm {
     }
 
     /// Starts the monitor again on `state` and waits, within `limit`,
-    /// until the VM runs. A failed resume leaves it suspended.
+    /// until the VM runs. A failed resume leaves it suspended. The caller
+    /// runs one suspend or resume at a time.
     pub async fn resume(&self, state: File, limit: Duration) -> Result<(), SuspendError> {
-        let _turn = self.turn.lock().await;
         let Current::Suspended { start } = *self.current.borrow() else {
             return Err(SuspendError::Wrong("not suspended"));
         };
