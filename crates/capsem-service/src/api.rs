@@ -99,6 +99,24 @@ pub struct ServiceInfo {
     pub running: u32,
 }
 
+/// `POST /v1/ui` (on the unix socket only): serve the web UI.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiRequest {
+    /// The port on 127.0.0.1 (`ui.port` when absent).
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// Where the web UI is served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UiInfo {
+    /// Its address, `http://127.0.0.1:PORT/`.
+    pub url: String,
+    /// The address that signs a browser in (it holds the token).
+    pub login_url: String,
+}
+
 /// The first message of an exec WebSocket, from the client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -6,6 +6,8 @@
 //!                                         └─► supervisor per running sandbox
 //!                                               (its own process: VM, channel,
 //!                                               network proxy; supervisor.sock)
+//! browser ──HTTP + WebSocket on 127.0.0.1:PORT──► the same API behind
+//!                                         the UI's token and Host/Origin checks
 //! ```
 //!
 //! The service is a router: it creates a sandbox's directory and disk,
@@ -24,9 +26,13 @@ pub mod layout;
 pub mod lock;
 pub mod logs;
 pub mod name;
+pub mod net;
 pub mod peer;
 pub mod service;
+pub mod sessions;
+pub mod settings;
 pub mod supervisor;
+pub mod ui;
 
 pub use client::{Client, ClientError};
 pub use layout::SandboxDir;

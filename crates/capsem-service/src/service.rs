@@ -26,10 +26,11 @@ use tokio::sync::Notify;
 
 use crate::api::{
     CreateRequest, ErrorBody, SandboxInfo, ServiceInfo, State as SandboxState, SupervisorInfo,
+    UiInfo, UiRequest,
 };
 use crate::client::Client;
 use crate::layout::{self, Meta, SandboxDir};
-use crate::{bridge, lock, name, peer};
+use crate::{bridge, lock, name, peer, ui};
 
 /// How long a stopping supervisor may take before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(20);
@@ -77,6 +78,8 @@ struct Service {
     /// `sandbox.max_running` before they hold their lock.
     starting: Mutex<std::collections::HashSet<String>>,
     stop: Notify,
+    /// The web UI's port and token, once `POST /v1/ui` started it.
+    ui: tokio::sync::Mutex<Option<(u16, ui::Token)>>,
 }
 
 /// Serves until `POST /v1/service/stop` or SIGTERM/SIGINT.
@@ -95,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
         locks: Mutex::default(),
         starting: Mutex::default(),
         stop: Notify::new(),
+        ui: tokio::sync::Mutex::default(),
     });
     tracing::info!("capsem service {} serving", std::process::id());
     let shutdown = {
@@ -116,7 +120,17 @@ pub async fn run(config: Config) -> Result<(), ServiceError> {
     served.map_err(io_err("serving"))
 }
 
+/// The unix socket's routes: the API, and `/v1/ui`, which hands out the
+/// UI's token and so is not served to browsers.
 fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/ui", post(open_ui))
+        .with_state(service.clone())
+        .merge(api(service))
+}
+
+/// The API, served on the unix socket and to the UI.
+fn api(service: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/service", get(service_info))
         .route("/v1/service/stop", post(service_stop))
@@ -129,20 +143,23 @@ fn router(service: Arc<Service>) -> Router {
         .route("/v1/sandboxes/{name}/exec", get(exec))
         .route("/v1/sandboxes/{name}/files", get(files).put(files))
         .route("/v1/sandboxes/{name}/logs", get(logs))
+        .route("/v1/sandboxes/{name}/net", get(net))
         .route("/v1/sandboxes/{name}/workspace/save", post(save_workspace))
+        .merge(crate::settings::routes(&service.home))
+        .merge(crate::sessions::routes(&service.home))
         .with_state(service)
 }
 
 /// An error answer.
 #[derive(Debug)]
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub(crate) StatusCode, pub(crate) String);
 
 impl ApiError {
     fn conflict(message: impl Into<String>) -> Self {
         ApiError(StatusCode::CONFLICT, message.into())
     }
 
-    fn internal(message: impl std::fmt::Display) -> Self {
+    pub(crate) fn internal(message: impl std::fmt::Display) -> Self {
         ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.to_string())
     }
 }
@@ -434,6 +451,68 @@ async fn service_stop(State(service): State<Arc<Service>>) -> axum::Json<()> {
     axum::Json(())
 }
 
+/// `POST /v1/ui`: serves the UI on 127.0.0.1 (once; later calls say where).
+async fn open_ui(
+    State(service): State<Arc<Service>>,
+    axum::Json(req): axum::Json<UiRequest>,
+) -> Answer<UiInfo> {
+    if !ui::bundled() {
+        return Err(ApiError::internal(
+            "this capsem was built without its web UI: build it with `cargo xtask build-ui`, then rebuild capsem",
+        ));
+    }
+    let mut served = service.ui.lock().await;
+    let (port, token) = match &*served {
+        Some((port, _)) if req.port.is_some_and(|wanted| wanted != *port) => {
+            return Err(ApiError::conflict(format!(
+                "the UI is served on port {port} already; to move it: capsem service stop, then capsem ui --port {}",
+                req.port.unwrap_or(*port)
+            )));
+        }
+        Some(running) => running.clone(),
+        None => {
+            let port = match req.port {
+                Some(port) => port,
+                None => load_settings()?.ui().port,
+            };
+            let token = serve_ui(&service, port).await?;
+            served.insert((port, token)).clone()
+        }
+    };
+    let url = format!("http://127.0.0.1:{port}/");
+    Ok(axum::Json(UiInfo {
+        login_url: format!("{url}login?token={}", token.as_str()),
+        url,
+    }))
+}
+
+/// Binds 127.0.0.1:`port` and serves the UI there for the service's life.
+async fn serve_ui(service: &Arc<Service>, port: u16) -> Result<ui::Token, ApiError> {
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::AddrInUse => ApiError::conflict(format!(
+                "port {port} of 127.0.0.1 is in use (another program, or another user's capsem): \
+                 choose another with capsem ui --port N or capsem settings set ui.port N"
+            )),
+            _ => ApiError::internal(format!("listening on 127.0.0.1:{port}: {e}")),
+        })?;
+    let token_path = layout::run_dir(&service.home).join("ui.token");
+    let token = ui::Token::load_or_make(&token_path)
+        .map_err(|e| ApiError::internal(format!("{}: {e}", token_path.display())))?;
+    let router = ui::router(
+        api(service.clone()),
+        Arc::new(ui::Gate::new(port, token.clone())),
+    );
+    tracing::info!("serving the UI on http://127.0.0.1:{port}/");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!("the UI's server failed: {e}");
+        }
+    });
+    Ok(token)
+}
+
 async fn list(State(service): State<Arc<Service>>) -> Answer<Vec<SandboxInfo>> {
     let dirs: Vec<SandboxDir> = service
         .names()
@@ -632,14 +711,33 @@ async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, ApiError> {
     let dir = service.resolve(&given)?;
-    let stream = crate::logs::stream(&service.home, dir, query.follow).ok_or_else(|| {
+    let stream = crate::logs::stream(&service.home, dir, query.follow);
+    streamed(stream, &given, "text/plain; charset=utf-8")
+}
+
+async fn net(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, ApiError> {
+    let dir = service.resolve(&given)?;
+    let stream = crate::net::stream(&service.home, dir, query.follow);
+    streamed(stream, &given, "application/x-ndjson")
+}
+
+/// The answer of a record of `given`'s boot, `None` when it never booted.
+fn streamed<S>(stream: Option<S>, given: &str, content_type: &str) -> Result<Response, ApiError>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, io::Error>> + Send + 'static,
+{
+    let stream = stream.ok_or_else(|| {
         ApiError(
             StatusCode::NOT_FOUND,
             format!("sandbox {given:?} has no boot to show"),
         )
     })?;
     Response::builder()
-        .header("content-type", "text/plain; charset=utf-8")
+        .header("content-type", content_type)
         .body(axum::body::Body::from_stream(stream))
         .map_err(ApiError::internal)
 }
@@ -743,6 +841,7 @@ mod tests {
             locks: Mutex::default(),
             starting: Mutex::default(),
             stop: Notify::new(),
+            ui: tokio::sync::Mutex::default(),
         }))
     }
 

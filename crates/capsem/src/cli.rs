@@ -287,6 +287,17 @@ pub enum Subcmd {
         /// The sandbox (an unambiguous prefix will do).
         name: String,
     },
+    /// Open the web UI: sandboxes and their terminals in the browser,
+    /// served by the capsem service on 127.0.0.1 (started if needed).
+    Ui {
+        /// Only print the addresses; open no browser (e.g. over SSH: forward
+        /// the port, then open the sign-in address on your machine).
+        #[arg(long)]
+        no_open: bool,
+        /// The port on 127.0.0.1 (default: ui.port, 7317).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+        port: Option<u16>,
+    },
     /// The capsem service, which runs the named sandboxes (the CLI starts
     /// it when needed). Without a subcommand: its status.
     Service {
@@ -722,6 +733,7 @@ impl Subcmd {
             Subcmd::Resume { .. } => "resume",
             Subcmd::Rm { .. } => "rm",
             Subcmd::Service { .. } => "service",
+            Subcmd::Ui { .. } => "ui",
             Subcmd::Supervise { .. } => "supervise",
             Subcmd::Diff { .. } => "diff",
             Subcmd::Apply(_) => "apply",

@@ -799,30 +799,67 @@ pub struct NetworkLog {
 
 /// Reads the network activity of the database at `path`.
 pub fn network_log(path: &Path) -> rusqlite::Result<NetworkLog> {
+    network_log_since(path, &mut NetCursor::default(), None)
+}
+
+/// How many rows of each kind a reader of a growing log has read (the
+/// tables only grow).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCursor {
+    /// Rows of `net_events`.
+    pub requests: usize,
+    /// Rows of `dns_events`.
+    pub dns: usize,
+    /// Rows of `model_calls`.
+    pub model_calls: usize,
+}
+
+/// The network activity recorded after `cursor`, at most `page` rows of
+/// each kind (all without one); moves the cursor past what it returns.
+pub fn network_log_since(
+    path: &Path,
+    cursor: &mut NetCursor,
+    page: Option<usize>,
+) -> rusqlite::Result<NetworkLog> {
     let (conn, has_net) = open_read_only(path)?;
     if !has_net {
         return Ok(NetworkLog::default());
     }
     let model_calls = if has_table(&conn, "model_calls")? {
-        read_all(&conn, "model_calls", model_row)?
+        read_after(
+            &conn,
+            "model_calls",
+            &mut cursor.model_calls,
+            page,
+            model_row,
+        )?
     } else {
         Vec::new()
     };
     Ok(NetworkLog {
-        requests: read_all(&conn, "net_events", net_row)?,
-        dns: read_all(&conn, "dns_events", dns_row)?,
+        requests: read_after(&conn, "net_events", &mut cursor.requests, page, net_row)?,
+        dns: read_after(&conn, "dns_events", &mut cursor.dns, page, dns_row)?,
         model_calls,
     })
 }
 
-fn read_all<T>(
+/// Up to `page` rows of `table` after the first `after`; moves `after`.
+fn read_after<T>(
     conn: &Connection,
     table: &str,
+    after: &mut usize,
+    page: Option<usize>,
     from_row: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
-    conn.prepare(&format!("SELECT * FROM {table} ORDER BY seq"))?
-        .query_map([], from_row)?
-        .collect()
+    let limit = page.map_or(-1, |p| p as i64);
+    let rows: Vec<T> = conn
+        .prepare(&format!(
+            "SELECT * FROM {table} ORDER BY seq LIMIT ?1 OFFSET ?2"
+        ))?
+        .query_map([limit, *after as i64], from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    *after += rows.len();
+    Ok(rows)
 }
 
 fn count(row: &rusqlite::Row<'_>, column: &str) -> rusqlite::Result<u64> {
@@ -942,6 +979,16 @@ fn net_summary(conn: &Connection) -> rusqlite::Result<NetSummary> {
         )?;
     }
     Ok(summary)
+}
+
+/// The network totals of the event database at `path` (read-only); all
+/// zero when the session made none.
+pub fn network_summary(path: &Path) -> rusqlite::Result<NetSummary> {
+    let (conn, has_net) = open_read_only(path)?;
+    if !has_net {
+        return Ok(NetSummary::default());
+    }
+    net_summary(&conn)
 }
 
 /// Summarises the event database at `path` (read-only).
@@ -1098,6 +1145,52 @@ mod tests {
         assert_eq!(read.requests[0].event, net);
         assert_eq!(read.dns[0].query, dns);
         assert_eq!(read.model_calls[0].call, call);
+    }
+
+    #[test]
+    fn a_growing_network_log_is_read_page_by_page_from_a_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(EVENTS_FILE);
+        let mut cursor = NetCursor::default();
+        assert!(network_log_since(&path, &mut cursor, Some(2)).is_err_and(|_| !path.exists()));
+        let (log, writer) = start(&path, Arc::default()).unwrap();
+        let request = |port| {
+            Event::Net(Box::new(NetEvent {
+                protocol: "https".into(),
+                port,
+                ..NetEvent::default()
+            }))
+        };
+        for port in 1..=5 {
+            log.record(request(port));
+        }
+        drop(log);
+        writer.finish();
+        let ports = |log: NetworkLog| {
+            log.requests
+                .iter()
+                .map(|r| r.event.port)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ports(network_log_since(&path, &mut cursor, Some(2)).unwrap()),
+            [1, 2]
+        );
+        assert_eq!(
+            ports(network_log_since(&path, &mut cursor, Some(2)).unwrap()),
+            [3, 4]
+        );
+        assert_eq!(
+            ports(network_log_since(&path, &mut cursor, None).unwrap()),
+            [5]
+        );
+        assert!(
+            network_log_since(&path, &mut cursor, None)
+                .unwrap()
+                .requests
+                .is_empty()
+        );
+        assert_eq!(cursor.requests, 5);
     }
 
     #[test]

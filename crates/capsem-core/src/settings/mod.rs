@@ -10,6 +10,7 @@
 
 pub mod edit;
 mod host;
+pub mod record;
 pub use host::check_vm_shape;
 pub mod registry;
 
@@ -201,6 +202,17 @@ pub struct SandboxSettings {
     pub max_copy_bytes: u64,
 }
 
+/// The `ui.*` settings of the web UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UiSettings {
+    /// `ui.port`: where on 127.0.0.1 it listens.
+    pub port: u16,
+    /// `ui.theme`: `system`, `light` or `dark`.
+    pub theme: String,
+    /// `ui.font_size`: of its terminals.
+    pub font_size: u32,
+}
+
 /// The `workspace.*` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkspaceSettings {
@@ -386,6 +398,16 @@ impl Settings {
                 _ => WorkspaceAuto::AiClis,
             },
             exclude: split_list(self.text("workspace.exclude")),
+        }
+    }
+
+    /// The `ui.*` settings.
+    pub fn ui(&self) -> UiSettings {
+        UiSettings {
+            // The registry bounds it to 1..=65535.
+            port: u16::try_from(self.u32("ui.port")).unwrap_or(u16::MAX),
+            theme: self.text("ui.theme").to_owned(),
+            font_size: self.u32("ui.font_size"),
         }
     }
 

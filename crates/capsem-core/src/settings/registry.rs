@@ -417,13 +417,19 @@ pub const REGISTRY: &[Def] = &[
         key: "ui.theme",
         kind: Kind::Choice(&["system", "light", "dark"]),
         default: Default::Str("system"),
-        description: "colour theme of the (coming) user interface",
+        description: "colour theme of the web UI (capsem ui)",
     },
     Def {
         key: "ui.font_size",
         kind: Kind::Int { min: 8, max: 32 },
         default: Default::Int(13),
-        description: "terminal font size of the (coming) user interface",
+        description: "terminal font size of the web UI (capsem ui)",
+    },
+    Def {
+        key: "ui.port",
+        kind: Kind::Int { min: 1, max: 65535 },
+        default: Default::Int(7317),
+        description: "TCP port on 127.0.0.1 the web UI (capsem ui) listens on",
     },
 ];
 

@@ -10,5 +10,6 @@ pub mod sandbox;
 pub mod sessions;
 pub mod settings;
 pub mod shell;
+pub mod ui;
 pub mod version;
 pub mod workspace;

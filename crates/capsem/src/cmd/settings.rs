@@ -3,8 +3,8 @@
 use std::io::Read;
 
 use capsem_core::paths;
-use capsem_core::settings::registry::{self, Def, GUEST_ENV_PREFIX, Kind};
-use capsem_core::settings::{Entry, Settings, Source, Value, display, edit};
+use capsem_core::settings::registry::{self, GUEST_ENV_PREFIX, Kind};
+use capsem_core::settings::{Settings, Source, Value, display, edit, record};
 use serde_json::json;
 
 use crate::cli::SettingsAction;
@@ -78,124 +78,54 @@ fn brief(kind: Kind, value: &Value) -> String {
 }
 
 fn list(settings: &Settings, json: bool) -> Result<i32, Failure> {
-    for (def, entry) in settings.entries() {
-        if json {
-            outln!(
-                "{}",
-                json!({ "type": "setting", "data": record(def, entry) })
-            );
-        } else {
-            let short = brief(def.kind, &entry.value);
-            outln!("{:<30} {short:<34} {}", def.key, source_name(entry.source));
+    if json {
+        for record in record::records(settings) {
+            outln!("{}", json!({ "type": "setting", "data": record }));
         }
+        return Ok(0);
+    }
+    for (def, entry) in settings.entries() {
+        let short = brief(def.kind, &entry.value);
+        outln!("{:<30} {short:<34} {}", def.key, source_name(entry.source));
     }
     for (name, value, source) in settings.guest_env() {
         let key = format!("{GUEST_ENV_PREFIX}{name}");
-        if json {
-            outln!(
-                "{}",
-                json!({ "type": "setting", "data": env_record(&key, value, source) })
-            );
-        } else {
-            outln!(
-                "{key:<30} {:<34} {}",
-                format!("{value:?}"),
-                source_name(source)
-            );
-        }
+        outln!(
+            "{key:<30} {:<34} {}",
+            format!("{value:?}"),
+            source_name(source)
+        );
     }
     Ok(0)
 }
 
-/// A setting as JSON: its value in its own type (a secret as `null` when
-/// unset, else only its last characters).
-fn record(def: &Def, entry: &Entry) -> serde_json::Value {
-    let value = match (def.kind, &entry.value) {
-        (Kind::Secret, Value::Str(s)) if s.is_empty() => serde_json::Value::Null,
-        (Kind::Secret, value) => display(def.kind, value).into(),
-        (_, Value::Bool(b)) => (*b).into(),
-        (_, Value::Int(i)) => (*i).into(),
-        (_, Value::Str(s)) => s.as_str().into(),
-    };
-    json!({
-        "key": def.key,
-        "value": value,
-        "kind": kind_name(def.kind),
-        "source": source_key(entry.source),
-        "locked": entry.source == Source::Corp,
-        "description": def.description,
-    })
-}
-
-fn env_record(key: &str, value: &str, source: Source) -> serde_json::Value {
-    json!({
-        "key": key,
-        "value": value,
-        "kind": "text",
-        "source": source_key(source),
-        "locked": source == Source::Corp,
-        "description": "guest environment variable",
-    })
-}
-
-fn source_key(source: Source) -> &'static str {
-    match source {
-        Source::Default => "default",
-        Source::User => "user",
-        Source::Corp => "corp",
-    }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Bool => "bool",
-        Kind::Int { .. } => "int",
-        Kind::Choice(_) => "choice",
-        Kind::Text => "text",
-        Kind::Json => "json",
-        Kind::Toml => "toml",
-        Kind::Secret => "secret",
-        Kind::Domains => "domains",
-        Kind::Overrides => "overrides",
-        Kind::Ranges => "ranges",
-        Kind::CaFile => "ca_file",
-        Kind::Globs => "globs",
-    }
-}
-
 fn get(settings: &Settings, key: &str, json: bool) -> Result<i32, Failure> {
-    if let Some(name) = key.strip_prefix(GUEST_ENV_PREFIX) {
-        let found = settings.guest_env().find(|(n, _, _)| *n == name);
-        let Some((_, value, source)) = found else {
-            return Err(Failure::new(format!("{key} is not set")));
-        };
-        if json {
-            outln!(
-                "{}",
-                json!({ "type": "setting", "data": env_record(key, value, source) })
-            );
-        } else {
-            outln!("{value}");
+    let unknown = || {
+        if key.starts_with(GUEST_ENV_PREFIX) {
+            return Failure::new(format!("{key} is not set"));
         }
-        return Ok(0);
-    }
-    let def = registry::lookup(key).ok_or_else(|| {
         let near = registry::nearest(key).map(|n| format!("; did you mean `{n}`?"));
         Failure::new(format!(
             "unknown setting `{key}`{}",
             near.unwrap_or_default()
         ))
         .hint("`capsem settings list` shows them all")
-    })?;
-    let entry = settings.entry(key);
+    };
     if json {
-        outln!(
-            "{}",
-            json!({ "type": "setting", "data": record(def, entry) })
-        );
+        let found = record::find(settings, key).ok_or_else(unknown)?;
+        outln!("{}", json!({ "type": "setting", "data": found }));
         return Ok(0);
     }
-    let shown = edit::shown(def.kind, &entry.value);
+    if let Some(name) = key.strip_prefix(GUEST_ENV_PREFIX) {
+        let (_, value, _) = settings
+            .guest_env()
+            .find(|(n, _, _)| *n == name)
+            .ok_or_else(unknown)?;
+        outln!("{value}");
+        return Ok(0);
+    }
+    let def = registry::lookup(key).ok_or_else(unknown)?;
+    let shown = edit::shown(def.kind, &settings.entry(key).value);
     // File contents end in their own newline.
     if shown.ends_with('\n') {
         out!("{shown}");
