@@ -32,6 +32,9 @@ pub struct CreateRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
+    /// Its supervisor boots its VM (or does not answer yet); it takes
+    /// commands once running.
+    Starting,
     /// Its supervisor and VM run and take commands.
     Running,
     /// Its disk waits on the host; `start` boots it.
@@ -46,7 +49,7 @@ pub enum State {
 pub struct SandboxInfo {
     /// Its name.
     pub name: String,
-    /// Running or stopped.
+    /// Starting, running, suspended or stopped.
     pub state: State,
     /// When it was created, ms since the Unix epoch.
     pub created_ms: i64,

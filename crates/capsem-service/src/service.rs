@@ -166,6 +166,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.0.is_server_error() {
+            tracing::error!("{}: {}", self.0, self.1);
+        }
         (self.0, axum::Json(ErrorBody { error: self.1 })).into_response()
     }
 }
@@ -269,8 +272,9 @@ impl Service {
             name: meta.name,
             state: match &live {
                 Some(live) if live.suspended => SandboxState::Suspended,
-                _ if running => SandboxState::Running,
-                _ => SandboxState::Stopped,
+                Some(_) => SandboxState::Running,
+                None if running => SandboxState::Starting,
+                None => SandboxState::Stopped,
             },
             created_ms: meta.created_ms,
             started_ms: live.as_ref().map(|l| l.started_ms),
@@ -800,12 +804,15 @@ async fn running(service: &Service, given: &str) -> Result<SandboxDir, ApiError>
             "sandbox {name:?} is stopped: start it with `capsem start {name}`"
         )));
     }
-    if supervisor_info(&dir).await.is_some_and(|i| i.suspended) {
-        return Err(ApiError::conflict(format!(
+    match supervisor_info(&dir).await {
+        Some(info) if info.suspended => Err(ApiError::conflict(format!(
             "sandbox {name:?} is suspended: continue it with `capsem resume {name}`"
-        )));
+        ))),
+        Some(_) => Ok(dir),
+        None => Err(ApiError::conflict(format!(
+            "sandbox {name:?} is starting: it takes commands once `capsem ls` shows it running"
+        ))),
     }
-    Ok(dir)
 }
 
 async fn exec(

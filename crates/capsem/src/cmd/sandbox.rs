@@ -149,6 +149,7 @@ pub async fn list(json: bool) -> Result<i32, Failure> {
     let now = capsem_core::session::store::now_ms();
     for s in all {
         let state = match s.state {
+            State::Starting => "starting",
             State::Running => "running",
             State::Stopped => "stopped",
             State::Suspended => "suspended",
