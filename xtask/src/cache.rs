@@ -68,10 +68,7 @@ impl KeyBuilder {
 
     /// Adds every file under `dir` (in the workspace), in a stable order.
     pub fn tree(&mut self, dir: &Path) -> Result<&mut Self> {
-        let mut files = Vec::new();
-        collect_files(dir, &mut files)?;
-        files.sort();
-        for file in files {
+        for file in files_under(dir, &[])? {
             self.file(&file)?;
         }
         Ok(self)
@@ -83,16 +80,30 @@ impl KeyBuilder {
     }
 }
 
-fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect_files(&path, out)?;
-        } else {
-            out.push(path);
+/// Every file under `dir`, sorted, leaving out entries named in `skip`.
+pub fn files_under(dir: &Path, skip: &[&str]) -> Result<Vec<PathBuf>> {
+    fn collect(dir: &Path, skip: &[&str], out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let path = entry?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| skip.contains(&n))
+            {
+                continue;
+            }
+            if path.is_dir() {
+                collect(&path, skip, out)?;
+            } else {
+                out.push(path);
+            }
         }
+        Ok(())
     }
-    Ok(())
+    let mut files = Vec::new();
+    collect(dir, skip, &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 /// Returns `KIND/KEY` under the cache, building it with `build` when absent.
@@ -130,7 +141,7 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 /// cache grows by one with every change to an input.
 pub fn prune(keep: usize, used: &[&Path]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for kind in ["kernel", "initramfs", "rootfs", "assets", "tools"] {
+    for kind in ["kernel", "initramfs", "rootfs", "assets", "tools", "ui"] {
         let Ok(dir) = fs::read_dir(root().join(kind)) else {
             continue;
         };

@@ -27,6 +27,10 @@ const BUILD: &[&str] = &[
     "ca-certificates",
 ];
 
+/// Packages for the web UI's tests in a real browser (fonts-dejavu-core
+/// so its screenshots have text).
+const UI_TEST: &[&str] = &["chromium", "fonts-dejavu-core"];
+
 /// Packages to build and check the .deb (dpkg-shlibdeps is in
 /// build-essential's dpkg-dev).
 const PACKAGE: &[&str] = &["lintian", "man-db"];
@@ -37,6 +41,7 @@ pub fn ensure() -> Result<()> {
         .iter()
         .chain(BUILD)
         .chain(PACKAGE)
+        .chain(UI_TEST)
         .copied()
         .filter(|pkg| !installed(pkg))
         .collect();

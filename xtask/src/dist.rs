@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use capsem_core::assets::{CurrentAssets, MANIFEST_FILE};
 
 use crate::cache::{self, KeyBuilder};
-use crate::{assets, cargo, proc, workspace};
+use crate::{Inputs, cargo, proc, workspace};
 
 /// The cargo-deb we build packages with, installed into the cache.
 const CARGO_DEB: &str = "3.8.0";
@@ -25,19 +25,19 @@ pub struct DistArgs {
 
 /// Builds the assets and the package (and checks it when asked).
 pub fn run(args: &DistArgs) -> Result<()> {
-    let deb = build(&assets::build()?)?;
+    let deb = build(&Inputs::build()?)?;
     if args.check {
         check(&deb)?;
     }
     Ok(())
 }
 
-/// Builds `target/dist/capsem_VERSION_amd64.deb` from the asset set of
-/// `current_json` and returns its path.
-pub fn build(current_json: &Path) -> Result<PathBuf> {
-    let current =
-        CurrentAssets::parse(&fs::read_to_string(current_json)?).context("parsing current.json")?;
-    proc::run(cargo(current_json).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
+/// Builds `target/dist/capsem_VERSION_amd64.deb` from the asset set and UI of
+/// `inputs` and returns its path.
+pub fn build(inputs: &Inputs) -> Result<PathBuf> {
+    let current = CurrentAssets::parse(&fs::read_to_string(&inputs.current_json)?)
+        .context("parsing current.json")?;
+    proc::run(cargo(inputs).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
     let dist = workspace().join("target/dist");
     let stage = dist.join("stage");
     if stage.exists() {

@@ -16,6 +16,7 @@ mod kernel;
 mod node;
 mod proc;
 mod rootfs;
+mod ui;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,6 +35,12 @@ struct Cli {
 enum Task {
     /// Build the kernel, initramfs and rootfs (cached by their inputs).
     BuildAssets,
+    /// Build the web UI (`ui/`; cached by its sources). Every task that
+    /// builds capsem builds it first.
+    BuildUi,
+    /// Serve `ui/` with Vite's dev server (hot reload), its API calls
+    /// forwarded to a running `capsem ui` (`CAPSEM_UI_PORT`, default 7317).
+    UiDev,
     /// Build everything needed, then run `capsem ARGS...`.
     Run {
         /// Arguments for capsem.
@@ -60,12 +67,31 @@ pub fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// `cargo` with the workspace as its directory and the current assets
-/// compiled into capsem.
-pub fn cargo(current_json: &Path) -> Command {
+/// What capsem compiles in: the VM assets' manifest and the web UI.
+pub struct Inputs {
+    /// `current.json` of the asset set.
+    pub current_json: PathBuf,
+    /// The UI's cache entry (its `dist/` is embedded).
+    pub ui: PathBuf,
+}
+
+impl Inputs {
+    /// Builds whatever of them is missing.
+    pub fn build() -> Result<Inputs> {
+        Ok(Inputs {
+            current_json: assets::build()?,
+            ui: ui::build()?,
+        })
+    }
+}
+
+/// `cargo` with the workspace as its directory and the current assets and
+/// UI compiled into capsem.
+pub fn cargo(inputs: &Inputs) -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace())
-        .env("CAPSEM_MANIFEST", current_json);
+        .env("CAPSEM_MANIFEST", &inputs.current_json)
+        .env("CAPSEM_UI_DIST", inputs.ui.join("dist"));
     cmd
 }
 
@@ -73,6 +99,8 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::BuildAssets => deps::ensure().and_then(|()| assets::build()).map(|_| 0),
+        Task::BuildUi => ui::build().map(|_| 0),
+        Task::UiDev => ui::dev(),
         Task::Run { args } => run(&args),
         Task::Test => test().map(|()| 0),
         Task::Dist(args) => deps::ensure().and_then(|()| dist::run(&args)).map(|()| 0),
@@ -91,8 +119,8 @@ fn main() {
 /// Builds assets and capsem, then runs capsem; returns its exit code.
 fn run(args: &[String]) -> Result<i32> {
     deps::ensure()?;
-    let current = assets::build()?;
-    proc::run(cargo(&current).args(["build", "--locked", "-q", "-p", "capsem"]))?;
+    let inputs = Inputs::build()?;
+    proc::run(cargo(&inputs).args(["build", "--locked", "-q", "-p", "capsem"]))?;
     let status = Command::new(workspace().join("target/debug/capsem"))
         .args(args)
         .status()?;
@@ -101,9 +129,9 @@ fn run(args: &[String]) -> Result<i32> {
 
 fn test() -> Result<()> {
     deps::ensure()?;
-    let current = assets::build()?;
-    proc::run(cargo(&current).args(["fmt", "--all", "--check"]))?;
-    proc::run(cargo(&current).args([
+    let inputs = Inputs::build()?;
+    proc::run(cargo(&inputs).args(["fmt", "--all", "--check"]))?;
+    proc::run(cargo(&inputs).args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -112,6 +140,6 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    proc::run(cargo(&current).args(["test", "--workspace", "--locked"]))?;
-    dist::check(&dist::build(&current)?)
+    proc::run(cargo(&inputs).args(["test", "--workspace", "--locked"]))?;
+    dist::check(&dist::build(&inputs)?)
 }

@@ -20,7 +20,7 @@ use capsem_core::vm::{self, AccelSetting, GuestRoot, qemu};
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::{assets, cargo, deps, initramfs, proc, workspace};
+use crate::{Inputs, cargo, deps, initramfs, proc, workspace};
 
 mod agents;
 mod network;
@@ -71,8 +71,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         bail!("--runs must be at least 3 for a meaningful median");
     }
     deps::ensure()?;
-    let current_json = assets::build()?;
-    proc::run(cargo(&current_json).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
+    let inputs = Inputs::build()?;
+    let current_json = &inputs.current_json;
+    proc::run(cargo(&inputs).args(["build", "--release", "--locked", "-q", "-p", "capsem"]))?;
     let capsem = workspace().join("target/release/capsem");
     let scratch = tempdir("capsem-bench")?;
     let home = scratch.join("home");
@@ -95,7 +96,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         print_network(&report["network"]);
         return write_report(&report, &args.out, &scratch);
     }
-    let current = CurrentAssets::parse(&fs::read_to_string(&current_json)?)?;
+    let current = CurrentAssets::parse(&fs::read_to_string(current_json)?)?;
     let floor_initrd = build_floor(&scratch)?;
     let vm = VmSettings::default();
     let accel = vm::accel::choose(AccelSetting::Auto)?.accel;

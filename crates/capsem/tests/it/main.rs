@@ -21,5 +21,6 @@ mod shell;
 mod snapshot;
 mod support;
 mod suspend;
+mod ui;
 mod upstream;
 mod workspace;
