@@ -165,6 +165,12 @@ pub enum ClientMsg {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg {
+    /// A terminal's first message: the id to attach to it again with
+    /// (`GET /v1/sandboxes/{name}/terminal?id=ID`).
+    Attached {
+        /// The terminal's id in its sandbox.
+        id: u32,
+    },
     /// The command ended.
     Exited {
         /// Its exit code, when it exited.

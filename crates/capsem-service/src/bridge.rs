@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use capsem_core::channel::{Control, ExecIo, ExecSpec};
-use capsem_core::{Live, Outcome};
+use capsem_core::{Live, Outcome, RunError};
 use capsem_proto::TtySize;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -34,10 +34,7 @@ const START_WAIT: Duration = Duration::from_secs(30);
 pub async fn serve_exec(mut socket: WebSocket, live: &Live, base_env: &[(String, String)]) {
     let start = match read_start(&mut socket).await {
         Ok(start) => start,
-        Err(message) => {
-            let _ = send(&mut socket, &ServerMsg::Error { message }).await;
-            return;
-        }
+        Err(message) => return refuse(socket, message).await,
     };
     let mut env = base_env.to_vec();
     env.extend(start.env);
@@ -61,11 +58,19 @@ pub async fn serve_exec(mut socket: WebSocket, live: &Live, base_env: &[(String,
     let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
     let inputs = tokio::spawn(read_inputs(stream, stdin_tx, controls_tx, closed_tx));
     let outputs = tokio::spawn(pump_outputs(sink, stdout_rx, stderr_rx, closed_rx));
-    let result = live.exec(spec, io, None).await;
+    let last = last_message(live.exec(spec, io, None).await);
     inputs.abort();
     // The command's pipes closed with its end: the pump drains them.
     let Ok(mut sink) = outputs.await else { return };
-    let last = match result {
+    if let Ok(text) = serde_json::to_string(&last) {
+        let _ = sink.send(Message::Text(text.into())).await;
+    }
+    let _ = sink.close().await;
+}
+
+/// The last message of a command that ended so.
+pub fn last_message(result: Result<Outcome, RunError>) -> ServerMsg {
+    match result {
         Ok(Outcome::Exited(status)) => ServerMsg::exited(status),
         Ok(Outcome::TimedOut) => ServerMsg::TimedOut,
         Ok(Outcome::Interrupted(signal)) => {
@@ -74,14 +79,20 @@ pub async fn serve_exec(mut socket: WebSocket, live: &Live, base_env: &[(String,
         Err(e) => ServerMsg::Error {
             message: e.to_string(),
         },
-    };
-    if let Ok(text) = serde_json::to_string(&last) {
-        let _ = sink.send(Message::Text(text.into())).await;
     }
-    let _ = sink.close().await;
 }
 
-async fn read_start(socket: &mut WebSocket) -> Result<ExecStart, String> {
+/// What a client's signal or resize asks of the command.
+pub fn control_of(message: ClientMsg) -> Option<Control> {
+    match message {
+        ClientMsg::Signal { signal } => Some(Control::Signal(signal)),
+        ClientMsg::Resize { rows, cols } => Some(Control::Resize(TtySize { rows, cols })),
+        ClientMsg::StdinEof | ClientMsg::StdoutClosed => None,
+    }
+}
+
+/// The client's first message: what to run.
+pub async fn read_start(socket: &mut WebSocket) -> Result<ExecStart, String> {
     let first = tokio::time::timeout(START_WAIT, socket.recv())
         .await
         .map_err(|_| "no command arrived".to_owned())?;
@@ -95,9 +106,11 @@ async fn read_start(socket: &mut WebSocket) -> Result<ExecStart, String> {
     }
 }
 
-async fn send(socket: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
-    let text = serde_json::to_string(msg).unwrap_or_default();
-    socket.send(Message::Text(text.into())).await
+/// Ends `socket` with an error message for its client.
+pub async fn refuse(mut socket: WebSocket, message: String) {
+    let text = serde_json::to_string(&ServerMsg::Error { message }).unwrap_or_default();
+    let _ = socket.send(Message::Text(text.into())).await;
+    let _ = socket.close().await;
 }
 
 /// Client messages into the command's stdin and controls.
@@ -120,16 +133,14 @@ async fn read_inputs(
             }
             Message::Text(text) => match serde_json::from_str::<ClientMsg>(&text) {
                 Ok(ClientMsg::StdinEof) => stdin = None,
-                Ok(ClientMsg::Signal { signal }) => {
-                    let _ = controls.send(Control::Signal(signal)).await;
-                }
-                Ok(ClientMsg::Resize { rows, cols }) => {
-                    let size = TtySize { rows, cols };
-                    let _ = controls.send(Control::Resize(size)).await;
-                }
                 Ok(ClientMsg::StdoutClosed) => {
                     if let Some(tx) = stdout_closed.take() {
                         let _ = tx.send(());
+                    }
+                }
+                Ok(message) => {
+                    if let Some(control) = control_of(message) {
+                        let _ = controls.send(control).await;
                     }
                 }
                 Err(e) => tracing::warn!("an exec client sent a bad message: {e}"),

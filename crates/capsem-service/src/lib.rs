@@ -32,6 +32,7 @@ pub mod service;
 pub mod sessions;
 pub mod settings;
 pub mod supervisor;
+pub mod terminals;
 pub mod ui;
 
 pub use client::{Client, ClientError};

@@ -141,6 +141,7 @@ fn api(service: Arc<Service>) -> Router {
         .route("/v1/sandboxes/{name}/suspend", post(suspend))
         .route("/v1/sandboxes/{name}/resume", post(resume))
         .route("/v1/sandboxes/{name}/exec", get(exec))
+        .route("/v1/sandboxes/{name}/terminal", get(terminal))
         .route("/v1/sandboxes/{name}/files", get(files).put(files))
         .route("/v1/sandboxes/{name}/logs", get(logs))
         .route("/v1/sandboxes/{name}/net", get(net))
@@ -820,9 +821,39 @@ async fn exec(
     UrlPath(given): UrlPath<String>,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let dir = running(&service, &given).await?;
+    relayed(&service, &given, "/exec", upgrade).await
+}
+
+#[derive(Deserialize)]
+struct TerminalQuery {
+    id: Option<u32>,
+}
+
+/// A terminal that outlives its client (`crate::terminals`): a new one,
+/// or `?id=` one to attach to again.
+async fn terminal(
+    State(service): State<Arc<Service>>,
+    UrlPath(given): UrlPath<String>,
+    Query(query): Query<TerminalQuery>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let path = match query.id {
+        Some(id) => format!("/terminal?id={id}"),
+        None => "/terminal".to_owned(),
+    };
+    relayed(&service, &given, &path, upgrade).await
+}
+
+/// A client's WebSocket carried to the supervisor's `path`.
+async fn relayed(
+    service: &Service,
+    given: &str,
+    path: &str,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let dir = running(service, given).await?;
     let upstream = Client::new(dir.socket())
-        .websocket("/exec")
+        .websocket(path)
         .await
         .map_err(|e| {
             ApiError::internal(format!("the sandbox's supervisor does not answer: {e}"))

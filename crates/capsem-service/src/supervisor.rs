@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use capsem_core::session::store::now_ms;
@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use crate::api::SupervisorInfo;
 use crate::layout::SandboxDir;
+use crate::terminals::Terminals;
 use crate::{bridge, lock, peer};
 
 /// What a supervisor runs.
@@ -79,6 +80,7 @@ struct Shared {
     started_ms: i64,
     last_activity_ms: AtomicI64,
     running_execs: AtomicU32,
+    terminals: Terminals,
     stop: Notify,
 }
 
@@ -137,6 +139,7 @@ pub async fn run(spec: Spec) -> Result<(), SupervisorError> {
         started_ms: now_ms(),
         last_activity_ms: AtomicI64::new(now_ms()),
         running_execs: AtomicU32::new(0),
+        terminals: Terminals::default(),
         stop: Notify::new(),
     });
     let served = serve(&spec.dir, shared.clone(), spec.idle_timeout).await;
@@ -206,6 +209,7 @@ async fn serve(
     let router = Router::new()
         .route("/info", get(info))
         .route("/exec", get(exec))
+        .route("/terminal", get(terminal))
         .route("/stop", post(stop))
         .route("/suspend", post(suspend))
         .route("/resume", post(resume))
@@ -262,6 +266,65 @@ async fn exec(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> i
         shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
         shared.running_execs.fetch_sub(1, Ordering::Relaxed);
     })
+}
+
+/// `?id=` of a terminal to attach to again; none opens one.
+#[derive(serde::Deserialize)]
+struct TerminalQuery {
+    id: Option<u32>,
+}
+
+/// `GET /terminal`: a terminal that stays when its client goes (see
+/// [`crate::terminals`]).
+async fn terminal(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<TerminalQuery>,
+    upgrade: WebSocketUpgrade,
+) -> impl IntoResponse {
+    let upgrade = upgrade
+        .max_message_size(bridge::MAX_MESSAGE_BYTES)
+        .max_frame_size(bridge::MAX_MESSAGE_BYTES);
+    upgrade.on_upgrade(move |mut socket| async move {
+        let id = match query.id {
+            Some(id) => Ok(id),
+            None => open_terminal(&shared, &mut socket).await,
+        };
+        match id {
+            Ok(id) => shared.terminals.attach(id, socket).await,
+            Err(message) => bridge::refuse(socket, message).await,
+        }
+    })
+}
+
+/// Reads what to run from `socket` and starts it on a terminal.
+async fn open_terminal(
+    shared: &Arc<Shared>,
+    socket: &mut axum::extract::ws::WebSocket,
+) -> Result<u32, String> {
+    let start = bridge::read_start(socket).await?;
+    if start.tty.is_none() || start.timeout_ms.is_some() {
+        return Err("a terminal needs a tty size and takes no timeout".to_owned());
+    }
+    let mut env = shared.env.clone();
+    env.extend(start.env);
+    let spec = capsem_core::channel::ExecSpec {
+        command: start.command,
+        env,
+        tty: start.tty,
+        timeout: None,
+    };
+    let owner = shared.clone();
+    shared
+        .terminals
+        .open(spec, move |spec, io| async move {
+            // An open terminal keeps the sandbox from idling out.
+            owner.running_execs.fetch_add(1, Ordering::Relaxed);
+            let last = bridge::last_message(owner.live.exec(spec, io, None).await);
+            owner.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+            owner.running_execs.fetch_sub(1, Ordering::Relaxed);
+            last
+        })
+        .map_err(|e| e.to_string())
 }
 
 /// `?path=` of a copy, and for one into the guest `&name=` (the

@@ -287,6 +287,10 @@ pub async fn exec(args: ExecArgs) -> Result<i32, Failure> {
             Ok(TIMED_OUT)
         }
         ServerMsg::Error { message } => Err(Failure::new(message)),
+        // Terminals send it; an exec never does.
+        ServerMsg::Attached { .. } => Err(Failure::new(
+            "the service answered the command with a terminal's message",
+        )),
     }
 }
 

@@ -143,9 +143,17 @@ fn a_port_in_use_is_a_clear_refusal() {
     assert!(stderr(&out).contains("--port"), "{}", stderr(&out));
 }
 
+/// What a guest can make the UI show, as markup that must stay text.
+const MARKUP: &str = "<img src=x onerror=alert(1)>";
+
 #[test]
-fn the_app_runs_sandboxes_and_terminals_in_chromium() {
+fn the_app_runs_sandboxes_terminals_network_and_settings_in_chromium() {
     let service = Service::new();
+    let home = service.capsem.home();
+    // The test's corporate file (CAPSEM_CORP_CONFIG) locks one setting.
+    std::fs::write(home.join("no-corp.toml"), "[vm]\nmemory_mib = 1024\n").unwrap();
+    assert_code(&service.run(&["run", "--", "echo", MARKUP]), 0);
+    let xss_session = service.capsem.last_session_id();
     let (_, login) = open(&service, free_port());
     let project = ui_project();
     let screenshots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
@@ -154,11 +162,10 @@ fn the_app_runs_sandboxes_and_terminals_in_chromium() {
         .arg(project.join("tests/e2e.mjs"))
         .env("CAPSEM_UI_LOGIN_URL", &login)
         .env("CAPSEM_UI_SCREENSHOTS", &screenshots)
-        .env("CAPSEM_BIN", env!("CARGO_BIN_EXE_capsem"))
-        .env("CAPSEM_HOME", service.capsem.home())
+        .env("CAPSEM_UI_LOCKED_KEY", "vm.memory_mib")
+        .env("CAPSEM_UI_XSS_SESSION", &xss_session)
         .output()
         .unwrap();
-    let home = service.capsem.home();
     let read = |path: &str| std::fs::read_to_string(home.join(path)).unwrap_or_default();
     assert!(
         out.status.success(),
@@ -167,5 +174,157 @@ fn the_app_runs_sandboxes_and_terminals_in_chromium() {
         stderr(&out),
         read("run/service.log"),
         read("sandboxes/ui-e2e/supervisor.log"),
+    );
+    // The Settings view wrote the user's file, through `capsem settings set`'s code.
+    let user = read("user.toml");
+    assert!(user.contains("cpus = 1"), "user.toml:\n{user}");
+    assert_eq!(
+        stdout(&service.run(&["settings", "get", "vm.cpus"])).trim(),
+        "1"
+    );
+    // The locked one was not changed by any route.
+    let token = read("run/ui.token");
+    let port: u16 = login
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = r#"{"value":"2048"}"#;
+    let (status, answer) = http(
+        port,
+        &format!(
+            "PUT /v1/settings/vm.memory_mib HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(!read("user.toml").contains("memory_mib"));
+}
+
+/// A WebSocket to the UI's API, signed in with the token.
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+fn websocket(port: u16, token: &str, path: &str) -> Ws {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://127.0.0.1:{port}{path}")
+        .into_client_request()
+        .unwrap();
+    let bearer = format!("Bearer {token}").parse().unwrap();
+    request.headers_mut().insert("authorization", bearer);
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    tungstenite::client(request, stream).unwrap().0
+}
+
+/// Text frames as JSON; output frames (their tag byte dropped) appended
+/// to `seen`, until `until` holds.
+fn read_until(
+    ws: &mut Ws,
+    seen: &mut String,
+    until: impl Fn(&str, &serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        match ws.read().expect("the terminal's next message") {
+            tungstenite::Message::Binary(data) => {
+                seen.push_str(&String::from_utf8_lossy(&data[1..]));
+                if until(seen, &serde_json::Value::Null) {
+                    return serde_json::Value::Null;
+                }
+            }
+            tungstenite::Message::Text(text) => {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if until(seen, &message) {
+                    return message;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn type_line(ws: &mut Ws, line: &str) {
+    ws.send(tungstenite::Message::Binary(
+        format!("{line}\n").into_bytes().into(),
+    ))
+    .unwrap();
+}
+
+#[test]
+fn a_terminal_outlives_its_client_and_shows_its_output_to_the_next() {
+    let service = Service::new();
+    service.ok(&["create", "-n", "term"]);
+    let port = free_port();
+    open(&service, port);
+    let token = std::fs::read_to_string(service.capsem.home().join("run/ui.token")).unwrap();
+    let path = "/v1/sandboxes/term/terminal";
+    let mut first = websocket(port, &token, path);
+    let start = r#"{"command": {"Argv": ["bash", "-l"]}, "tty": {"rows": 24, "cols": 80}}"#;
+    first
+        .send(tungstenite::Message::Text(start.into()))
+        .unwrap();
+    let mut seen = String::new();
+    let hello = read_until(&mut first, &mut seen, |_, m| m["type"] == "attached");
+    let id = hello["id"].as_u64().unwrap();
+    type_line(&mut first, "cd /tmp; kept=$((6*7)); echo one-$kept");
+    read_until(&mut first, &mut seen, |s, _| s.contains("one-42"));
+    // The client goes, as a reloading page does: the shell stays.
+    drop(first);
+    let mut second = websocket(port, &token, &format!("{path}?id={id}"));
+    let mut replay = String::new();
+    read_until(&mut second, &mut replay, |_, m| {
+        m["type"] == "attached" && m["id"] == id
+    });
+    read_until(&mut second, &mut replay, |s, _| s.contains("one-42"));
+    type_line(&mut second, "echo two-$kept-$(pwd)");
+    read_until(&mut second, &mut replay, |s, _| s.contains("two-42-/tmp"));
+    type_line(&mut second, "exit 7");
+    let last = read_until(&mut second, &mut replay, |_, m| m["type"] == "exited");
+    assert_eq!(last["code"], 7);
+    // Ended, it is gone.
+    let mut third = websocket(port, &token, &format!("{path}?id={id}"));
+    let refusal = read_until(&mut third, &mut String::new(), |_, m| m["type"] == "error");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("no terminal"),
+        "{refusal}"
+    );
+}
+
+#[test]
+fn a_sandbox_keeps_a_bounded_number_of_terminals() {
+    let service = Service::new();
+    service.ok(&["create", "-n", "many"]);
+    let port = free_port();
+    open(&service, port);
+    let token = std::fs::read_to_string(service.capsem.home().join("run/ui.token")).unwrap();
+    let start = r#"{"command": {"Argv": ["cat"]}, "tty": {"rows": 24, "cols": 80}}"#;
+    let open_one = || {
+        let mut ws = websocket(port, &token, "/v1/sandboxes/many/terminal");
+        ws.send(tungstenite::Message::Text(start.into())).unwrap();
+        read_until(&mut ws, &mut String::new(), |_, m| !m.is_null())
+    };
+    // Detached at once, every one of them stays open.
+    for _ in 0..16 {
+        assert_eq!(open_one()["type"], "attached");
+    }
+    let refusal = open_one();
+    assert_eq!(refusal["type"], "error");
+    assert!(
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("16 terminals"),
+        "{refusal}"
+    );
+    // Commands still run beside them.
+    assert_eq!(
+        service.ok(&["exec", "many", "echo", "beside"]).trim(),
+        "beside"
     );
 }
