@@ -33,8 +33,9 @@ pub struct SetRequest {
 /// The answer to a change: the setting as it is now.
 #[derive(Debug, Serialize)]
 pub struct Changed {
-    /// The setting in effect after the change.
-    pub setting: Record,
+    /// The setting in effect after the change; `None` for a
+    /// `guest.env.*` variable reset away.
+    pub setting: Option<Record>,
     /// What the user should know (a value the host runs, but not well).
     pub warnings: Vec<String>,
 }
@@ -105,7 +106,7 @@ async fn set(
         e => refusal(e),
     })?;
     Ok(axum::Json(Changed {
-        setting: files.find(&key)?,
+        setting: Some(files.find(&key)?),
         warnings,
     }))
 }
@@ -115,8 +116,9 @@ async fn reset(
     UrlPath(key): UrlPath<String>,
 ) -> Result<axum::Json<Changed>, ApiError> {
     edit::reset(&files.user, &files.corp, &key).map_err(refusal)?;
+    let setting = record::find(&files.load()?, &key);
     Ok(axum::Json(Changed {
-        setting: files.find(&key)?,
+        setting,
         warnings: Vec::new(),
     }))
 }
@@ -175,6 +177,15 @@ mod tests {
         let (status, body) = call(&home, "DELETE", "/v1/settings/vm.cpus", "").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains(r#""source":"default""#), "{body}");
+        // A guest variable reset is gone, not an error.
+        let put = r#"{"value":"1"}"#;
+        let (status, _) = call(&home, "PUT", "/v1/settings/guest.env.DEBUG", put).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = call(&home, "DELETE", "/v1/settings/guest.env.DEBUG", "").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, r#"{"setting":null,"warnings":[]}"#)
+        );
     }
 
     #[tokio::test]
