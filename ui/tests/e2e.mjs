@@ -2,7 +2,14 @@
 // `capsem ui`:
 //
 //   CAPSEM_UI_LOGIN_URL='http://127.0.0.1:PORT/login?token=...' \
+//   CAPSEM_UI_LOCKED_KEY=vm.memory_mib \
+//   CAPSEM_UI_XSS_SESSION=1917c73d \
 //   CAPSEM_UI_SCREENSHOTS=/tmp/shots node tests/e2e.mjs
+//
+// CAPSEM_UI_LOCKED_KEY is a setting the service's corporate file locks;
+// CAPSEM_UI_XSS_SESSION the id (or a prefix) of a session whose command
+// holds `<img src=x onerror=alert(1)>`. The run sets vm.cpus to 1 in the
+// user's settings.
 //
 // Exits 1 with what was expected and what the page showed at the first
 // step that fails. Leaves no sandbox behind when it passes.
@@ -10,8 +17,22 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const LOGIN_URL = process.env.CAPSEM_UI_LOGIN_URL;
+/** @param {string} name @param {string} what */
+function required(name, what) {
+  const value = process.env[name];
+  if (!value) {
+    console.error(`e2e: set ${name} to ${what}`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const XSS_TEXT = '<img src=x onerror=alert(1)>';
+const LOGIN_URL = required('CAPSEM_UI_LOGIN_URL', 'the signed-in URL that `capsem ui` prints');
+const LOCKED_KEY = required('CAPSEM_UI_LOCKED_KEY', 'a setting the corporate file locks');
+const XSS_SESSION = required('CAPSEM_UI_XSS_SESSION', `the id of a session whose command holds ${XSS_TEXT}`);
 const SHOTS = process.env.CAPSEM_UI_SCREENSHOTS;
+const ORIGIN = new URL(LOGIN_URL).origin;
 const NAME = 'ui-e2e';
 const VIEWPORT = { width: 1280, height: 800 };
 
@@ -24,43 +45,49 @@ class StepFailed extends Error {
   }
 }
 
-if (!LOGIN_URL) {
-  console.error('e2e: set CAPSEM_UI_LOGIN_URL to the signed-in URL that `capsem ui` prints');
-  process.exit(2);
-}
 if (SHOTS) await mkdir(SHOTS, { recursive: true });
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-gpu'],
 });
-const page = await browser.newPage({ viewport: VIEWPORT });
+// One context: a second page shares the first's sign-in cookie.
+const context = await browser.newContext({ viewport: VIEWPORT });
 
-/** Things that fail the run whenever they happen. */
+/** Things that fail the run whenever they happen, on any page. */
 const problems = /** @type {string[]} */ ([]);
-page.on('dialog', (dialog) => {
-  problems.push(`a ${dialog.type()} dialog: ${dialog.message()}`);
-  void dialog.dismiss();
-});
-page.on('console', (msg) => {
-  if (/content security policy|refused to/i.test(msg.text())) problems.push(`console ${msg.type()}: ${msg.text()}`);
-  else if (msg.type() === 'error') log(`console error: ${msg.text()}`);
-});
-page.on('pageerror', (error) => problems.push(`uncaught: ${error.message}`));
+/** @param {import('playwright-core').Page} p @param {string} label */
+function watch(p, label) {
+  p.on('dialog', (dialog) => {
+    problems.push(`${label}: a ${dialog.type()} dialog: ${dialog.message()}`);
+    void dialog.dismiss();
+  });
+  p.on('console', (msg) => {
+    if (/content security policy|refused to/i.test(msg.text())) problems.push(`${label}: console ${msg.type()}: ${msg.text()}`);
+    else if (msg.type() === 'error') log(`${label}: console error: ${msg.text()}`);
+  });
+  p.on('pageerror', (error) => problems.push(`${label}: uncaught: ${error.message}`));
+}
+
+const page = await context.newPage();
+watch(page, 'page 1');
+/** The second page, once open: screenshot too if the run fails. */
+/** @type {import('playwright-core').Page | undefined} */
+let page2;
 
 /** @param {string} file */
-async function screenshot(file) {
+async function screenshot(file, on = page) {
   if (!SHOTS) return;
-  await page.screenshot({ path: join(SHOTS, file) });
+  await on.screenshot({ path: join(SHOTS, file) });
   log(`saved ${join(SHOTS, file)}`);
 }
 
 /** What a user sees, in short: the URL, the alerts and the main text. */
-async function shown() {
-  const alerts = await page.getByRole('alert').allInnerTexts().catch(() => []);
-  const main = await page.locator('body').innerText().catch(() => '(no page)');
+async function shown(on = page) {
+  const alerts = await on.getByRole('alert').allInnerTexts().catch(() => []);
+  const main = await on.locator('body').innerText().catch(() => '(no page)');
   const squeezed = main.replace(/\s+/g, ' ').trim().slice(0, 600);
-  return `${page.url()} ${alerts.length ? `alerts: ${JSON.stringify(alerts)} ` : ''}text: "${squeezed}"`;
+  return `${on.url()} ${alerts.length ? `alerts: ${JSON.stringify(alerts)} ` : ''}text: "${squeezed}"`;
 }
 
 /**
@@ -78,7 +105,7 @@ async function until(expected, seconds, probe, describe = shown) {
     const value = await probe().catch(() => undefined);
     if (value !== undefined && value !== false) return value;
     if (Date.now() > deadline) throw new StepFailed(`${expected} (within ${seconds} s)`, await describe());
-    await page.waitForTimeout(250);
+    await new Promise((resolve) => setTimeout(resolve, 250));
   }
 }
 
@@ -118,6 +145,27 @@ async function sttySize(tag) {
   }, screenText);
 }
 
+/** @param {string} text */
+const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/** The inline error of a setting's row, if it shows one. */
+async function inlineError(/** @type {import('playwright-core').Locator} */ form) {
+  const alert = form.getByRole('alert');
+  return (await alert.count()) ? (await alert.innerText()).trim() : undefined;
+}
+
+/**
+ * Saves `value` through vm.cpus's control; resolves once the answer is in.
+ * @param {string} value
+ */
+async function saveCpus(value) {
+  const form = page.getByRole('form', { name: 'Setting vm.cpus', exact: true });
+  await page.getByLabel('vm.cpus', { exact: true }).fill(value);
+  await form.getByRole('button', { name: 'Save vm.cpus', exact: true }).click();
+  await until('the answer to saving vm.cpus', 15, async () => (await form.getAttribute('aria-busy')) === 'false');
+  return form;
+}
+
 async function removeSandbox() {
   await row().getByRole('button', { name: `Remove ${NAME}`, exact: true }).click();
   const dialog = page.getByRole('dialog', { name: `Remove ${NAME}?` });
@@ -134,6 +182,26 @@ try {
   );
   await until('the sandbox list to load', 30, async () => !(await page.getByText('Loading…').isVisible()));
   log('signed in: the Sandboxes view is shown');
+
+  log(`finding session ${XSS_SESSION} in Recent sessions`);
+  await page.getByRole('searchbox', { name: 'Filter sessions by id or command' }).fill(XSS_SESSION);
+  const sessionRow = page
+    .getByRole('table', { name: 'Recent sessions' })
+    .getByRole('row')
+    .filter({ has: page.getByRole('rowheader', { name: new RegExp(`^${escapeRegExp(XSS_SESSION)}`) }) });
+  await until(`a row for session ${XSS_SESSION} in Recent sessions`, 30, async () => (await sessionRow.count()) === 1);
+  const command = await sessionRow.getByRole('cell').first().innerText();
+  if (!command.includes(XSS_TEXT)) {
+    throw new StepFailed(`the command of ${XSS_SESSION} to hold the text ${XSS_TEXT}`, `command: ${JSON.stringify(command)}`);
+  }
+  if (!(await page.getByText(XSS_TEXT).first().isVisible())) {
+    throw new StepFailed(`the text ${XSS_TEXT} to be visible`, await shown());
+  }
+  const images = await page.locator('img[src="x"]').count();
+  if (images) throw new StepFailed('no <img src="x"> in the document', `${images} of them`);
+  if (problems.length) throw new StepFailed('no dialog, CSP violation or uncaught error', problems.join('\n'));
+  log(`its command shows as text: ${JSON.stringify(command)}; no img element, no dialog`);
+  await page.getByRole('searchbox', { name: 'Filter sessions by id or command' }).fill('');
 
   if (await row().count()) {
     log(`removing ${NAME}, left over from an earlier run`);
@@ -166,6 +234,16 @@ try {
   }, screenText);
   log(`the shell answered ${echoed}`);
 
+  // A reload attaches to the same shell: its output is shown again and
+  // its variables are still set.
+  await typeLine('kept=$((6*7))');
+  await page.reload();
+  await until(`the reloaded page to show ${echoed} again`, 30, async () => (await screenLines()).includes(echoed), screenText);
+  await page.locator('[role=tabpanel]:not([hidden]) .xterm').click();
+  await typeLine('echo kept-$kept');
+  await until('the same shell to answer kept-42', 30, async () => (await screenLines()).includes('kept-42'), screenText);
+  log(`after a reload, the same shell: ${echoed} shown again, kept-42`);
+
   const first = await sttySize('before');
   const shownRows = await terminalRows().locator(':scope > div').count();
   if (first.rows !== shownRows) {
@@ -183,6 +261,69 @@ try {
   }
   log(`after resizing to 900x600, stty size: ${second.rows} ${second.cols}`);
   await page.setViewportSize(VIEWPORT);
+
+  log(`opening a second page on the Network view of ${NAME}`);
+  const net = await context.newPage();
+  page2 = net;
+  watch(net, 'page 2');
+  await net.goto(`${ORIGIN}/#/network/${NAME}`);
+  await until(`the second page to follow the network activity of ${NAME}`, 30, () =>
+    net.getByText('Following', { exact: true }).isVisible(), () => shown(net));
+  let navigations = 0;
+  net.on('framenavigated', (frame) => {
+    if (frame === net.mainFrame()) navigations++;
+  });
+  await net.evaluate(() => (document.documentElement.dataset.e2e = 'first document'));
+  const sameDocument = async () =>
+    navigations === 0 && (await net.evaluate(() => document.documentElement.dataset.e2e)) === 'first document';
+
+  log('typing `curl -sS https://denied.test` in the first page\'s terminal');
+  await page.bringToFront();
+  await page.locator('[role=tabpanel]:not([hidden]) .xterm').click();
+  await typeLine('curl -sS https://denied.test');
+  const deniedRow = net
+    .getByRole('row')
+    .filter({ has: net.getByRole('cell', { name: 'denied.test', exact: true }) })
+    .filter({ has: net.getByRole('cell', { name: 'denied', exact: true }) });
+  await until('a row for denied.test with verdict denied on the second page', 30, async () =>
+    (await deniedRow.count()) > 0, () => shown(net));
+  if (!(await sameDocument())) {
+    throw new StepFailed('the second page to show it without navigating', `${navigations} navigation(s), now at ${net.url()}`);
+  }
+  log(`the second page shows denied.test denied: ${JSON.stringify((await deniedRow.first().innerText()).replace(/\s+/g, ' '))}`);
+  await screenshot('network.png', net);
+
+  log('setting vm.cpus to 1 on the Settings page');
+  await page.getByRole('link', { name: 'Settings', exact: true }).click();
+  const cpus = page.getByLabel('vm.cpus', { exact: true });
+  await until('the control of vm.cpus', 30, () => cpus.isVisible());
+  let cpusForm = await saveCpus('1');
+  const savedAsUser = async () =>
+    (await cpus.inputValue()) === '1' &&
+    (await cpusForm.innerText()).includes('source: user') &&
+    (await inlineError(cpusForm)) === undefined;
+  if (!(await savedAsUser())) throw new StepFailed('vm.cpus to show 1 with source user', await cpusForm.innerText());
+  log('vm.cpus is 1, source user');
+
+  const locked = page.getByLabel(LOCKED_KEY, { exact: true });
+  const lockedForm = page.getByRole('form', { name: `Setting ${LOCKED_KEY}`, exact: true });
+  if (!(await locked.isDisabled()) || !(await lockedForm.innerText()).includes('locked by your organization')) {
+    throw new StepFailed(`the control of ${LOCKED_KEY} disabled and marked locked by your organization`, await lockedForm.innerText());
+  }
+  log(`${LOCKED_KEY} is disabled and says it is locked by your organization`);
+
+  cpusForm = await saveCpus('999');
+  const refusal = await until('the server\'s error next to vm.cpus', 15, () => inlineError(cpusForm));
+  const alerts = await page.getByRole('alert').count();
+  if (alerts !== 1 || (await cpus.inputValue()) !== '999') {
+    throw new StepFailed('the one error inline, the field still holding 999', `${alerts} alert(s), field ${JSON.stringify(await cpus.inputValue())}`);
+  }
+  log(`999 is refused inline: ${JSON.stringify(refusal)}`);
+  await cpusForm.scrollIntoViewIfNeeded();
+  await screenshot('settings.png');
+  cpusForm = await saveCpus('1');
+  if (!(await savedAsUser())) throw new StepFailed('vm.cpus back at 1 with source user and no error', await cpusForm.innerText());
+  log('vm.cpus is back at 1');
 
   log(`opening the sandbox page of ${NAME}`);
   await page.getByRole('link', { name: 'Sandboxes', exact: true }).click();
@@ -202,6 +343,11 @@ try {
   await removeSandbox();
   log(`${NAME} is gone`);
 
+  await until('the second page to say the sandbox stopped', 60, () =>
+    net.getByText('The sandbox stopped; no more records.').isVisible(), () => shown(net));
+  if (!(await sameDocument())) throw new StepFailed('the second page never to navigate', `${navigations} navigation(s)`);
+  log('the second page says the sandbox stopped; no more records');
+
   if (problems.length) throw new StepFailed('no dialog, CSP violation or uncaught error', problems.join('\n'));
   log('PASS');
   await browser.close();
@@ -209,6 +355,7 @@ try {
   console.log(`e2e: FAIL: ${e instanceof StepFailed ? e.message : e instanceof Error ? e.stack : String(e)}`);
   if (problems.length) console.log(`e2e: also seen:\n  ${problems.join('\n  ')}`);
   await screenshot('failure.png').catch(() => {});
+  if (page2) await screenshot('failure-2.png', page2).catch(() => {});
   await browser.close();
   process.exit(1);
 }

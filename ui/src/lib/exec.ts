@@ -1,4 +1,6 @@
-// The exec WebSocket protocol (docs/api.md, "Exec over a WebSocket").
+// The terminal WebSocket (docs/api.md, "Terminals"): the exec protocol,
+// with a terminal that stays when this page goes and is attached again
+// by its id when it comes back.
 import { execUrl } from './api';
 
 export type ExecEnd =
@@ -9,24 +11,36 @@ export type ExecEnd =
   | { type: 'disconnected' };
 
 export interface ExecHandlers {
+  /** The terminal's id, to attach to it again after a reload. */
+  attached(id: number): void;
   /** stdout and stderr bytes alike: a tty merges them anyway. */
   output(data: Uint8Array): void;
   end(how: ExecEnd): void;
 }
+
+const SIGHUP = 1;
 
 const STDOUT = 1;
 const STDERR = 2;
 // The server closes on a message over 1 MiB; the CLI sends 32 KiB pieces.
 const STDIN_CHUNK = 32 * 1024;
 
-/** One command on a tty in sandbox `name`; `end` is called exactly once. */
+/**
+ * A command on a terminal in sandbox `name`: a new one running `argv`, or
+ * terminal `id` attached again. `end` is called exactly once.
+ */
 export class ExecSession {
   private readonly ws: WebSocket;
   private readonly encoder = new TextEncoder();
   private ended = false;
 
-  constructor(name: string, argv: string[], tty: { rows: number; cols: number }, handlers: ExecHandlers) {
-    const ws = new WebSocket(execUrl(name));
+  constructor(
+    name: string,
+    start: { id: number } | { argv: string[]; tty: { rows: number; cols: number } },
+    handlers: ExecHandlers,
+  ) {
+    const base = execUrl(name).replace(/\/exec$/, '/terminal');
+    const ws = new WebSocket('id' in start ? `${base}?id=${start.id}` : base);
     ws.binaryType = 'arraybuffer';
     let opened = false;
     const finish = (how: ExecEnd) => {
@@ -36,10 +50,12 @@ export class ExecSession {
     };
     ws.onopen = () => {
       opened = true;
-      ws.send(JSON.stringify({ command: { Argv: argv }, tty }));
+      if (!('id' in start)) ws.send(JSON.stringify({ command: { Argv: start.argv }, tty: start.tty }));
     };
     ws.onmessage = (ev: MessageEvent<ArrayBuffer | string>) => {
       if (typeof ev.data === 'string') {
+        const id = attachedId(ev.data);
+        if (id !== null) return handlers.attached(id);
         finish(parseEnd(ev.data));
         ws.close();
         return;
@@ -67,10 +83,21 @@ export class ExecSession {
     if (this.open) this.ws.send(JSON.stringify({ type: 'resize', rows, cols }));
   }
 
-  /** Hangs the command up (the server sends it SIGHUP). */
+  /** Hangs the command up: the shell gets SIGHUP and the terminal ends. */
   close(): void {
+    if (this.open) this.ws.send(JSON.stringify({ type: 'signal', signal: SIGHUP }));
     this.ended = true;
     this.ws.close();
+  }
+}
+
+/** The id of an `attached` message, else null. */
+function attachedId(text: string): number | null {
+  try {
+    const msg = JSON.parse(text) as Record<string, unknown>;
+    return msg.type === 'attached' && typeof msg.id === 'number' ? msg.id : null;
+  } catch {
+    return null;
   }
 }
 

@@ -36,3 +36,29 @@ export function duration(ms: number): string {
 export function ago(ms: number | null, now: number): string {
   return ms === null ? '—' : `${duration(now - ms)} ago`;
 }
+
+export function bytes(value: number): string {
+  if (value < 1024) return `${value} B`;
+  return kib(Math.round(value / 1024));
+}
+
+/** An estimated cost: cents to four places, so that small calls show. */
+export function usd(value: number): string {
+  return `$${value.toFixed(value !== 0 && value < 1 ? 4 : 2)}`;
+}
+
+/** A short length of time, as requests and queries take. */
+export function millis(ms: number | null): string {
+  if (ms === null) return '—';
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10_000 ? 2 : 1)} s`;
+}
+
+/** A moment of a boot, as the log shows it: `+12.345 s`, `+1:02:03.456`. */
+export function sinceBoot(ms: number): string {
+  const s = Math.max(0, ms) / 1000;
+  if (s < 60) return `+${s.toFixed(3)} s`;
+  const h = Math.floor(s / 3600);
+  const m = Math.floor(s / 60) % 60;
+  const rest = (s % 60).toFixed(3).padStart(6, '0');
+  return h > 0 ? `+${h}:${String(m).padStart(2, '0')}:${rest}` : `+${m}:${rest}`;
+}

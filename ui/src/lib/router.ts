@@ -3,12 +3,16 @@
 export type Route =
   | { view: 'sandboxes' }
   | { view: 'sandbox'; name: string }
-  | { view: 'terminal'; name: string | null };
+  | { view: 'terminal'; name: string | null }
+  | { view: 'network'; name: string | null }
+  | { view: 'settings' };
 
 export const href = {
   sandboxes: '#/',
   sandbox: (name: string) => `#/sandbox/${encodeURIComponent(name)}`,
   terminal: (name?: string) => (name ? `#/terminal/${encodeURIComponent(name)}` : '#/terminal'),
+  network: (name?: string) => (name ? `#/network/${encodeURIComponent(name)}` : '#/network'),
+  settings: '#/settings',
 };
 
 function decode(part: string): string | null {
@@ -25,5 +29,7 @@ export function parseRoute(hash: string): Route {
   const name = part && rest.length === 0 ? decode(part) : null;
   if (view === 'sandbox' && name) return { view: 'sandbox', name };
   if (view === 'terminal' && (name || !part)) return { view: 'terminal', name };
+  if (view === 'network' && (name || !part)) return { view: 'network', name };
+  if (view === 'settings' && !part) return { view: 'settings' };
   return { view: 'sandboxes' };
 }
