@@ -1,7 +1,7 @@
 // Drives the UI in headless Chromium as a user would, against a running
 // `capsem ui`:
 //
-//   CAPSEM_UI_LOGIN_URL='http://127.0.0.1:PORT/login?token=...' \
+//   CAPSEM_UI_LOGIN_URL='http://127.0.0.1:PORT/login?code=...' \
 //   CAPSEM_UI_LOCKED_KEY=vm.memory_mib \
 //   CAPSEM_UI_XSS_SESSION=1917c73d \
 //   CAPSEM_UI_SCREENSHOTS=/tmp/shots node tests/e2e.mjs

@@ -116,7 +116,8 @@ pub struct UiRequest {
 pub struct UiInfo {
     /// Its address, `http://127.0.0.1:PORT/`.
     pub url: String,
-    /// The address that signs a browser in (it holds the token).
+    /// The address that signs a browser in: a one-time code, valid for
+    /// two minutes.
     pub login_url: String,
 }
 

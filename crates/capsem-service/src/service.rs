@@ -78,8 +78,8 @@ struct Service {
     /// `sandbox.max_running` before they hold their lock.
     starting: Mutex<std::collections::HashSet<String>>,
     stop: Notify,
-    /// The web UI's port and token, once `POST /v1/ui` started it.
-    ui: tokio::sync::Mutex<Option<(u16, ui::Token)>>,
+    /// The web UI's port and gate, once `POST /v1/ui` started it.
+    ui: tokio::sync::Mutex<Option<(u16, Arc<ui::Gate>)>>,
 }
 
 /// Serves until `POST /v1/service/stop` or SIGTERM/SIGINT.
@@ -467,7 +467,7 @@ async fn open_ui(
         ));
     }
     let mut served = service.ui.lock().await;
-    let (port, token) = match &*served {
+    let (port, gate) = match &*served {
         Some((port, _)) if req.port.is_some_and(|wanted| wanted != *port) => {
             return Err(ApiError::conflict(format!(
                 "the UI is served on port {port} already; to move it: capsem service stop, then capsem ui --port {}",
@@ -480,19 +480,20 @@ async fn open_ui(
                 Some(port) => port,
                 None => load_settings()?.ui().port,
             };
-            let token = serve_ui(&service, port).await?;
-            served.insert((port, token)).clone()
+            let gate = serve_ui(&service, port).await?;
+            served.insert((port, gate)).clone()
         }
     };
     let url = format!("http://127.0.0.1:{port}/");
     Ok(axum::Json(UiInfo {
-        login_url: format!("{url}login?token={}", token.as_str()),
+        login_url: gate.sign_in_url(),
         url,
     }))
 }
 
-/// Binds 127.0.0.1:`port` and serves the UI there for the service's life.
-async fn serve_ui(service: &Arc<Service>, port: u16) -> Result<ui::Token, ApiError> {
+/// Binds 127.0.0.1:`port` and serves the UI there for the service's life,
+/// with a token of its own.
+async fn serve_ui(service: &Arc<Service>, port: u16) -> Result<Arc<ui::Gate>, ApiError> {
     let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))
         .await
         .map_err(|e| match e.kind() {
@@ -503,19 +504,17 @@ async fn serve_ui(service: &Arc<Service>, port: u16) -> Result<ui::Token, ApiErr
             _ => ApiError::internal(format!("listening on 127.0.0.1:{port}: {e}")),
         })?;
     let token_path = layout::run_dir(&service.home).join("ui.token");
-    let token = ui::Token::load_or_make(&token_path)
+    let token = ui::Token::make(&token_path)
         .map_err(|e| ApiError::internal(format!("{}: {e}", token_path.display())))?;
-    let router = ui::router(
-        api(service.clone()),
-        Arc::new(ui::Gate::new(port, token.clone())),
-    );
+    let gate = Arc::new(ui::Gate::new(port, token));
+    let router = ui::router(api(service.clone()), gate.clone());
     tracing::info!("serving the UI on http://127.0.0.1:{port}/");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!("the UI's server failed: {e}");
         }
     });
-    Ok(token)
+    Ok(gate)
 }
 
 async fn list(State(service): State<Arc<Service>>) -> Answer<Vec<SandboxInfo>> {

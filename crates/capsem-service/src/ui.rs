@@ -8,14 +8,17 @@
 //!   rebound DNS name sends its own name);
 //! - an `Origin`, when sent (browsers always send one with WebSockets and
 //!   cross-site writes), must be this server's own;
-//! - `/v1/*` needs the token, as the cookie `/login?token=` sets
-//!   (HttpOnly, SameSite=Strict) or as `Authorization: Bearer TOKEN`;
+//! - `/v1/*` needs the token, as the cookie (HttpOnly, SameSite=Strict)
+//!   `/login?code=` sets for a one-time code, or as
+//!   `Authorization: Bearer TOKEN`;
 //! - every answer carries a strict Content-Security-Policy.
 
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -55,14 +58,10 @@ pub fn bundled() -> bool {
 pub struct Token(String);
 
 impl Token {
-    /// The token in `path` (mode 0600, the owner's), made there first when
-    /// absent. One that others could read is replaced.
-    pub fn load_or_make(path: &Path) -> io::Result<Token> {
-        if let Some(token) = Self::load(path)? {
-            return Ok(token);
-        }
-        let bytes: [u8; 32] = rand::random();
-        let token = Token(bytes.iter().map(|b| format!("{b:02x}")).collect());
+    /// A fresh token, written to `path` (mode 0600) for scripts; the last
+    /// service's token, and every cookie made from it, stop working.
+    pub fn make(path: &Path) -> io::Result<Token> {
+        let token = Token(random_hex());
         let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
         let mut file = std::fs::OpenOptions::new()
@@ -76,45 +75,66 @@ impl Token {
         Ok(token)
     }
 
-    fn load(path: &Path) -> io::Result<Option<Token>> {
-        let mut file = match std::fs::File::open(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let meta = file.metadata()?;
-        let private =
-            meta.permissions().mode() & 0o077 == 0 && meta.uid() == nix::unistd::geteuid().as_raw();
-        let mut text = String::new();
-        Read::by_ref(&mut file)
-            .take(128)
-            .read_to_string(&mut text)?;
-        let well_formed = text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit());
-        Ok((private && well_formed).then_some(Token(text)))
-    }
-
     /// Compares in time independent of where `given` differs.
     fn matches(&self, given: &str) -> bool {
         let (a, b) = (self.0.as_bytes(), given.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
-
-    /// The token itself, for the sign-in URL.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
+
+/// 32 random bytes, hex.
+fn random_hex() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// How long a sign-in address works.
+const CODE_LIFE: Duration = Duration::from_secs(120);
+/// Sign-in codes waiting at once; older ones are dropped.
+const MAX_CODES: usize = 16;
 
 /// Who may use the UI on `port`.
 pub struct Gate {
     port: u16,
     token: Token,
+    /// One-time codes of sign-in addresses not used yet, with their birth.
+    codes: Mutex<Vec<(String, Instant)>>,
+    /// Requests refused so far (logged sparingly: a page can send many).
+    refused: AtomicU64,
 }
 
 impl Gate {
     /// A gate for a server on 127.0.0.1:`port`.
     pub fn new(port: u16, token: Token) -> Self {
-        Gate { port, token }
+        Gate {
+            port,
+            token,
+            codes: Mutex::default(),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// The address that signs a browser in: a code that works once, for
+    /// [`CODE_LIFE`], so the address is worth nothing once used or seen
+    /// late (it passes through `xdg-open`'s command line).
+    pub fn sign_in_url(&self) -> String {
+        let code = random_hex();
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        codes.retain(|(_, born)| born.elapsed() < CODE_LIFE);
+        if codes.len() >= MAX_CODES {
+            codes.remove(0);
+        }
+        codes.push((code.clone(), Instant::now()));
+        format!("http://127.0.0.1:{}/login?code={code}", self.port)
+    }
+
+    /// Whether `given` is a live code; it is used up either way.
+    fn redeem(&self, given: &str) -> bool {
+        let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
+        let found = codes.iter().position(|(code, born)| {
+            born.elapsed() < CODE_LIFE && Token(code.clone()).matches(given)
+        });
+        found.map(|at| codes.remove(at)).is_some()
     }
 
     /// The cookie's name: cookies ignore ports, and two users' services
@@ -196,11 +216,15 @@ async fn guard(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> R
     };
     let mut response = match refusal {
         Some((status, error)) => {
-            tracing::warn!(
-                "UI refused {} {}: {error}",
-                request.method(),
-                request.uri().path()
-            );
+            // The first, then at each power of two: any page can send these.
+            let count = gate.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if count.is_power_of_two() {
+                tracing::warn!(
+                    "UI refused {} {} ({count} refused so far): {error}",
+                    request.method(),
+                    request.uri().path()
+                );
+            }
             (status, axum::Json(ErrorBody { error })).into_response()
         }
         None => next.run(request).await,
@@ -222,18 +246,19 @@ async fn guard(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> R
 #[derive(Deserialize)]
 struct LoginQuery {
     #[serde(default)]
-    token: String,
+    code: String,
 }
 
-/// `GET /login?token=T`: trades the token of `capsem ui`'s link for the
-/// cookie, and leaves the token out of the address bar.
+/// `GET /login?code=C`: trades the one-time code of `capsem ui`'s address
+/// for the cookie (which holds the token), and leaves the code out of the
+/// address bar.
 async fn login(
     State(gate): State<Arc<Gate>>,
     Query(query): Query<LoginQuery>,
     jar: CookieJar,
 ) -> Response {
-    if !gate.token.matches(&query.token) {
-        let error = "this sign-in link is not valid (any more): run `capsem ui` for a fresh one";
+    if !gate.redeem(&query.code) {
+        let error = "this sign-in address is used up or expired: run `capsem ui` for a fresh one";
         return (StatusCode::UNAUTHORIZED, error).into_response();
     }
     let cookie = Cookie::build((gate.cookie_name(), gate.token.0.clone()))
@@ -292,6 +317,7 @@ mod tests {
     use axum::body::Body;
     use axum::routing::post;
     use http_body_util::BodyExt;
+    use std::os::unix::fs::PermissionsExt;
     use tower::ServiceExt;
 
     const PORT: u16 = 7999;
@@ -433,21 +459,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn login_trades_the_token_for_a_strict_http_only_cookie() {
-        let uri = format!("/login?token={}", "ab".repeat(32));
-        let (status, headers, _) = send(request("GET", &uri, &[HOST])).await;
-        assert_eq!(status, StatusCode::SEE_OTHER);
-        assert_eq!(headers["location"], "/");
-        let cookie = headers["set-cookie"].to_str().unwrap();
+    async fn login_trades_a_one_time_code_for_a_strict_http_only_cookie() {
+        let gate = Arc::new(Gate::new(PORT, token()));
+        let app = router(Router::new(), gate.clone());
+        let url = gate.sign_in_url();
+        let path = url
+            .strip_prefix("http://127.0.0.1:7999")
+            .unwrap()
+            .to_owned();
+        let login = |path: String| {
+            let app = app.clone();
+            async move {
+                let request = request("GET", &path, &[HOST]);
+                app.oneshot(request).await.unwrap()
+            }
+        };
+        let answer = login(path.clone()).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        assert_eq!(answer.headers()["location"], "/");
+        let cookie = answer.headers()["set-cookie"].to_str().unwrap();
         assert!(cookie.starts_with(&format!("capsem_ui_{PORT}={}", "ab".repeat(32))));
         for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
             assert!(cookie.contains(attribute), "{cookie}");
         }
-        for bad in ["/login?token=ab", "/login", "/login?token="] {
-            let (status, headers, _) = send(request("GET", bad, &[HOST])).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad}");
-            assert!(headers.get("set-cookie").is_none());
+        // Used once, the address is worth nothing; nor is the token itself,
+        // nor a made-up code.
+        let token_path = format!("/login?code={}", "ab".repeat(32));
+        for bad in [path, token_path, "/login?code=ab".into(), "/login".into()] {
+            let answer = login(bad.clone()).await;
+            assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{bad}");
+            assert!(answer.headers().get("set-cookie").is_none());
         }
+    }
+
+    #[test]
+    fn sign_in_codes_are_bounded() {
+        let gate = Gate::new(PORT, token());
+        let urls: Vec<String> = (0..MAX_CODES + 4).map(|_| gate.sign_in_url()).collect();
+        assert_eq!(gate.codes.lock().unwrap().len(), MAX_CODES);
+        let code = |url: &String| url.rsplit('=').next().unwrap().to_owned();
+        assert!(!gate.redeem(&code(&urls[0])), "the oldest was dropped");
+        assert!(gate.redeem(&code(urls.last().unwrap())));
     }
 
     #[tokio::test]
@@ -493,21 +545,16 @@ mod tests {
     }
 
     #[test]
-    fn the_token_file_is_private_and_kept() {
+    fn the_token_file_is_private_and_new_with_each_service() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ui.token");
-        let first = Token::load_or_make(&path).unwrap();
-        assert_eq!(first.0.len(), 64);
+        std::fs::write(&path, "an old one, others could read").unwrap();
+        let first = Token::make(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first.0);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(Token::load_or_make(&path).unwrap().0, first.0);
-        // One others could read is no secret any more.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let second = Token::load_or_make(&path).unwrap();
+        let second = Token::make(&path).unwrap();
         assert_ne!(second.0, first.0);
-        // A forged, short one is replaced too.
-        std::fs::write(&path, "0").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(Token::load_or_make(&path).unwrap().0.len(), 64);
+        assert!(!second.matches(&first.0));
     }
 }

@@ -70,8 +70,15 @@ fn the_ui_listens_on_loopback_alone_and_answers_only_its_token() {
     let port = free_port();
     let (url, login) = open(&service, port);
     assert_eq!(url, format!("http://127.0.0.1:{port}/"));
-    // Asked again: the same server, the same token.
-    assert_eq!(open(&service, port), (url.clone(), login.clone()));
+    // Asked again: the same server, a new one-time sign-in address.
+    let (again, second_login) = open(&service, port);
+    assert_eq!(again, url);
+    assert_ne!(second_login, login);
+    let path = login.strip_prefix(&url[..url.len() - 1]).unwrap();
+    let (status, answer) = get(port, path, "");
+    assert_eq!(status, 303, "{answer}");
+    let (status, answer) = get(port, path, "");
+    assert_eq!(status, 401, "a sign-in address works once: {answer}");
     // Not on 0.0.0.0: its one listening socket is 127.0.0.1's.
     let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
     let listening: Vec<&str> = tcp
@@ -86,7 +93,10 @@ fn the_ui_listens_on_loopback_alone_and_answers_only_its_token() {
     assert_eq!(status, 401, "{answer}");
     assert!(answer.contains("run `capsem ui`"), "{answer}");
     let token = std::fs::read_to_string(service.capsem.home().join("run/ui.token")).unwrap();
-    assert!(login.ends_with(&format!("?token={token}")));
+    assert!(
+        !login.contains(&token),
+        "the sign-in address holds no token"
+    );
     let (status, answer) = get(
         port,
         "/v1/sandboxes",
@@ -310,9 +320,8 @@ fn a_sandbox_keeps_a_bounded_number_of_terminals() {
         read_until(&mut ws, &mut String::new(), |_, m| !m.is_null())
     };
     // Detached at once, every one of them stays open.
-    for _ in 0..16 {
-        assert_eq!(open_one()["type"], "attached");
-    }
+    let ids: Vec<serde_json::Value> = (0..16).map(|_| open_one()).collect();
+    assert!(ids.iter().all(|m| m["type"] == "attached"), "{ids:?}");
     let refusal = open_one();
     assert_eq!(refusal["type"], "error");
     assert!(
@@ -326,5 +335,35 @@ fn a_sandbox_keeps_a_bounded_number_of_terminals() {
     assert_eq!(
         service.ok(&["exec", "many", "echo", "beside"]).trim(),
         "beside"
+    );
+}
+
+#[test]
+fn a_terminal_whose_command_ignores_the_hang_up_is_cut_off() {
+    let service = Service::new();
+    service.ok(&["create", "-n", "stubborn"]);
+    let port = free_port();
+    open(&service, port);
+    let token = std::fs::read_to_string(service.capsem.home().join("run/ui.token")).unwrap();
+    let path = "/v1/sandboxes/stubborn/terminal";
+    let mut ws = websocket(port, &token, path);
+    let start = r#"{"command": {"Argv": ["sh", "-c", "trap '' HUP; echo trapped; while :; do sleep 1; done"]}, "tty": {"rows": 24, "cols": 80}}"#;
+    ws.send(tungstenite::Message::Text(start.into())).unwrap();
+    let mut seen = String::new();
+    let hello = read_until(&mut ws, &mut seen, |_, m| m["type"] == "attached");
+    read_until(&mut ws, &mut seen, |s, _| s.contains("trapped"));
+    let hang_up = r#"{"type": "signal", "signal": 1}"#;
+    ws.send(tungstenite::Message::Text(hang_up.into())).unwrap();
+    let last = read_until(&mut ws, &mut seen, |_, m| m["type"] == "error");
+    assert!(
+        last["message"].as_str().unwrap().contains("cut off"),
+        "{last}"
+    );
+    let again = format!("{path}?id={}", hello["id"]);
+    let mut ws = websocket(port, &token, &again);
+    let refusal = read_until(&mut ws, &mut String::new(), |_, m| m["type"] == "error");
+    assert!(
+        refusal["message"].as_str().unwrap().contains("no terminal"),
+        "{refusal}"
     );
 }
