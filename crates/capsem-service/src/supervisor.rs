@@ -260,11 +260,8 @@ async fn exec(State(shared): State<Arc<Shared>>, upgrade: WebSocketUpgrade) -> i
         .max_message_size(bridge::MAX_MESSAGE_BYTES)
         .max_frame_size(bridge::MAX_MESSAGE_BYTES);
     upgrade.on_upgrade(move |socket| async move {
-        shared.running_execs.fetch_add(1, Ordering::Relaxed);
-        shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        let _running = Running::count(shared.clone());
         bridge::serve_exec(socket, &shared.live, &shared.env).await;
-        shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-        shared.running_execs.fetch_sub(1, Ordering::Relaxed);
     })
 }
 
@@ -317,14 +314,30 @@ async fn open_terminal(
     shared
         .terminals
         .open(spec, move |spec, io| async move {
-            // An open terminal keeps the sandbox from idling out.
-            owner.running_execs.fetch_add(1, Ordering::Relaxed);
-            let last = bridge::last_message(owner.live.exec(spec, io, None).await);
-            owner.last_activity_ms.store(now_ms(), Ordering::Relaxed);
-            owner.running_execs.fetch_sub(1, Ordering::Relaxed);
-            last
+            // An open terminal keeps the sandbox from idling out, until
+            // it ends or is cut off (this future dropped).
+            let _running = Running::count(owner.clone());
+            bridge::last_message(owner.live.exec(spec, io, None).await)
         })
         .map_err(|e| e.to_string())
+}
+
+/// One command counted in `running_execs` while it lives.
+struct Running(Arc<Shared>);
+
+impl Running {
+    fn count(shared: Arc<Shared>) -> Running {
+        shared.running_execs.fetch_add(1, Ordering::Relaxed);
+        shared.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        Running(shared)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.last_activity_ms.store(now_ms(), Ordering::Relaxed);
+        self.0.running_execs.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// `?path=` of a copy, and for one into the guest `&name=` (the

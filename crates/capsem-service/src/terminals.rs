@@ -4,14 +4,15 @@
 //! reloads attaches again and finds the shell as it left it.
 //!
 //! Unlike an exec, a client that goes away does not hang the command up;
-//! it ends when it exits, when a client sends SIGHUP (`{"type": "signal",
-//! "signal": 1}`), or with the sandbox. What the guest writes while nobody
-//! is attached is drained into a bounded scrollback, so an unwatched shell
-//! never stalls and never grows the supervisor past the bound.
+//! it ends when it exits, when a client hangs it up (`{"type": "signal",
+//! "signal": 1}`: SIGHUP, and the host cuts it off [`HANGUP_GRACE`] later
+//! if the guest ignores that), or with the sandbox. What the guest writes
+//! while nobody is attached is drained into a bounded scrollback, so an
+//! unwatched shell never stalls; an attached client that reads slowly
+//! holds at most [`LIVE_CHUNKS`] pieces of output before it skips ahead.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::{Message, WebSocket};
@@ -28,16 +29,20 @@ use crate::bridge;
 pub const MAX_TERMINALS: usize = 16;
 /// Output kept for a client that attaches later, per terminal.
 pub const SCROLLBACK_BYTES: usize = 256 * 1024;
-/// Output chunks queued for an attached client that reads slowly; past
-/// this it skips ahead (and is told so).
-const LIVE_CHUNKS: usize = 256;
+/// Output pieces (at most 32 KiB each) queued for attached clients that
+/// read slowly; past this a client skips ahead (and is told so). With the
+/// scrollback, a terminal holds at most about 2.3 MiB.
+pub const LIVE_CHUNKS: usize = 64;
+/// How long a hung-up command may take to end before the host stops
+/// waiting for it (a guest can ignore SIGHUP).
+pub const HANGUP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+const SIGHUP: u8 = 1;
 /// Bytes buffered on the command's stdin.
 const STDIN_BYTES: usize = 64 * 1024;
 
 /// The terminals of one sandbox.
 #[derive(Default)]
 pub struct Terminals {
-    next: AtomicU32,
     open: Arc<Mutex<HashMap<u32, Arc<Term>>>>,
 }
 
@@ -45,12 +50,16 @@ struct Term {
     stdin: tokio::sync::Mutex<DuplexStream>,
     controls: mpsc::Sender<Control>,
     screen: Mutex<Screen>,
+    /// The command's task, cut off when a hang-up is ignored.
+    command: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// What an attaching client is sent first, and how it follows the rest.
 struct Screen {
     scrollback: VecDeque<u8>,
     live: broadcast::Sender<Event>,
+    /// The command's last message, once it ended.
+    ended: Option<ServerMsg>,
 }
 
 #[derive(Clone)]
@@ -84,7 +93,14 @@ impl Terminals {
         if open.len() >= MAX_TERMINALS {
             return Err(TerminalError::Full);
         }
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        // Random, so that an id a page kept from an earlier boot of the
+        // sandbox does not name another page's shell.
+        let id = loop {
+            let id: u32 = rand::random();
+            if id != 0 && !open.contains_key(&id) {
+                break id;
+            }
+        };
         let (stdin_tx, stdin_rx) = tokio::io::duplex(STDIN_BYTES);
         let (stdout_tx, stdout_rx) = tokio::io::duplex(STDIN_BYTES);
         let (stderr_tx, stderr_rx) = tokio::io::duplex(STDIN_BYTES);
@@ -95,7 +111,9 @@ impl Terminals {
             screen: Mutex::new(Screen {
                 scrollback: VecDeque::new(),
                 live: broadcast::channel(LIVE_CHUNKS).0,
+                ended: None,
             }),
+            command: Mutex::new(None),
         });
         let io = ExecIo {
             stdin: Some(Box::new(stdin_rx)),
@@ -103,7 +121,8 @@ impl Terminals {
             stderr: Box::new(stderr_tx),
             controls,
         };
-        let command = run(spec, io);
+        let command = tokio::spawn(run(spec, io));
+        *term.command.lock().unwrap_or_else(|e| e.into_inner()) = Some(command.abort_handle());
         let pumps = [
             tokio::spawn(pump(term.clone(), stdout_rx)),
             tokio::spawn(pump(term.clone(), stderr_rx)),
@@ -112,13 +131,16 @@ impl Terminals {
         tokio::spawn({
             let term = term.clone();
             async move {
-                let last = command.await;
+                let last = command.await.unwrap_or_else(|_| ServerMsg::Error {
+                    message: "hung up; the command ignored SIGHUP and was cut off".to_owned(),
+                });
                 // Its output ends with it: show all of it before the end.
                 for pump in pumps {
                     let _ = pump.await;
                 }
                 this.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                let screen = term.screen.lock().unwrap_or_else(|e| e.into_inner());
+                let mut screen = term.screen.lock().unwrap_or_else(|e| e.into_inner());
+                screen.ended = Some(last.clone());
                 let _ = screen.live.send(Event::Ended(last));
             }
         });
@@ -140,10 +162,10 @@ impl Terminals {
         };
         // Taken together under the lock the pumps append under: nothing
         // is shown twice or missed between the two.
-        let (seen, mut live) = {
+        let (seen, ended, mut live) = {
             let screen = term.screen.lock().unwrap_or_else(|e| e.into_inner());
             let seen: Vec<u8> = screen.scrollback.iter().copied().collect();
-            (seen, screen.live.subscribe())
+            (seen, screen.ended.clone(), screen.live.subscribe())
         };
         let (mut sink, stream) = socket.split();
         let hello = ServerMsg::Attached { id };
@@ -152,9 +174,21 @@ impl Terminals {
         {
             return;
         }
-        let inputs = tokio::spawn(read_inputs(stream, term.clone()));
+        drop(seen);
+        // It ended between the lookup and the subscription.
+        if let Some(last) = ended {
+            let _ = send_text(&mut sink, &last).await;
+            let _ = sink.close().await;
+            return;
+        }
+        let mut inputs = tokio::spawn(read_inputs(stream, term.clone()));
         loop {
-            let message = match live.recv().await {
+            let received = tokio::select! {
+                received = live.recv() => received,
+                // The client left: detach now, not at the next output.
+                _ = &mut inputs => break,
+            };
+            let message = match received {
                 Ok(Event::Output(chunk)) => Message::Binary(chunk),
                 Ok(Event::Ended(last)) => {
                     let _ = send_text(&mut sink, &last).await;
@@ -205,12 +239,28 @@ async fn read_inputs(mut stream: futures::stream::SplitStream<WebSocket>, term: 
                     if let Some(control) = bridge::control_of(message) {
                         let _ = term.controls.send(control).await;
                     }
+                    if message == (ClientMsg::Signal { signal: SIGHUP }) {
+                        tokio::spawn(cut_off_later(term.clone()));
+                    }
                 }
                 Err(e) => tracing::warn!("a terminal client sent a bad message: {e}"),
             },
             Message::Close(_) => return,
             Message::Ping(_) | Message::Pong(_) => {}
         }
+    }
+}
+
+/// Cuts a hung-up command off if it is still running after the grace.
+async fn cut_off_later(term: Arc<Term>) {
+    tokio::time::sleep(HANGUP_GRACE).await;
+    if let Some(command) = term
+        .command
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
+        command.abort();
     }
 }
 
