@@ -8,7 +8,10 @@
 // xterm asks for is an inert <template> whose textContent goes into an
 // adopted CSSStyleSheet, and a style attribute set from script is applied
 // through `element.style.cssText` (what the attribute would have done).
-// Markup parsed from strings still gets no inline style: CSP stays whole.
+// That replacement is app-wide: any style attribute set from this page's
+// own script applies (as the CSSOM would let it anyway); markup parsed
+// from strings still gets no inline style, and nothing else of the CSP
+// changes.
 import type { Terminal } from '@xterm/xterm';
 
 let bridged = false;
