@@ -19,13 +19,12 @@ const POLL: Duration = Duration::from_millis(300);
 /// Most bytes of boot log sent per read.
 const READ_BYTES: usize = 64 * 1024;
 
-/// Where a log stream has got to.
+/// Where the log stream has got to: the boot log's offset, the last
+/// command event's seq.
+#[derive(Clone, Copy, Default)]
 struct Cursor {
-    dir: SandboxDir,
-    session: Session,
     boot_at: u64,
     exec_seq: i64,
-    follow: bool,
 }
 
 /// The log of `dir`'s current or last boot; `None` when it never booted.
@@ -34,29 +33,52 @@ pub fn stream(
     dir: SandboxDir,
     follow: bool,
 ) -> Option<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
+    follow_boot(home, dir, follow, Cursor::default(), |session, cursor| {
+        let (text, boot_at, exec_seq) = more(
+            &session.boot_log(),
+            cursor.boot_at,
+            &session.events_db(),
+            cursor.exec_seq,
+        )?;
+        *cursor = Cursor { boot_at, exec_seq };
+        Some(text)
+    })
+}
+
+/// A stream of what `more` finds recorded for `dir`'s current or last
+/// boot after `cursor` (read off the runtime's threads), until it finds
+/// nothing; with `follow`, until the sandbox also stops. `None` when the
+/// sandbox never booted.
+pub(crate) fn follow_boot<C>(
+    home: &Path,
+    dir: SandboxDir,
+    follow: bool,
+    cursor: C,
+    more: fn(&Session, &mut C) -> Option<String>,
+) -> Option<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static>
+where
+    C: Send + 'static,
+{
     let session = Session::existing(home, &dir.last_session()?)?;
-    let cursor = Cursor {
-        dir,
-        session,
-        boot_at: 0,
-        exec_seq: 0,
-        follow,
-    };
-    Some(futures::stream::unfold(Some(cursor), |cursor| async move {
-        let mut cursor = cursor?;
+    let state = Some((dir, session, cursor));
+    Some(futures::stream::unfold(state, move |state| async move {
+        let (dir, session, cursor) = state?;
+        let mut state = (session, cursor);
         loop {
-            let text = tokio::task::spawn_blocking({
-                let (log, db) = (cursor.session.boot_log(), cursor.session.events_db());
-                let (at, seq) = (cursor.boot_at, cursor.exec_seq);
-                move || more(&log, at, &db, seq)
+            let read = tokio::task::spawn_blocking(move || {
+                let (session, mut cursor) = state;
+                let found = more(&session, &mut cursor);
+                (found, (session, cursor))
             })
-            .await
-            .unwrap_or_default();
-            if let Some((text, boot_at, exec_seq)) = text {
-                (cursor.boot_at, cursor.exec_seq) = (boot_at, exec_seq);
-                return Some((Ok(Bytes::from(text)), Some(cursor)));
+            .await;
+            let Ok((found, moved)) = read else {
+                return None;
+            };
+            state = moved;
+            if let Some(text) = found {
+                return Some((Ok(Bytes::from(text)), Some((dir, state.0, state.1))));
             }
-            if !cursor.follow || !lock::is_held(&cursor.dir.lock()) {
+            if !follow || !lock::is_held(&dir.lock()) {
                 return None;
             }
             tokio::time::sleep(POLL).await;

@@ -4,18 +4,13 @@
 //! until the sandbox stops.
 
 use std::path::Path;
-use std::time::Duration;
 
 use bytes::Bytes;
-use capsem_core::session::Session;
 use capsem_core::session::events::{self, NetCursor, NetworkLog};
 use serde_json::json;
 
 use crate::layout::SandboxDir;
-use crate::lock;
 
-/// How often a followed log looks for more.
-const POLL: Duration = Duration::from_millis(250);
 /// Most rows of each kind read at once: a busy sandbox's log is sent page
 /// by page, never read whole into memory.
 const PAGE: usize = 512;
@@ -26,35 +21,17 @@ pub fn stream(
     dir: SandboxDir,
     follow: bool,
 ) -> Option<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static> {
-    let session = Session::existing(home, &dir.last_session()?)?;
-    let state = (dir, session, NetCursor::default());
-    Some(futures::stream::unfold(
-        Some(state),
-        move |state| async move {
-            let (dir, session, mut cursor) = state?;
-            loop {
-                let db = session.events_db();
-                let read = tokio::task::spawn_blocking(move || {
-                    let log = events::network_log_since(&db, &mut cursor, Some(PAGE));
-                    (log, cursor)
-                })
-                .await;
-                let Ok((log, moved)) = read else {
-                    return None;
-                };
-                cursor = moved;
-                // A database not made yet (no request so far) reads as empty.
-                let lines = log.map(|log| lines(&log)).unwrap_or_default();
-                if !lines.is_empty() {
-                    return Some((Ok(Bytes::from(lines)), Some((dir, session, cursor))));
-                }
-                if !follow || !lock::is_held(&dir.lock()) {
-                    return None;
-                }
-                tokio::time::sleep(POLL).await;
-            }
+    crate::logs::follow_boot(
+        home,
+        dir,
+        follow,
+        NetCursor::default(),
+        |session, cursor| {
+            // A database not made yet (no request so far) reads as empty.
+            let log = events::network_log_since(&session.events_db(), cursor, Some(PAGE)).ok()?;
+            Some(lines(&log)).filter(|text| !text.is_empty())
         },
-    ))
+    )
 }
 
 /// One JSON line per record.

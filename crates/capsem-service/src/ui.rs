@@ -75,11 +75,15 @@ impl Token {
         Ok(token)
     }
 
-    /// Compares in time independent of where `given` differs.
     fn matches(&self, given: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), given.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        same_secret(&self.0, given)
     }
+}
+
+/// Compares in time independent of where `given` differs.
+fn same_secret(secret: &str, given: &str) -> bool {
+    let (a, b) = (secret.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 32 random bytes, hex.
@@ -131,9 +135,9 @@ impl Gate {
     /// Whether `given` is a live code; it is used up either way.
     fn redeem(&self, given: &str) -> bool {
         let mut codes = self.codes.lock().unwrap_or_else(|e| e.into_inner());
-        let found = codes.iter().position(|(code, born)| {
-            born.elapsed() < CODE_LIFE && Token(code.clone()).matches(given)
-        });
+        let found = codes
+            .iter()
+            .position(|(code, born)| born.elapsed() < CODE_LIFE && same_secret(code, given));
         found.map(|at| codes.remove(at)).is_some()
     }
 
