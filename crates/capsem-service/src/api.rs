@@ -1,5 +1,5 @@
 //! The service's wire types, shared by the service, the supervisors and
-//! every client (the CLI today; the UI, MCP and E2B adapters later).
+//! every client (the CLI, the web UI, `capsem mcp`).
 //! `docs/api.md` describes the routes; `docs/openapi.json` is checked
 //! against them by a test.
 
@@ -29,7 +29,7 @@ pub struct CreateRequest {
 }
 
 /// Whether a sandbox's VM runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Its supervisor boots its VM (or does not answer yet); it takes
@@ -45,7 +45,7 @@ pub enum State {
 }
 
 /// A sandbox, as `GET /v1/sandboxes` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SandboxInfo {
     /// Its name.
     pub name: String,

@@ -298,6 +298,10 @@ pub enum Subcmd {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
         port: Option<u16>,
     },
+    /// Serve the Model Context Protocol on stdin and stdout, so that an
+    /// agent on the host can create sandboxes, run commands and move files
+    /// in them (register: `claude mcp add capsem -- capsem mcp`).
+    Mcp,
     /// The capsem service, which runs the named sandboxes (the CLI starts
     /// it when needed). Without a subcommand: its status.
     Service {
@@ -734,6 +738,7 @@ impl Subcmd {
             Subcmd::Rm { .. } => "rm",
             Subcmd::Service { .. } => "service",
             Subcmd::Ui { .. } => "ui",
+            Subcmd::Mcp => "mcp",
             Subcmd::Supervise { .. } => "supervise",
             Subcmd::Diff { .. } => "diff",
             Subcmd::Apply(_) => "apply",

@@ -57,6 +57,7 @@ fn main() {
         Some(Subcmd::Rm { name, force }) => sandboxes(cmd::sandbox::remove(&name, force)),
         Some(Subcmd::Service { action }) => sandboxes(cmd::sandbox::service_cmd(action)),
         Some(Subcmd::Ui { no_open, port }) => sandboxes(cmd::ui::open(port, no_open)),
+        Some(Subcmd::Mcp) => sandboxes(cmd::mcp::serve()),
         Some(Subcmd::Supervise { name }) => {
             let options = RunOptions {
                 verbose: true,

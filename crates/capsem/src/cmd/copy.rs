@@ -48,7 +48,7 @@ fn parse(arg: &str) -> End {
 }
 
 /// The last component of `path`, the name a copy travels under.
-fn base_name(path: &str) -> Result<String, Failure> {
+pub fn base_name(path: &str) -> Result<String, Failure> {
     Path::new(path.trim_end_matches('/'))
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -93,12 +93,7 @@ async fn put(from: &str, name: &str, path: &str, follow: bool) -> Result<i32, Fa
             .await
             .map(|chunk| (Ok::<_, std::io::Error>(Frame::data(Bytes::from(chunk))), rx))
     });
-    let route = format!(
-        "/v1/sandboxes/{}/files?path={}&name={}",
-        encode(name),
-        encode(path),
-        encode(&top)
-    );
+    let route = route_in(name, path, &top);
     let sent = service()
         .await?
         .stream(
@@ -125,6 +120,30 @@ async fn get(name: &str, path: &str, to: &str) -> Result<i32, Failure> {
     let top = base_name(path)?;
     let settings = crate::cmd::run::load_settings()?;
     let max_bytes = settings.sandbox().max_copy_bytes;
+    let target = target_of(to, &top);
+    pull(name, path, move |input| match &target {
+        None => to_stdout(input, &top, max_bytes),
+        Some(target) => archive::unpack(
+            input,
+            &Unpack {
+                target,
+                top: &top,
+                max_bytes,
+            },
+        )
+        .map(|_| ()),
+    })
+    .await?;
+    Ok(0)
+}
+
+/// Copies `path` out of the sandbox `name`: its tar stream goes to
+/// `consume` on a blocking thread.
+pub async fn pull<T: Send + 'static>(
+    name: &str,
+    path: &str,
+    consume: impl FnOnce(QueueReader) -> Result<T, CopyError> + Send + 'static,
+) -> Result<T, Failure> {
     let route = format!("/v1/sandboxes/{}/files?path={}", encode(name), encode(path));
     let response = service()
         .await?
@@ -137,22 +156,7 @@ async fn get(name: &str, path: &str, to: &str) -> Result<i32, Failure> {
         .await
         .map_err(Failure::new)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(QUEUE);
-    let target = target_of(to, &top);
-    let unpack = tokio::task::spawn_blocking(move || {
-        let input = QueueReader::new(rx);
-        match &target {
-            None => to_stdout(input, &top, max_bytes),
-            Some(target) => archive::unpack(
-                input,
-                &Unpack {
-                    target,
-                    top: &top,
-                    max_bytes,
-                },
-            )
-            .map(|_| ()),
-        }
-    });
+    let unpack = tokio::task::spawn_blocking(move || consume(QueueReader::new(rx)));
     let mut body = response.into_body().into_data_stream();
     let mut cut = None;
     while let Some(chunk) = body.next().await {
@@ -176,8 +180,35 @@ async fn get(name: &str, path: &str, to: &str) -> Result<i32, Failure> {
             "the copy was cut short ({e}); nothing was written"
         )));
     }
-    unpacked.map_err(Failure::new)?;
-    Ok(0)
+    unpacked.map_err(Failure::new)
+}
+
+/// Copies `data` into the sandbox `name` as `path` (or `path/top`
+/// when `path` is a directory there).
+pub async fn push(name: &str, path: &str, top: &str, data: &[u8]) -> Result<(), Failure> {
+    let mut tar = Vec::new();
+    archive::pack_bytes(data, top, &mut tar).map_err(Failure::new)?;
+    let route = route_in(name, path, top);
+    service()
+        .await?
+        .stream(
+            Method::PUT,
+            &route,
+            Some("application/x-tar"),
+            http_body_util::Full::new(Bytes::from(tar)),
+        )
+        .await
+        .map_err(Failure::new)?;
+    Ok(())
+}
+
+fn route_in(name: &str, path: &str, top: &str) -> String {
+    format!(
+        "/v1/sandboxes/{}/files?path={}&name={}",
+        encode(name),
+        encode(path),
+        encode(top)
+    )
 }
 
 /// Where a copy out lands: `to`, or `to/top` when `to` is a directory;
@@ -192,6 +223,23 @@ fn target_of(to: &str, top: &str) -> Option<PathBuf> {
 
 /// Writes the archive's one regular file to stdout.
 fn to_stdout(input: QueueReader, top: &str, max_bytes: u64) -> Result<(), CopyError> {
+    let mut stdout = std::io::stdout().lock();
+    one_file(input, top, max_bytes, &mut stdout)?;
+    stdout.flush().map_err(|source| CopyError::Io {
+        what: "writing to stdout".into(),
+        source,
+    })
+}
+
+/// Writes the archive's one regular file, named `top`, to `out`; what
+/// `capsem cp NAME:FILE -` and `capsem mcp`'s `read_file` take out of a
+/// guest.
+pub fn one_file(
+    input: impl std::io::Read,
+    top: &str,
+    max_bytes: u64,
+    mut out: impl Write,
+) -> Result<(), CopyError> {
     let mut archive = tar::Archive::new(input);
     let refused = |why: String| CopyError::Hostile(why);
     let mut entries = archive.entries().map_err(|e| refused(e.to_string()))?;
@@ -202,18 +250,14 @@ fn to_stdout(input: QueueReader, top: &str, max_bytes: u64) -> Result<(), CopyEr
     let is_file = entry.header().entry_type() == tar::EntryType::Regular;
     let named = entry.path().is_ok_and(|p| p == Path::new(top));
     if !is_file || !named {
-        return Err(refused(format!(
-            "{top} is not a regular file: copy it to a host path instead of -"
-        )));
+        return Err(refused(format!("{top} is not a regular file")));
     }
-    let mut stdout = std::io::stdout().lock();
     let copied = std::io::copy(
         &mut std::io::Read::take(&mut entry, max_bytes + 1),
-        &mut stdout,
+        &mut out,
     )
-    .and_then(|n| stdout.flush().map(|()| n))
     .map_err(|source| CopyError::Io {
-        what: "writing to stdout".into(),
+        what: "writing the file out".into(),
         source,
     })?;
     if copied > max_bytes {

@@ -4,6 +4,7 @@ pub mod assets;
 pub mod copy;
 pub mod doctor;
 pub mod help;
+pub mod mcp;
 pub mod net;
 pub mod run;
 pub mod sandbox;

@@ -18,21 +18,26 @@ fn sandbox_session(home: &std::path::Path, name: &str) -> Option<String> {
     capsem_service::SandboxDir::of(home, name).last_session()
 }
 
-/// Runs a `net` subcommand; returns the exit code.
-pub fn run(action: NetAction) -> Result<i32, Failure> {
-    let NetAction::Log { id, json } = action;
-    let home = paths::capsem_home();
-    let store = Store::open(&home).map_err(Failure::new)?;
-    let id = match id {
-        Some(name) if let Some(id) = sandbox_session(&home, &name) => id,
-        Some(prefix) => store.resolve(&prefix).map_err(Failure::new)?,
+/// The session `id` names: a sandbox's current or last boot, a session id
+/// (or its prefix), or without `id` the newest session.
+pub fn session_of(store: &Store, id: Option<&str>) -> Result<String, Failure> {
+    match id {
+        Some(name) if let Some(id) = sandbox_session(&paths::capsem_home(), name) => Ok(id),
+        Some(prefix) => store.resolve(prefix).map_err(Failure::new),
         None => store
             .list(1)
             .map_err(Failure::new)?
             .pop()
             .map(|row| row.id)
-            .ok_or_else(|| Failure::new("no sessions yet"))?,
-    };
+            .ok_or_else(|| Failure::new("no sessions yet")),
+    }
+}
+
+/// Runs a `net` subcommand; returns the exit code.
+pub fn run(action: NetAction) -> Result<i32, Failure> {
+    let NetAction::Log { id, json } = action;
+    let store = Store::open(&paths::capsem_home()).map_err(Failure::new)?;
+    let id = session_of(&store, id.as_deref())?;
     let path = store.dir_of(&id).join(EVENTS_FILE);
     let reading = |e| Failure::new(format!("reading {}: {e}", path.display()));
     let log = events::network_log(&path).map_err(reading)?;

@@ -120,26 +120,15 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
         .get(&id)
         .map_err(Failure::new)?
         .ok_or_else(|| Failure::new(format!("session {id} vanished")))?;
+    if json {
+        let data = detail(store, &row);
+        outln!("{}", json!({ "type": "session_detail", "data": data }));
+        return Ok(0);
+    }
     let dir = store.dir_of(&id);
     let summary = events::summarize(&dir.join(EVENTS_FILE)).ok();
     let workspace = Stored::new(&dir);
     let mounted = workspace.mounted();
-    if json {
-        let data = json!({
-            "session": row,
-            "dir": dir,
-            "boot_log": dir.join("boot.log"),
-            "qemu_log": dir.join("qemu.log"),
-            "events": summary,
-            "workspace": mounted.as_ref().map(|m| json!({
-                "mounted": m,
-                "changes_kept": workspace.has_changes(),
-                "applied": workspace.applied(),
-            })),
-        });
-        outln!("{}", json!({ "type": "session_detail", "data": data }));
-        return Ok(0);
-    }
     let field = |name: &str, value: String| outln!("{name:<9} {value}");
     field("session", row.id.clone());
     field("command", visible(&row.command).into_owned());
@@ -252,6 +241,25 @@ fn show(store: &Store, prefix: &str, json: bool) -> Result<i32, Failure> {
 }
 
 /// Prints what is wrong, if anything; the exit code is 1 when something is.
+/// `capsem sessions show --json`'s record of a session (docs/json.md,
+/// "session_detail"), which `capsem mcp`'s `session_show` answers too.
+pub fn detail(store: &Store, row: &SessionRow) -> serde_json::Value {
+    let dir = store.dir_of(&row.id);
+    let workspace = Stored::new(&dir);
+    json!({
+        "session": row,
+        "dir": dir,
+        "boot_log": dir.join("boot.log"),
+        "qemu_log": dir.join("qemu.log"),
+        "events": events::summarize(&dir.join(EVENTS_FILE)).ok(),
+        "workspace": workspace.mounted().map(|m| json!({
+            "mounted": m,
+            "changes_kept": workspace.has_changes(),
+            "applied": workspace.applied(),
+        })),
+    })
+}
+
 fn inspect(store: &Store, prefix: Option<&str>, json: bool) -> Result<i32, Failure> {
     let report = store.inspect();
     let events = match prefix {

@@ -211,9 +211,7 @@ pub fn diff(id: Option<&str>, stat: bool, json: bool) -> Result<i32, Failure> {
     } else if stat {
         print_stat(&changes);
     } else {
-        let mut patch = Vec::new();
-        patch::write_patch(&mut patch, &changes, &kept.stored.archive(), &kept.mounted)
-            .map_err(Failure::new)?;
+        let patch = patch_of(&kept, &changes)?;
         // On a terminal the guest's text cannot drive it; into a pipe the
         // patch goes as it is.
         if terminal::stdout_is_terminal() {
@@ -224,6 +222,23 @@ pub fn diff(id: Option<&str>, stat: bool, json: bool) -> Result<i32, Failure> {
         }
     }
     Ok(0)
+}
+
+/// The changes `capsem diff [ID]` shows and their patch, as `capsem mcp`'s
+/// `workspace_diff` answers them. Not on a runtime's thread: a sandbox's
+/// changes are saved first through the service.
+pub fn changes_and_patch(id: Option<&str>) -> Result<(Changes, Vec<u8>), Failure> {
+    let kept = find(id)?;
+    let changes = kept.changes()?;
+    let patch = patch_of(&kept, &changes)?;
+    Ok((changes, patch))
+}
+
+fn patch_of(kept: &Kept, changes: &Changes) -> Result<Vec<u8>, Failure> {
+    let mut patch = Vec::new();
+    patch::write_patch(&mut patch, changes, &kept.stored.archive(), &kept.mounted)
+        .map_err(Failure::new)?;
+    Ok(patch)
 }
 
 fn print_stat(changes: &Changes) {
