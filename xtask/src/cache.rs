@@ -127,6 +127,18 @@ pub fn get_or_build(
     Ok(dir)
 }
 
+/// Records `entry` in the file `name` under the cache, for builds and
+/// tests run outside `cargo xtask`.
+pub fn point(name: &str, entry: &Path) -> Result<()> {
+    let pointer = root().join(name);
+    let text = entry.display().to_string();
+    // Rewriting an unchanged file would make cargo rebuild what reads it.
+    if fs::read_to_string(&pointer).ok().as_deref() != Some(text.as_str()) {
+        fs::write(&pointer, &text).with_context(|| format!("writing {}", pointer.display()))?;
+    }
+    Ok(())
+}
+
 /// Hard-links `from` to `to` (assets are hundreds of MB), copying when the
 /// two are on different filesystems.
 pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
@@ -141,7 +153,15 @@ pub fn link_or_copy(from: &Path, to: &Path) -> Result<()> {
 /// cache grows by one with every change to an input.
 pub fn prune(keep: usize, used: &[&Path]) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for kind in ["kernel", "initramfs", "rootfs", "assets", "tools", "ui"] {
+    for kind in [
+        "kernel",
+        "initramfs",
+        "rootfs",
+        "assets",
+        "tools",
+        "ui",
+        "clients",
+    ] {
         let Ok(dir) = fs::read_dir(root().join(kind)) else {
             continue;
         };

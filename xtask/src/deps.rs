@@ -31,6 +31,9 @@ const BUILD: &[&str] = &[
 /// so its screenshots have text).
 const UI_TEST: &[&str] = &["chromium", "fonts-dejavu-core"];
 
+/// Packages for the venv of the client libraries the tests use.
+const CLIENT_TEST: &[&str] = &["python3-venv"];
+
 /// Packages to build and check the .deb (dpkg-shlibdeps is in
 /// build-essential's dpkg-dev).
 const PACKAGE: &[&str] = &["lintian", "man-db"];
@@ -42,6 +45,7 @@ pub fn ensure() -> Result<()> {
         .chain(BUILD)
         .chain(PACKAGE)
         .chain(UI_TEST)
+        .chain(CLIENT_TEST)
         .copied()
         .filter(|pkg| !installed(pkg))
         .collect();

@@ -8,6 +8,7 @@
 mod assets;
 mod bench;
 mod cache;
+mod clients;
 mod deps;
 mod dist;
 mod fixture;
@@ -38,6 +39,9 @@ enum Task {
     /// Build the web UI (`ui/`; cached by its sources). Every task that
     /// builds capsem builds it first.
     BuildUi,
+    /// Install the client libraries the tests use (a venv in the cache,
+    /// from `tests/clients/requirements.txt`).
+    BuildClients,
     /// Serve `ui/` with Vite's dev server (hot reload), its API calls
     /// forwarded to a running `capsem ui` (`CAPSEM_UI_PORT`, default 7317).
     UiDev,
@@ -100,6 +104,7 @@ fn main() {
     let result = match cli.task {
         Task::BuildAssets => deps::ensure().and_then(|()| assets::build()).map(|_| 0),
         Task::BuildUi => ui::build().map(|_| 0),
+        Task::BuildClients => clients::build().map(|_| 0),
         Task::UiDev => ui::dev(),
         Task::Run { args } => run(&args),
         Task::Test => test().map(|()| 0),
@@ -140,6 +145,11 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    proc::run(cargo(&inputs).args(["test", "--workspace", "--locked"]))?;
+    let clients = clients::build()?;
+    proc::run(cargo(&inputs).env(clients::ENV, &clients).args([
+        "test",
+        "--workspace",
+        "--locked",
+    ]))?;
     dist::check(&dist::build(&inputs)?)
 }

@@ -55,12 +55,7 @@ pub fn build() -> Result<PathBuf> {
         std::os::unix::fs::symlink(toolchain.node(), out.join("bin/node"))?;
         Ok(())
     })?;
-    let pointer = cache::root().join("ui.current");
-    let text = entry.display().to_string();
-    // Rewriting an unchanged file would make cargo rebuild capsem.
-    if fs::read_to_string(&pointer).ok().as_deref() != Some(text.as_str()) {
-        fs::write(&pointer, &text).with_context(|| format!("writing {}", pointer.display()))?;
-    }
+    cache::point("ui.current", &entry)?;
     Ok(entry)
 }
 

@@ -11,6 +11,7 @@ mod hostile;
 mod json;
 mod kernel;
 mod lifecycle;
+mod mcp;
 mod network;
 mod registries;
 mod sandboxes;
