@@ -10,7 +10,9 @@ failed check.
 import asyncio
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 from mcp import Client, StdioServerParameters
 
@@ -53,7 +55,15 @@ async def main():
         check(all(t.description and t.input_schema.get("type") == "object"
                   for t in listed.tools), "every tool has a description and a schema")
 
-        created = await call(client, "sandbox_create", {"name": NAME, "env": {"GREETING": "hi"}})
+        said = await call(client, "sandbox_create", {"name": NAME, "env": {"LD_PRELOAD": "/x.so"}}, error=True)
+        check("not allowed" in said, "a variable that hijacks the loader is refused", said)
+        said = await call(client, "sandbox_create", {"name": "Bad Name!"}, error=True)
+        check("Bad Name!" in said, "a bad name is refused in words", said)
+        project = tempfile.mkdtemp(prefix="capsem-mcp-proj-")
+        with open(os.path.join(project, "readme.txt"), "w") as f:
+            f.write("the project\n")
+        created = await call(client, "sandbox_create",
+                             {"name": NAME, "env": {"GREETING": "hi"}, "workspace": project})
         check(created["name"] == NAME and created["state"] == "running",
               "sandbox_create boots a running sandbox", created)
         listing = await call(client, "sandbox_list")
@@ -88,6 +98,15 @@ async def main():
         entries = (await call(client, "list_dir", {"name": NAME, "path": "/root/d"}))["entries"]
         check({e["name"]: e["kind"] for e in entries} == {"sub": "directory", "link": "symlink"},
               "list_dir shows a symlink as one", entries)
+
+        mounted = "/root/" + os.path.basename(project)
+        ran = await call(client, "exec", {"name": NAME, "command": f"cat {mounted}/readme.txt && echo new > {mounted}/added.txt"})
+        check(ran["stdout"] == "the project\n", "the workspace is in the sandbox", ran)
+        diff = await call(client, "workspace_diff", {"id": NAME})
+        check("added.txt" in json.dumps(diff["changes"]) and "+new" in diff["patch"],
+              "workspace_diff shows the sandbox's change", diff)
+        check(not os.path.exists(os.path.join(project, "added.txt")),
+              "the change has not reached the project")
 
         await call(client, "exec", {"name": NAME, "command": "curl -sS --max-time 10 https://denied.test"})
         net = await call(client, "net_log", {"id": NAME})
@@ -130,6 +149,7 @@ async def main():
         check(deleted["deleted"] == NAME, "sandbox_delete deletes it", deleted)
         listing = await call(client, "sandbox_list")
         check(all(s["name"] != NAME for s in listing["sandboxes"]), "it is gone", listing)
+        shutil.rmtree(project)
     log("done")
 
 

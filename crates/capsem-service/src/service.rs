@@ -549,6 +549,10 @@ async fn create(
         }
         None => name::generate(|n| SandboxDir::of(&service.home, n).path().exists()),
     };
+    for (key, _) in &req.env {
+        capsem_proto::validate_env_name(key)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    }
     let vm = settings.vm();
     let workspace = match &req.workspace {
         Some(dir) => Some(checked_workspace(dir, &service.home)?.root),
