@@ -8,11 +8,8 @@ use capsem_core::paths;
 use capsem_core::session::Store;
 use capsem_core::session::events::{self, EVENTS_FILE};
 use capsem_proto::Command;
-use capsem_service::api::{
-    ClientMsg, CreateRequest, ExecStart, STDERR, STDOUT, SandboxInfo, ServerMsg,
-};
+use capsem_service::api::{CreateRequest, SandboxInfo, ServerMsg};
 use capsem_service::archive::CopyError;
-use futures::{SinkExt, StreamExt};
 use hyper::Method;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
@@ -20,8 +17,8 @@ use rmcp::{ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Message;
 
+use crate::cmd::guest::{self, Captured, guest_path};
 use crate::cmd::sandbox::{encode, service};
 use crate::cmd::{copy, net, sessions, workspace};
 use crate::exit::Failure;
@@ -36,8 +33,6 @@ const MAX_READ: u64 = 4 << 20;
 const NET_RECORDS: usize = 500;
 /// A command's time limit unless given.
 const EXEC_TIMEOUT_SECS: u64 = 120;
-/// The size of the pieces stdin is sent in.
-const STDIN_PIECE: usize = 32 * 1024;
 
 type Answer<T> = Result<Json<T>, String>;
 
@@ -300,7 +295,7 @@ impl Capsem {
         let stdin = args.stdin.unwrap_or_default();
         let command = Command::Shell(args.command);
         let (end, out, err) =
-            run(&args.name, command, stdin.as_bytes(), timeout, MAX_OUTPUT).await?;
+            guest::run(&args.name, command, stdin.as_bytes(), timeout, MAX_OUTPUT).await?;
         let (exit_code, signal, timed_out) = match end {
             ServerMsg::Exited { code, signal } => (code, signal, false),
             ServerMsg::TimedOut => (None, None, true),
@@ -373,12 +368,15 @@ impl Capsem {
         Parameters(args): Parameters<PathArgs>,
     ) -> Result<Json<Listing>, String> {
         let path = guest_path(&args.path)?;
-        let script = "test -d \"$1\" || { echo \"$1: not a directory\" >&2; exit 2; }; \
-                      exec find -H \"$1\" -mindepth 1 -maxdepth 1 -printf '%y %s %m %T@ %f\\0'";
-        let argv = ["sh", "-c", script, "sh", path].map(String::from).to_vec();
         let timeout = Duration::from_secs(EXEC_TIMEOUT_SECS);
-        let (end, out, err) =
-            run(&args.name, Command::Argv(argv), b"", timeout, MAX_LISTING).await?;
+        let (end, out, err) = guest::run(
+            &args.name,
+            guest::listing(path, 1, 1),
+            b"",
+            timeout,
+            MAX_LISTING,
+        )
+        .await?;
         match end {
             ServerMsg::Exited { code: Some(0), .. } if out.total <= MAX_LISTING as u64 => {
                 Ok(Json(Listing {
@@ -437,7 +435,11 @@ impl Capsem {
             Ok(Diff {
                 changes: serde_json::to_value(&changes).map_err(Failure::new)?,
                 patch_bytes: patch.len() as u64,
-                patch: Captured::of(&patch, MAX_OUTPUT).text(),
+                patch: {
+                    let mut kept = Captured::new(MAX_OUTPUT);
+                    kept.push(&patch);
+                    kept.text()
+                },
             })
         })
         .await
@@ -478,157 +480,24 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// The first bytes of a stream and its length.
-#[derive(Default)]
-struct Captured {
-    data: Vec<u8>,
-    total: u64,
-    cap: usize,
-}
-
-impl Captured {
-    fn of(data: &[u8], cap: usize) -> Self {
-        let mut kept = Captured {
-            cap,
-            ..Captured::default()
-        };
-        kept.push(data);
-        kept
-    }
-
-    fn push(&mut self, data: &[u8]) {
-        self.total += data.len() as u64;
-        let room = self.cap.saturating_sub(self.data.len());
-        self.data.extend_from_slice(&data[..room.min(data.len())]);
-    }
-
-    /// The text, with a note when cut.
-    fn text(&self) -> String {
-        let mut text = String::from_utf8_lossy(&self.data).into_owned();
-        if self.total > self.data.len() as u64 {
-            text.push_str(&format!(
-                "\n[capsem: cut at {} KiB of {} bytes]",
-                self.cap >> 10,
-                self.total
-            ));
-        }
-        text
-    }
-}
-
-/// Runs `command` in the sandbox `name` with `stdin`; its last message and
-/// its stdout and stderr, each kept to `cap` bytes.
-async fn run(
-    name: &str,
-    command: Command,
-    stdin: &[u8],
-    timeout: Duration,
-    cap: usize,
-) -> Result<(ServerMsg, Captured, Captured), String> {
-    let start = ExecStart {
-        command,
-        env: Vec::new(),
-        tty: None,
-        timeout_ms: Some(timeout.as_millis().try_into().unwrap_or(u64::MAX)),
-    };
-    let client = service().await.map_err(failed)?;
-    let path = format!("/v1/sandboxes/{}/exec", encode(name));
-    let socket = client.websocket(&path).await.map_err(|e| e.to_string())?;
-    let (mut sink, mut source) = socket.split();
-    let first = serde_json::to_string(&start).map_err(|e| e.to_string())?;
-    let pieces: Vec<Message> = std::iter::once(Message::Text(first.into()))
-        .chain(
-            stdin
-                .chunks(STDIN_PIECE)
-                .map(|piece| Message::Binary(piece.to_vec().into())),
-        )
-        .chain(std::iter::once(Message::Text(
-            serde_json::to_string(&ClientMsg::StdinEof)
-                .unwrap_or_default()
-                .into(),
-        )))
-        .collect();
-    // Stdin goes while output comes: a command that writes before it
-    // reads would otherwise wait on a reader that waits on it.
-    let feed = async move {
-        for piece in pieces {
-            if sink.send(piece).await.is_err() {
-                break;
-            }
-        }
-        std::future::pending::<std::convert::Infallible>().await
-    };
-    let receive = async {
-        let (mut out, mut err) = (Captured::of(b"", cap), Captured::of(b"", cap));
-        while let Some(msg) = source.next().await {
-            match msg.map_err(|e| format!("the sandbox's stream failed: {e}"))? {
-                Message::Binary(data) => match data.first() {
-                    Some(&STDOUT) => out.push(&data[1..]),
-                    Some(&STDERR) => err.push(&data[1..]),
-                    _ => {}
-                },
-                Message::Text(text) => {
-                    let end = serde_json::from_str(&text)
-                        .map_err(|e| format!("a bad message from the sandbox: {e}"))?;
-                    return Ok((end, out, err));
-                }
-                _ => {}
-            }
-        }
-        Err("the sandbox ended the command's stream without its exit status".to_owned())
-    };
-    tokio::select! {
-        ended = receive => ended,
-        never = feed => match never {},
-    }
-}
-
-/// A path in the guest, taken as it reads: absolute, without `..`.
-fn guest_path(path: &str) -> Result<&str, String> {
-    if !path.starts_with('/') {
-        return Err(format!(
-            "{path}: give an absolute path in the sandbox, such as /root/{path}"
-        ));
-    }
-    if path.split('/').any(|c| c == "..") || path.contains('\0') || path.len() > 4096 {
-        return Err(format!(
-            "{path}: a path with '..', a NUL byte or over 4096 bytes is refused; give the plain absolute path"
-        ));
-    }
-    Ok(path)
-}
-
-/// `find -printf '%y %s %m %T@ %f\0'`'s entries; a malformed one is skipped
-/// (the guest writes this listing).
+/// A listing's entries as `list_dir` shows them.
 fn entries(listing: &[u8]) -> Vec<Entry> {
-    let parse = |record: &[u8]| -> Option<Entry> {
-        let text = String::from_utf8_lossy(record);
-        let mut fields = text.splitn(5, ' ');
-        let kind = match fields.next()? {
-            "f" => "file",
-            "d" => "directory",
-            "l" => "symlink",
-            _ => "other",
-        };
-        let bytes = fields.next()?.parse().ok()?;
-        let mode = fields.next()?.to_owned();
-        let seconds: f64 = fields.next()?.parse().ok()?;
-        let name = fields.next()?.to_owned();
-        Some(Entry {
-            name,
-            kind: kind.to_owned(),
-            bytes,
-            mode,
-            modified_ms: (seconds * 1000.0) as i64,
+    guest::entries(listing)
+        .into_iter()
+        .map(|stat| Entry {
+            kind: match stat.kind {
+                'f' => "file",
+                'd' => "directory",
+                'l' => "symlink",
+                _ => "other",
+            }
+            .to_owned(),
+            bytes: stat.size,
+            mode: format!("{:o}", stat.mode),
+            modified_ms: (stat.modified * 1000.0) as i64,
+            name: stat.name,
         })
-    };
-    let mut all: Vec<Entry> = listing
-        .split(|&b| b == 0)
-        .filter(|r| !r.is_empty())
-        .filter_map(parse)
-        .collect();
-    all.sort_by(|a, b| a.name.cmp(&b.name));
-    all
+        .collect()
 }
 
 fn net_log(id: Option<&str>, limit: usize) -> Result<NetLog, Failure> {
@@ -661,37 +530,6 @@ fn to_value(row: &impl Serialize) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn guest_paths_are_absolute_and_plain() {
-        assert_eq!(guest_path("/root/a.txt"), Ok("/root/a.txt"));
-        assert!(guest_path("notes").unwrap_err().contains("/root/notes"));
-        for bad in ["/root/../etc/shadow", "/..", "/a\0b"] {
-            assert!(guest_path(bad).unwrap_err().contains("refused"), "{bad}");
-        }
-        assert!(guest_path(&format!("/{}", "a".repeat(4096))).is_err());
-    }
-
-    #[test]
-    fn a_forged_listing_yields_what_parses() {
-        let listing =
-            b"f 12 644 1700000000.5 b.txt\0d 4096 755 1700000000 a dir\0junk\0f x 644 1 bad\0";
-        let got = entries(listing);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].name, "a dir");
-        assert_eq!(got[0].kind, "directory");
-        assert_eq!(got[1].bytes, 12);
-        assert_eq!(got[1].modified_ms, 1_700_000_000_500);
-    }
-
-    #[test]
-    fn output_is_cut_with_its_size() {
-        let mut kept = Captured::of(b"abc", 4);
-        kept.push(b"defg");
-        assert_eq!(kept.total, 7);
-        assert_eq!(kept.text(), "abcd\n[capsem: cut at 0 KiB of 7 bytes]");
-        assert_eq!(Captured::of(b"ok", 4).text(), "ok");
-    }
 
     #[test]
     fn every_tool_has_a_schema_and_a_description() {
