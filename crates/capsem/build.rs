@@ -5,11 +5,36 @@
 //! from the asset cache's `current.json`, which `cargo xtask build-assets`
 //! rewrites whenever the current asset set changes. Without one, capsem is
 //! built without assets and says how to build them.
+//!
+//! It also generates the types and service traits of the E2B envd protocol
+//! (`proto/e2b/`) that `capsem e2b` serves: protox compiles the files (no
+//! `protoc` needed), connectrpc-build writes the Rust.
 
 use std::path::PathBuf;
 use std::{env, fs};
 
 fn main() {
+    embed_manifest();
+    generate_envd();
+}
+
+fn generate_envd() {
+    use prost::Message;
+    let files = ["process.proto", "filesystem.proto"];
+    println!("cargo:rerun-if-changed=proto/e2b");
+    let set = protox::compile(files, ["proto/e2b"]).expect("compiling proto/e2b");
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let descriptors = out.join("envd.descriptors");
+    fs::write(&descriptors, set.encode_to_vec()).expect("writing envd.descriptors");
+    connectrpc_build::Config::new()
+        .files(&files)
+        .descriptor_set(&descriptors)
+        .include_file("envd.rs")
+        .compile()
+        .expect("generating the envd services");
+}
+
+fn embed_manifest() {
     for var in [
         "CAPSEM_MANIFEST",
         "CAPSEM_CACHE_DIR",

@@ -81,15 +81,26 @@ impl Token {
 }
 
 /// Compares in time independent of where `given` differs.
-fn same_secret(secret: &str, given: &str) -> bool {
+pub fn same_secret(secret: &str, given: &str) -> bool {
     let (a, b) = (secret.as_bytes(), given.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// 32 random bytes, hex.
-fn random_hex() -> String {
+pub fn random_hex() -> String {
     let bytes: [u8; 32] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether a request's `host` names this machine's server on `port`
+/// (`127.0.0.1:PORT` or `localhost:PORT`): a page of another name that
+/// resolves here (DNS rebinding) does not.
+pub fn loopback_host(port: u16, host: Option<&str>) -> bool {
+    host.is_some_and(|host| {
+        [format!("127.0.0.1:{port}"), format!("localhost:{port}")]
+            .iter()
+            .any(|ok| ok.eq_ignore_ascii_case(host))
+    })
 }
 
 /// How long a sign-in address works.
@@ -148,15 +159,10 @@ impl Gate {
     }
 
     fn host_ok(&self, headers: &HeaderMap) -> bool {
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-        host.is_some_and(|host| {
-            [
-                format!("127.0.0.1:{}", self.port),
-                format!("localhost:{}", self.port),
-            ]
-            .iter()
-            .any(|ok| ok.eq_ignore_ascii_case(host))
-        })
+        loopback_host(
+            self.port,
+            headers.get(header::HOST).and_then(|h| h.to_str().ok()),
+        )
     }
 
     fn origin_ok(&self, headers: &HeaderMap) -> bool {

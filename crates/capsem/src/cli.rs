@@ -302,6 +302,15 @@ pub enum Subcmd {
     /// agent on the host can create sandboxes, run commands and move files
     /// in them (register: `claude mcp add capsem -- capsem mcp`).
     Mcp,
+    /// Serve E2B's API on 127.0.0.1, so that code written for E2B's SDKs
+    /// runs its sandboxes here: set E2B_API_URL and E2B_SANDBOX_URL to
+    /// http://127.0.0.1:PORT and E2B_API_KEY to the key it prints
+    /// (docs/e2b.md). Its sandboxes are deleted when it stops.
+    E2b {
+        /// The port on 127.0.0.1 (the setting e2b.port when absent).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// The capsem service, which runs the named sandboxes (the CLI starts
     /// it when needed). Without a subcommand: its status.
     Service {
@@ -739,6 +748,7 @@ impl Subcmd {
             Subcmd::Service { .. } => "service",
             Subcmd::Ui { .. } => "ui",
             Subcmd::Mcp => "mcp",
+            Subcmd::E2b { .. } => "e2b",
             Subcmd::Supervise { .. } => "supervise",
             Subcmd::Diff { .. } => "diff",
             Subcmd::Apply(_) => "apply",

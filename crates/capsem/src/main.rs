@@ -58,6 +58,7 @@ fn main() {
         Some(Subcmd::Service { action }) => sandboxes(cmd::sandbox::service_cmd(action)),
         Some(Subcmd::Ui { no_open, port }) => sandboxes(cmd::ui::open(port, no_open)),
         Some(Subcmd::Mcp) => sandboxes(cmd::mcp::serve()),
+        Some(Subcmd::E2b { port }) => sandboxes(cmd::e2b::serve(port)),
         Some(Subcmd::Supervise { name }) => {
             let options = RunOptions {
                 verbose: true,

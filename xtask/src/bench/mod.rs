@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 use crate::{Inputs, cargo, deps, initramfs, proc, workspace};
 
 mod agents;
+mod e2b;
 mod network;
 mod sandboxes;
 mod terminal;
@@ -48,6 +49,10 @@ pub struct BenchArgs {
     /// figures (written to the report's `workspace` key alone).
     #[arg(long, conflicts_with = "start_only")]
     workspace_only: bool,
+    /// Only the E2B-compatible API through E2B's Python SDK (written to
+    /// the report's `e2b` key alone).
+    #[arg(long, conflicts_with_all = ["network_only", "sandboxes_only", "workspace_only", "start_only"])]
+    e2b_only: bool,
     /// Only the start of `capsem true`: the floor, cold boots, starts from
     /// the boot template, and idle memory (no AI CLIs, network, sandboxes,
     /// workspaces or terminal).
@@ -89,6 +94,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.workspace_only {
         let report = json!({ "workspace": workspace::measure(&capsem, &scratch, args.runs)? });
         print_workspace(&report["workspace"]);
+        return write_report(&report, &args.out, &scratch);
+    }
+    if args.e2b_only {
+        let report = json!({ "e2b": e2b::measure(&capsem, &home, args.runs)? });
+        print_e2b(&report["e2b"]);
         return write_report(&report, &args.out, &scratch);
     }
     if args.network_only {
@@ -151,8 +161,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
         "output": terminal::throughput(&capsem, &home)?,
     });
+    eprintln!("xtask: the E2B-compatible API");
+    report["e2b"] = e2b::measure(&capsem, &home, args.runs.min(3))?;
     print_summary(&report);
+    print_e2b(&report["e2b"]);
     write_report(&report, &args.out, &scratch)
+}
+
+fn print_e2b(e: &Value) {
+    line(
+        "E2B Sandbox.create() to ready",
+        &e["sandbox_create_to_ready_ms"],
+    );
+    line("E2B commands.run(\"true\")", &e["commands_run_true_ms"]);
+    line("capsem exec NAME true", &e["capsem_exec_true_ms"]);
+    eprintln!(
+        "  run(\"true\") / capsem exec: {}",
+        e["run_true_vs_capsem_exec"]
+    );
 }
 
 /// A capsem home in `scratch` with `toml` as its user settings.

@@ -111,7 +111,7 @@ fn median(v: &[f64]) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-fn ok(capsem: &Path, home: &Path, args: &[&str]) -> Result<String> {
+pub(super) fn ok(capsem: &Path, home: &Path, args: &[&str]) -> Result<String> {
     let out = capsem_cmd(capsem, home, args)
         .stdin(Stdio::null())
         .output()

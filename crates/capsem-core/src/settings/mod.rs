@@ -213,6 +213,15 @@ pub struct UiSettings {
     pub font_size: u32,
 }
 
+/// The `e2b.*` settings of `capsem e2b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct E2bSettings {
+    /// `e2b.port`: where on 127.0.0.1 it listens.
+    pub port: u16,
+    /// `e2b.api_key`: empty until its first start generates one.
+    pub api_key: String,
+}
+
 /// The `workspace.*` settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkspaceSettings {
@@ -408,6 +417,15 @@ impl Settings {
             port: u16::try_from(self.u32("ui.port")).unwrap_or(u16::MAX),
             theme: self.text("ui.theme").to_owned(),
             font_size: self.u32("ui.font_size"),
+        }
+    }
+
+    /// The `e2b.*` settings.
+    pub fn e2b(&self) -> E2bSettings {
+        E2bSettings {
+            // The registry bounds it to 1..=65535.
+            port: u16::try_from(self.u32("e2b.port")).unwrap_or(u16::MAX),
+            api_key: self.text("e2b.api_key").to_owned(),
         }
     }
 

@@ -431,6 +431,18 @@ pub const REGISTRY: &[Def] = &[
         default: Default::Int(7317),
         description: "TCP port on 127.0.0.1 the web UI (capsem ui) listens on",
     },
+    Def {
+        key: "e2b.port",
+        kind: Kind::Int { min: 1, max: 65535 },
+        default: Default::Int(3000),
+        description: "TCP port on 127.0.0.1 the E2B-compatible API (capsem e2b) listens on",
+    },
+    Def {
+        key: "e2b.api_key",
+        kind: Kind::Secret,
+        default: Default::Str(""),
+        description: "the key E2B clients send as X-API-KEY (E2B_API_KEY) to capsem e2b; generated on its first start when unset",
+    },
 ];
 
 /// Keys under this prefix are environment variables of guest commands

@@ -3,6 +3,7 @@
 pub mod assets;
 pub mod copy;
 pub mod doctor;
+pub mod e2b;
 pub mod guest;
 pub mod help;
 pub mod mcp;

@@ -5,6 +5,7 @@
 mod agents;
 mod cli;
 mod doctor;
+mod e2b;
 mod errors;
 mod exec;
 mod hostile;

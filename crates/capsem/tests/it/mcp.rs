@@ -21,7 +21,7 @@ pub fn clients_python() -> PathBuf {
     entry.join("venv/bin/python")
 }
 
-fn script(name: &str) -> PathBuf {
+pub fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../tests/clients")
         .join(name)

@@ -11,7 +11,7 @@ use crate::sandboxes::Service;
 use crate::support::{assert_code, stderr, stdout};
 
 /// A port nothing listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }

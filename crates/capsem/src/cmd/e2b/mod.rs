@@ -1,0 +1,250 @@
+//! `capsem e2b`: E2B's API on 127.0.0.1, so code written against E2B's SDKs
+//! runs its sandboxes on this machine's capsem (docs/e2b.md).
+//!
+//! One port serves both of E2B's planes: the control plane (`/sandboxes`,
+//! checked against `X-API-KEY`) and, for each sandbox, envd's data plane
+//! (the Connect RPC `process.Process` and `filesystem.Filesystem` services,
+//! `/files`, `/health`), told apart by the `E2b-Sandbox-Id` header the SDKs
+//! send with every envd call and checked against that sandbox's access
+//! token. Each E2B sandbox is a capsem sandbox named `e2b-ID`, run by the
+//! service like any other; this process holds what E2B adds (timeouts,
+//! metadata, tokens, started commands) and deletes its sandboxes when it
+//! stops.
+
+mod control;
+mod files;
+mod fs;
+mod process;
+mod proto;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use capsem_core::paths;
+use capsem_core::settings::edit;
+use capsem_service::ui::{loopback_host, random_hex, same_secret};
+use hyper::Method;
+use serde_json::json;
+
+use crate::cmd::run::load_settings;
+use crate::cmd::sandbox::{encode, service};
+use crate::exit::Failure;
+
+use self::control::Sandbox;
+use self::proto::filesystem::FilesystemExt;
+use self::proto::process::ProcessExt;
+
+/// The envd version `capsem e2b` answers as: the SDKs gate features on it.
+/// 0.5.7 has what is implemented here (stdin and its closing, the default
+/// user, octet-stream uploads) and not what is not (file metadata, 0.6.2).
+pub const ENVD_VERSION: &str = "0.5.7";
+
+/// The E2B server's state.
+pub struct Server {
+    port: u16,
+    key: String,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+}
+
+impl Server {
+    fn sandbox(&self, id: &str) -> Option<Arc<Sandbox>> {
+        self.lock().get(id).cloned()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Sandbox>>> {
+        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// An error answer of E2B's shape: `{"code": STATUS, "message": ...}`.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "code": self.0.as_u16(), "message": self.1 });
+        (self.0, axum::Json(body)).into_response()
+    }
+}
+
+/// Serves E2B's API on 127.0.0.1:`port` (`e2b.port` when absent) until
+/// interrupted; then deletes the sandboxes it made.
+pub async fn serve(port: Option<u16>) -> Result<i32, Failure> {
+    let settings = load_settings()?;
+    let port = port.unwrap_or(settings.e2b().port);
+    let key = api_key(&settings.e2b().api_key)?;
+    service().await?;
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .await
+        .map_err(|e| {
+            Failure::new(format!("listening on 127.0.0.1:{port}: {e}"))
+                .hint("give another port with --port, or set e2b.port")
+        })?;
+    let server = Arc::new(Server {
+        port,
+        key: key.clone(),
+        sandboxes: Mutex::default(),
+    });
+    eprintln!("capsem e2b: E2B's API on http://127.0.0.1:{port}; point E2B's SDKs at it with");
+    eprintln!(
+        "  export E2B_API_URL=http://127.0.0.1:{port} E2B_SANDBOX_URL=http://127.0.0.1:{port} E2B_API_KEY={key}"
+    );
+    let app = router(server.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(interrupted())
+        .await;
+    let doomed: Vec<_> = server.lock().drain().map(|(_, s)| s).collect();
+    for sandbox in doomed {
+        sandbox.kill().await;
+    }
+    served.map_err(|e| Failure::new(format!("serving E2B's API: {e}")))?;
+    Ok(0)
+}
+
+/// The key in settings, or a new one written to the user's settings.
+fn api_key(set: &str) -> Result<String, Failure> {
+    if !set.is_empty() {
+        return Ok(set.to_owned());
+    }
+    let key = format!("e2b_{}", &random_hex()[..40]);
+    let user = paths::user_settings();
+    edit::set(&user, &paths::corp_settings(), "e2b.api_key", &key).map_err(|e| {
+        Failure::new(format!("saving a new e2b.api_key: {e}")).hint(format!(
+            "set one with `capsem settings set e2b.api_key KEY` ({})",
+            user.display()
+        ))
+    })?;
+    eprintln!(
+        "capsem e2b: made an API key, saved as e2b.api_key in {}",
+        user.display()
+    );
+    Ok(key)
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn router(server: Arc<Server>) -> Router {
+    let connect = connectrpc::Router::new();
+    let connect = Arc::new(process::Processes).register(connect);
+    let connect = Arc::new(fs::Files).register(connect);
+    let envd = Router::new()
+        .merge(files::routes())
+        .fallback_service(connect.into_axum_service())
+        .layer(middleware::from_fn_with_state(server.clone(), envd_gate))
+        .with_state(server.clone());
+    Router::new()
+        .merge(control::routes())
+        .route_layer(middleware::from_fn_with_state(server.clone(), api_gate))
+        .fallback_service(envd)
+        .layer(middleware::from_fn_with_state(server.clone(), host_gate))
+        .with_state(server)
+}
+
+/// Refuses a request that does not name this server as its host (DNS
+/// rebinding: a web page of another name that resolves to 127.0.0.1).
+async fn host_gate(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    let local = loopback_host(server.port, host);
+    if !local {
+        let message = format!(
+            "capsem e2b answers only requests to 127.0.0.1:{0} or localhost:{0}",
+            server.port
+        );
+        return ApiError(StatusCode::FORBIDDEN, message).into_response();
+    }
+    next.run(request).await
+}
+
+/// The control plane takes the API key.
+async fn api_gate(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok());
+    if !given.is_some_and(|given| same_secret(&server.key, given)) {
+        let message = "a missing or wrong X-API-KEY: give capsem's e2b.api_key (E2B_API_KEY)";
+        return ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response();
+    }
+    next.run(request).await
+}
+
+/// The data plane takes a sandbox's id and its access token; the sandbox
+/// rides along in the request's extensions.
+async fn envd_gate(
+    State(server): State<Arc<Server>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let (id, token) = {
+        let header = |name: &str| -> String {
+            let value = request.headers().get(name).and_then(|v| v.to_str().ok());
+            value.unwrap_or("").to_owned()
+        };
+        (header("e2b-sandbox-id"), header("x-access-token"))
+    };
+    if id.is_empty() {
+        let message = format!(
+            "capsem's E2B API does not serve {} {} (docs/e2b.md says what it does)",
+            request.method(),
+            request.uri().path()
+        );
+        return ApiError(StatusCode::NOT_FOUND, message).into_response();
+    }
+    let Some(sandbox) = server.sandbox(&id) else {
+        // The words E2B's proxy uses: the SDKs read "was not found" as
+        // "killed or timed out".
+        let message = format!("The sandbox {id} was not found");
+        return ApiError(StatusCode::BAD_GATEWAY, message).into_response();
+    };
+    if !same_secret(&sandbox.token, &token) {
+        let message = format!("a missing or wrong X-Access-Token for sandbox {id}");
+        return ApiError(StatusCode::UNAUTHORIZED, message).into_response();
+    }
+    request.extensions_mut().insert(sandbox);
+    next.run(request).await
+}
+
+/// A call to the service, the answer decoded.
+async fn call<T: serde::de::DeserializeOwned>(
+    method: Method,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> Result<T, ApiError> {
+    let client = service()
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    client.call(method, path, body).await.map_err(|e| {
+        let status = e
+            .status()
+            .and_then(|s| StatusCode::from_u16(s).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY);
+        ApiError(status, e.to_string())
+    })
+}
+
+/// The service's route of the capsem sandbox `name`.
+fn route(name: &str, rest: &str) -> String {
+    format!("/v1/sandboxes/{}{rest}", encode(name))
+}

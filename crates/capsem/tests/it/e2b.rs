@@ -1,0 +1,106 @@
+//! `capsem e2b` driven by E2B's official Python SDK, unchanged
+//! (`tests/clients/e2b_client.py`, in the venv `cargo xtask test` builds),
+//! against a real service and real VMs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Stdio};
+
+use crate::mcp::{clients_python, script};
+use crate::sandboxes::Service;
+use crate::support::{assert_code, stderr, stdout};
+use crate::ui::free_port;
+
+/// `capsem e2b --port PORT` running; the key it printed.
+fn serve(service: &Service, port: u16) -> (Child, String) {
+    let mut child = service
+        .capsem
+        .cmd(&["e2b", "--port", &port.to_string()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let key = loop {
+        let line = lines.next().expect("capsem e2b printed its key").unwrap();
+        if let Some((_, key)) = line.split_once("E2B_API_KEY=") {
+            break key.trim().to_owned();
+        }
+    };
+    // Keep draining its stderr so that it never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, key)
+}
+
+/// A plain HTTP/1.1 request to 127.0.0.1:`port`; the status line and body.
+fn post(port: u16, path: &str, key: &str, body: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-KEY: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn unchanged_e2b_sdk_code_runs_against_capsem_e2b() {
+    let service = Service::new();
+    let port = free_port();
+    let (mut e2b, key) = serve(&service, port);
+    let saved = std::fs::read_to_string(service.capsem.home().join("user.toml")).unwrap();
+    assert!(
+        saved.contains(&key),
+        "the generated key is saved in settings: {saved}"
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let out = std::process::Command::new(clients_python())
+        .arg(script("e2b_client.py"))
+        .current_dir(service.capsem.home())
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env("E2B_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).ends_with("e2b_client: done\n"),
+        "{}",
+        stderr(&out)
+    );
+    // Its sandboxes are capsem's: their boots are sessions.
+    let sessions = service.ok(&["sessions", "--json"]);
+    assert!(
+        sessions.matches("\"type\":\"session\"").count() >= 2,
+        "{sessions}"
+    );
+
+    // One left running is deleted when capsem e2b stops.
+    let created = post(
+        port,
+        "/sandboxes",
+        &key,
+        r#"{"templateID":"base","timeout":600}"#,
+    );
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    assert!(
+        service
+            .list()
+            .iter()
+            .any(|s| s["name"].as_str().unwrap().starts_with("e2b-"))
+    );
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &e2b.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(e2b.wait().unwrap().success());
+    let left: Vec<_> = service
+        .list()
+        .into_iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
