@@ -1,13 +1,15 @@
-//! `capsem e2b` driven by E2B's official Python SDK, unchanged
-//! (`tests/clients/e2b_client.py`, in the venv `cargo xtask test` builds),
-//! against a real service and real VMs.
+//! `capsem e2b` driven by E2B's official SDKs, unchanged: Python
+//! (`tests/clients/e2b_client.py`, in the venv `cargo xtask test` builds)
+//! and JS (`tests/clients/js/e2b_client.mjs`, npm `e2b`), against a real
+//! service and real VMs.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
-use crate::mcp::{clients_python, script};
+use crate::mcp::{clients, clients_python, script};
 use crate::sandboxes::Service;
-use crate::support::{assert_code, stderr, stdout};
+use crate::support::{assert_code, stdout};
 use crate::ui::free_port;
 
 /// `capsem e2b --port PORT` running; the key it printed.
@@ -56,20 +58,25 @@ fn unchanged_e2b_sdk_code_runs_against_capsem_e2b() {
         "the generated key is saved in settings: {saved}"
     );
     let url = format!("http://127.0.0.1:{port}");
-    let out = std::process::Command::new(clients_python())
-        .arg(script("e2b_client.py"))
-        .current_dir(service.capsem.home())
-        .env("E2B_API_URL", &url)
-        .env("E2B_SANDBOX_URL", &url)
-        .env("E2B_API_KEY", &key)
-        .output()
-        .unwrap();
-    assert_code(&out, 0);
-    assert!(
-        stdout(&out).ends_with("e2b_client: done\n"),
-        "{}",
-        stderr(&out)
+    let sdk = |program: PathBuf, script: PathBuf| {
+        let out = std::process::Command::new(program)
+            .arg(script)
+            .current_dir(service.capsem.home())
+            .env("E2B_API_URL", &url)
+            .env("E2B_SANDBOX_URL", &url)
+            .env("E2B_API_KEY", &key)
+            .output()
+            .unwrap();
+        assert_code(&out, 0);
+        stdout(&out)
+    };
+    let python = sdk(clients_python(), script("e2b_client.py"));
+    assert!(python.ends_with("e2b_client: done\n"), "{python}");
+    let js = sdk(
+        clients().join("bin/node"),
+        clients().join("js/e2b_client.mjs"),
     );
+    assert!(js.ends_with("e2b_client.mjs: done\n"), "{js}");
     // Its sandboxes are capsem's: their boots are sessions.
     let sessions = service.ok(&["sessions", "--json"]);
     assert!(

@@ -8,17 +8,22 @@ use std::process::Command;
 use crate::sandboxes::Service;
 use crate::support::{assert_code, stdout};
 
-/// The venv of the tests' client libraries (`cargo xtask build-clients`).
-pub fn clients_python() -> PathBuf {
-    let entry = std::env::var_os("CAPSEM_TEST_CLIENTS")
+/// The tests' client libraries (`cargo xtask build-clients`): a venv and
+/// E2B's JS SDK.
+pub fn clients() -> PathBuf {
+    std::env::var_os("CAPSEM_TEST_CLIENTS")
         .map(PathBuf::from)
         .or_else(|| {
             let home = std::env::var_os("HOME")?;
             let pointer = PathBuf::from(home).join(".cache/capsem/clients.current");
             std::fs::read_to_string(pointer).ok().map(PathBuf::from)
         })
-        .expect("no client libraries: run `cargo xtask build-clients` (cargo xtask test does)");
-    entry.join("venv/bin/python")
+        .expect("no client libraries: run `cargo xtask build-clients` (cargo xtask test does)")
+}
+
+/// The venv's python.
+pub fn clients_python() -> PathBuf {
+    clients().join("venv/bin/python")
 }
 
 pub fn script(name: &str) -> PathBuf {
