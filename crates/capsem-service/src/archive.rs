@@ -28,6 +28,12 @@ pub enum CopyError {
     /// The archive broke a rule.
     #[error("refused the sandbox's archive: {0}")]
     Hostile(String),
+    /// What was asked for one file is not one.
+    #[error("{path} is not a regular file")]
+    NotAFile {
+        /// The path asked for.
+        path: String,
+    },
     /// It is larger than allowed.
     #[error("the copy is larger than sandbox.max_copy_bytes ({limit} bytes); nothing was written")]
     TooLarge {

@@ -843,6 +843,35 @@ pub fn network_log_since(
     })
 }
 
+/// The newest `limit` rows of each kind, and how many of each there are:
+/// a long session's log is read a page at a time, never whole.
+pub fn network_log_newest(path: &Path, limit: usize) -> rusqlite::Result<(NetworkLog, NetCursor)> {
+    let (conn, has_net) = open_read_only(path)?;
+    if !has_net {
+        return Ok(Default::default());
+    }
+    let rows = |table: &str| -> rusqlite::Result<usize> {
+        if !has_table(&conn, table)? {
+            return Ok(0);
+        }
+        let n: i64 = conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    };
+    let totals = NetCursor {
+        requests: rows("net_events")?,
+        dns: rows("dns_events")?,
+        model_calls: rows("model_calls")?,
+    };
+    drop(conn);
+    let mut cursor = NetCursor {
+        requests: totals.requests.saturating_sub(limit),
+        dns: totals.dns.saturating_sub(limit),
+        model_calls: totals.model_calls.saturating_sub(limit),
+    };
+    let log = network_log_since(path, &mut cursor, Some(limit))?;
+    Ok((log, totals))
+}
+
 /// Up to `page` rows of `table` after the first `after`; moves `after`.
 fn read_after<T>(
     conn: &Connection,
@@ -1191,6 +1220,9 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(cursor.requests, 5);
+        let (newest, counts) = network_log_newest(&path, 2).unwrap();
+        assert_eq!(ports(newest), [4, 5]);
+        assert_eq!((counts.requests, counts.dns), (5, 0));
     }
 
     #[test]

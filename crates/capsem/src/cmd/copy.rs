@@ -224,7 +224,12 @@ fn target_of(to: &str, top: &str) -> Option<PathBuf> {
 /// Writes the archive's one regular file to stdout.
 fn to_stdout(input: QueueReader, top: &str, max_bytes: u64) -> Result<(), CopyError> {
     let mut stdout = std::io::stdout().lock();
-    one_file(input, top, max_bytes, &mut stdout)?;
+    one_file(input, top, max_bytes, &mut stdout).map_err(|e| match e {
+        CopyError::NotAFile { path } => CopyError::Hostile(format!(
+            "{path} is not a regular file: copy it to a host path instead of -"
+        )),
+        other => other,
+    })?;
     stdout.flush().map_err(|source| CopyError::Io {
         what: "writing to stdout".into(),
         source,
@@ -250,7 +255,7 @@ pub fn one_file(
     let is_file = entry.header().entry_type() == tar::EntryType::Regular;
     let named = entry.path().is_ok_and(|p| p == Path::new(top));
     if !is_file || !named {
-        return Err(refused(format!("{top} is not a regular file")));
+        return Err(CopyError::NotAFile { path: top.into() });
     }
     let copied = std::io::copy(
         &mut std::io::Read::take(&mut entry, max_bytes + 1),

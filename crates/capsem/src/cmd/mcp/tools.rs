@@ -505,18 +505,14 @@ fn net_log(id: Option<&str>, limit: usize) -> Result<NetLog, Failure> {
     let session = net::session_of(&store, id)?;
     let path = store.dir_of(&session).join(EVENTS_FILE);
     let reading = |e| Failure::new(format!("reading {}: {e}", path.display()));
-    let log = events::network_log(&path).map_err(reading)?;
+    let (log, counts) = events::network_log_newest(&path, limit).map_err(reading)?;
     let totals = events::network_summary(&path).map_err(reading)?;
-    let mut omitted = 0;
-    let mut newest = |rows: Vec<Value>| {
-        let skip = rows.len().saturating_sub(limit);
-        omitted += skip;
-        rows.into_iter().skip(skip).collect::<Vec<_>>()
-    };
+    let returned = log.requests.len() + log.dns.len() + log.model_calls.len();
+    let omitted = (counts.requests + counts.dns + counts.model_calls).saturating_sub(returned);
     Ok(NetLog {
-        requests: newest(log.requests.iter().map(to_value).collect()),
-        dns: newest(log.dns.iter().map(to_value).collect()),
-        model_calls: newest(log.model_calls.iter().map(to_value).collect()),
+        requests: log.requests.iter().map(to_value).collect(),
+        dns: log.dns.iter().map(to_value).collect(),
+        model_calls: log.model_calls.iter().map(to_value).collect(),
         totals: to_value(&totals),
         session,
         omitted,
