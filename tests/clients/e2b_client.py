@@ -183,6 +183,12 @@ def main():
     commands(sbx)
     files(sbx)
     hostile(sbx, key)
+    sbx.commands.run("echo kept > /root/kept.txt")
+    check(sbx.pause() is True, "pause pauses it (capsem suspends its VM)")
+    check(str(sbx.get_info().state) == "paused", "a paused sandbox says so")
+    check(sbx.pause() is False, "pausing a paused sandbox answers False")
+    sbx = Sandbox.connect(sbx.sandbox_id, timeout=600)
+    check(sbx.commands.run("cat /root/kept.txt").stdout == "kept\n", "connect resumes it where it was")
     failed = sbx.commands.run("curl -sS --max-time 10 https://denied.test || echo refused:$?")
     check("refused:" in failed.stdout, "the host's network policy holds", failed.stdout)
 

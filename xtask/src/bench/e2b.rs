@@ -1,6 +1,8 @@
 //! The E2B-compatible API, as E2B's Python SDK sees it: `Sandbox.create()`
 //! to a sandbox that takes commands, and `commands.run("true")`'s round
-//! trip against `capsem exec NAME true`'s.
+//! trip against `capsem exec NAME true`'s, and against `capsem exec` of
+//! what the SDK runs (`bash -l -c true`: a login shell) to tell the API's
+//! cost from the shell's.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -10,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::sandboxes::{ok, timed};
-use super::{capsem_cmd, ratio, stats};
+use super::{capsem_cmd, median_of as median, ratio, stats};
 use crate::{clients, workspace};
 
 /// `capsem exec` runs timed.
@@ -56,11 +58,14 @@ pub fn measure(capsem: &Path, home: &Path, runs: usize) -> Result<Value> {
     }
     let sdk: Value = serde_json::from_slice(&out.stdout).context("its figures")?;
     ok(capsem, home, &["create", "-n", "bench-e2b"])?;
-    let exec = (0..EXECS)
-        .map(|_| timed(capsem, home, &["exec", "bench-e2b", "true"]))
-        .collect::<Result<Vec<_>>>();
+    let execs = |command: &str| {
+        (0..EXECS)
+            .map(|_| timed(capsem, home, &["exec", "bench-e2b", command]))
+            .collect::<Result<Vec<_>>>()
+    };
+    let (exec, login) = (execs("true"), execs("exec bash -l -c true"));
     ok(capsem, home, &["rm", "-f", "bench-e2b"])?;
-    let exec = stats(exec?);
+    let (exec, login) = (stats(exec?), stats(login?));
     let figures = |key: &str| {
         stats(
             sdk[key]
@@ -75,6 +80,8 @@ pub fn measure(capsem: &Path, home: &Path, runs: usize) -> Result<Value> {
         "sandbox_create_to_ready_ms": create,
         "commands_run_true_ms": run,
         "capsem_exec_true_ms": exec,
-        "run_true_vs_capsem_exec": ratio(run["median"].as_f64().unwrap_or(0.0), exec["median"].as_f64().unwrap_or(0.0)),
+        "capsem_exec_login_shell_true_ms": login,
+        "run_true_vs_capsem_exec": ratio(median(&run), median(&exec)),
+        "run_true_vs_capsem_exec_login_shell": ratio(median(&run), median(&login)),
     }))
 }

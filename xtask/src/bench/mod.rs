@@ -175,9 +175,13 @@ fn print_e2b(e: &Value) {
     );
     line("E2B commands.run(\"true\")", &e["commands_run_true_ms"]);
     line("capsem exec NAME true", &e["capsem_exec_true_ms"]);
+    line(
+        "capsem exec NAME 'exec bash -l -c true'",
+        &e["capsem_exec_login_shell_true_ms"],
+    );
     eprintln!(
-        "  run(\"true\") / capsem exec: {}",
-        e["run_true_vs_capsem_exec"]
+        "  run(\"true\") / capsem exec: {}; / the same login shell: {}",
+        e["run_true_vs_capsem_exec"], e["run_true_vs_capsem_exec_login_shell"]
     );
 }
 

@@ -73,6 +73,7 @@ pub fn routes() -> Router<Arc<Server>> {
         .route("/v2/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(show).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
 }
@@ -425,8 +426,47 @@ async fn set_timeout(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `Sandbox.connect`: a stopped or suspended sandbox is started again;
-/// the timeout moves only later, as E2B's does.
+/// `SandboxPauseRequest` (`requireHealthyGuest` needs nothing: capsem's
+/// suspend asks the guest's agent anyway).
+#[derive(Deserialize, Default)]
+struct Pause {
+    /// Keep the memory (E2B's default): capsem suspends the VM; without it
+    /// capsem stops the VM and keeps its disk, and a resume boots it.
+    memory: Option<bool>,
+}
+
+/// `Sandbox.pause`: 409 when it is paused already. A paused sandbox is
+/// kept (its timeout pushed to the longest) until connected or killed.
+async fn pause(
+    State(server): State<Arc<Server>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let Pause { memory } = if body.is_empty() {
+        Pause::default()
+    } else {
+        parse(&body)?
+    };
+    let (sandbox, state) = find(&server, &id).await?;
+    if matches!(state, VmState::Stopped | VmState::Suspended) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("sandbox {id} is paused already"),
+        ));
+    }
+    let how = if memory.unwrap_or(true) {
+        "/suspend"
+    } else {
+        "/stop"
+    };
+    let _: SandboxInfo = call(Method::POST, &route(&sandbox.name, how), None::<&()>).await?;
+    sandbox.expire_in(MAX_TIMEOUT_SECS);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `Sandbox.connect`: a paused (stopped or suspended) sandbox is started
+/// again with the timeout given; a running one's end moves only later, as
+/// E2B's does.
 async fn connect(
     State(server): State<Arc<Server>>,
     Path(id): Path<String>,
@@ -434,16 +474,16 @@ async fn connect(
 ) -> Result<Response, ApiError> {
     let Timeout { timeout } = parse(&body)?;
     let (sandbox, state) = find(&server, &id).await?;
-    let status = if matches!(state, VmState::Stopped | VmState::Suspended) {
+    if matches!(state, VmState::Stopped | VmState::Suspended) {
         let _: SandboxInfo =
             call(Method::POST, &route(&sandbox.name, "/start"), None::<&()>).await?;
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+        sandbox.expire_in(timeout);
+        return Ok((StatusCode::CREATED, axum::Json(created(&sandbox))).into_response());
+    }
     let later = Timestamp::now() + Duration::from_secs(timeout.min(MAX_TIMEOUT_SECS));
     if later > *sandbox.end.borrow() {
         sandbox.expire_in(timeout);
     }
+    let status = StatusCode::OK;
     Ok((status, axum::Json(created(&sandbox))).into_response())
 }
