@@ -105,6 +105,11 @@ def files(sbx):
     info = sbx.files.write("/root/hello.txt", "hello world")
     check(info.path == "/root/hello.txt", "files.write writes a file", info)
     check(sbx.files.read("/root/hello.txt") == "hello world", "files.read reads it back")
+    sbx.files.write("/root/empty", "")
+    check(sbx.files.read("/root/empty") == "", "an empty file reads back empty")
+    sbx.files.write("/root/hello2.txt", "old")
+    sbx.files.write("/root/hello2.txt", "new")
+    check(sbx.files.read("/root/hello2.txt") == "new", "a write replaces the file")
     sbx.files.write("relative.txt", "from home")
     check(sbx.commands.run("cat /root/relative.txt").stdout == "from home",
           "a relative path starts at root's home")
@@ -135,6 +140,9 @@ def files(sbx):
             "a path with .. is refused")
     refused(lambda: sbx.files.read("/root/deep"), SandboxException, "is a directory",
             "reading a directory is refused")
+    refused(lambda: sbx.files.write("/root/deep", "x"), SandboxException, "is a directory",
+            "writing over a directory is refused")
+    check(sbx.commands.run("ls /root/deep").stdout == "er\n", "a refused write leaves nothing behind")
     refused(lambda: sbx.commands.run("id", user="user"), SandboxException, "root",
             "a user other than root is refused")
 
@@ -211,7 +219,18 @@ def main():
     log("done")
 
 
+def hold():
+    """A sandbox with a command streaming, held open until killed: what a
+    stopping `capsem e2b` must not wait for."""
+    sbx = Sandbox.create(timeout=600)
+    sbx.commands.run("sleep 600", background=True)
+    print(f"holding {sbx.sandbox_id}", flush=True)
+    time.sleep(3600)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["hold"]:
+        hold()
     try:
         main()
     except AssertionError as e:

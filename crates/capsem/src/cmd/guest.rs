@@ -80,13 +80,13 @@ pub async fn feed(sink: &mut Sink, data: &[u8]) -> Result<(), String> {
 }
 
 /// Runs `command` in the sandbox `name` with `stdin`; its last message and
-/// its stdout and stderr, each kept to `cap` bytes.
+/// its stdout and stderr, kept to `caps` bytes each.
 pub async fn run(
     name: &str,
     command: Command,
     stdin: &[u8],
     timeout: Duration,
-    cap: usize,
+    caps: (usize, usize),
 ) -> Result<(ServerMsg, Captured, Captured), String> {
     let start = ExecStart {
         command,
@@ -104,7 +104,7 @@ pub async fn run(
         std::future::pending::<std::convert::Infallible>().await
     };
     let receive = async {
-        let (mut out, mut err) = (Captured::new(cap), Captured::new(cap));
+        let (mut out, mut err) = (Captured::new(caps.0), Captured::new(caps.1));
         loop {
             match next(&mut source).await? {
                 Some(Output::Stdout(data)) => out.push(&data),
@@ -176,18 +176,24 @@ pub fn guest_path(path: &str) -> Result<&str, String> {
     Ok(path)
 }
 
+/// A script's first words: exit 2, saying so, when `$1` does not exist.
+pub const MUST_EXIST: &str = "test -e \"$1\" || test -L \"$1\" || \
+     { printf '%s: no such file or directory\\n' \"$1\" >&2; exit 2; }; ";
+
 /// Lists `$1` (to depth `$3`, from depth `$2`: 0 0 is the path itself),
-/// nine NUL-ended fields an entry; exit 2 when it does not exist, 20 when a
-/// listing is asked of what is not a directory.
-const LIST_SCRIPT: &str = "test -e \"$1\" || test -L \"$1\" || { echo \"$1: no such file or directory\" >&2; exit 2; }; \
-     [ \"$2\" = 0 ] || test -d \"$1\" || { echo \"$1: not a directory\" >&2; exit 20; }; \
-     exec find -H \"$1\" -mindepth \"$2\" -maxdepth \"$3\" -printf '%y\\0%s\\0%m\\0%T@\\0%u\\0%g\\0%l\\0%p\\0%f\\0'";
+/// nine NUL-ended fields an entry; exit 20 when a listing is asked of
+/// what is not a directory. `$4` is `-P` for the path itself (a symlink
+/// is stated as one) or `-H` for a listing (a symlink to a directory
+/// lists the directory).
+const LIST_SCRIPT: &str = "[ \"$2\" = 0 ] || test -d \"$1\" || { printf '%s: not a directory\\n' \"$1\" >&2; exit 20; }; \
+     exec find \"$4\" \"$1\" -mindepth \"$2\" -maxdepth \"$3\" -printf '%y\\0%s\\0%m\\0%T@\\0%u\\0%g\\0%l\\0%p\\0%f\\0'";
 
 /// The command that lists `path` from depth `min` to `max`.
 pub fn listing(path: &str, min: u32, max: u32) -> Command {
-    let argv = ["sh", "-c", LIST_SCRIPT, "sh", path];
-    let mut argv: Vec<String> = argv.map(String::from).to_vec();
-    argv.extend([min.to_string(), max.to_string()]);
+    let script = format!("{MUST_EXIST}{LIST_SCRIPT}");
+    let mut argv: Vec<String> = vec!["sh".into(), "-c".into(), script, "sh".into(), path.into()];
+    let follow = if min == 0 { "-P" } else { "-H" };
+    argv.extend([min.to_string(), max.to_string(), follow.to_owned()]);
     Command::Argv(argv)
 }
 
@@ -210,33 +216,40 @@ pub struct Stat {
 }
 
 /// The entries of a [`listing`]'s output, sorted by path; a malformed one
-/// is skipped (the guest writes this).
+/// is skipped (the guest writes this). Fields are read nine at a time and
+/// made strings only for an entry that parses, so a forged listing costs
+/// no more than its size.
 pub fn entries(listing: &[u8]) -> Vec<Stat> {
-    let fields: Vec<String> = listing
-        .split(|&b| b == 0)
-        .map(|f| String::from_utf8_lossy(f).into_owned())
-        .collect();
-    let parse = |f: &[String]| -> Option<Stat> {
-        let [kind, size, mode, modified, owner, group, target, path, name] = f else {
-            return None;
+    let mut fields = listing.split(|&b| b == 0);
+    let mut record: Vec<&[u8]> = Vec::with_capacity(9);
+    let mut all = Vec::new();
+    loop {
+        record.clear();
+        record.extend(fields.by_ref().take(9));
+        let [kind, size, mode, modified, owner, group, target, path, name] = record[..] else {
+            break;
         };
-        let mut kind = kind.chars();
-        let (Some(letter), None) = (kind.next(), kind.next()) else {
-            return None;
-        };
-        Some(Stat {
-            kind: letter,
-            size: size.parse().ok()?,
-            mode: u32::from_str_radix(mode, 8).ok()?,
-            modified: modified.parse().ok().filter(|s: &f64| s.is_finite())?,
-            owner: owner.clone(),
-            group: group.clone(),
-            target: target.clone(),
-            path: path.clone(),
-            name: name.clone(),
-        })
-    };
-    let mut all: Vec<Stat> = fields.chunks_exact(9).filter_map(parse).collect();
+        let text = |f: &[u8]| String::from_utf8_lossy(f).into_owned();
+        let number = |f: &[u8]| std::str::from_utf8(f).ok().map(str::to_owned);
+        let parsed = (|| {
+            let [letter] = kind else { return None };
+            Some(Stat {
+                kind: char::from(*letter),
+                size: number(size)?.parse().ok()?,
+                mode: u32::from_str_radix(&number(mode)?, 8).ok()?,
+                modified: number(modified)?
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite())?,
+                owner: text(owner),
+                group: text(group),
+                target: text(target),
+                path: text(path),
+                name: text(name),
+            })
+        })();
+        all.extend(parsed);
+    }
     all.sort_by(|a, b| a.path.cmp(&b.path));
     all
 }

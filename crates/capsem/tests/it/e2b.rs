@@ -3,7 +3,7 @@
 //! and JS (`tests/clients/js/e2b_client.mjs`, npm `e2b`), against a real
 //! service and real VMs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 
@@ -30,21 +30,6 @@ fn serve(service: &Service, port: u16) -> (Child, String) {
     // Keep draining its stderr so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     (child, key)
-}
-
-/// A plain HTTP/1.1 request to 127.0.0.1:`port`; the status line and body.
-fn post(port: u16, path: &str, key: &str, body: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-API-KEY: {key}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
 }
 
 #[test]
@@ -84,14 +69,21 @@ fn unchanged_e2b_sdk_code_runs_against_capsem_e2b() {
         "{sessions}"
     );
 
-    // One left running is deleted when capsem e2b stops.
-    let created = post(
-        port,
-        "/sandboxes",
-        &key,
-        r#"{"templateID":"base","timeout":600}"#,
-    );
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    // A sandbox with a command streaming is deleted when capsem e2b
+    // stops, and the open stream does not hold the stop up.
+    let mut holder = std::process::Command::new(clients_python())
+        .args([script("e2b_client.py").as_os_str(), "hold".as_ref()])
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env("E2B_API_KEY", &key)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.starts_with("holding "), "{said}");
     assert!(
         service
             .list()
@@ -104,6 +96,8 @@ fn unchanged_e2b_sdk_code_runs_against_capsem_e2b() {
         .unwrap();
     assert!(term.success());
     assert!(e2b.wait().unwrap().success());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     let left: Vec<_> = service
         .list()
         .into_iter()

@@ -52,18 +52,24 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Deletes its capsem sandbox.
-    pub async fn kill(&self) {
+    /// Deletes its capsem sandbox (one already gone counts as deleted).
+    pub async fn kill(&self) -> Result<(), ApiError> {
         let path = format!("{}?force=true", route(&self.name, ""));
-        if let Err(ApiError(_, e)) = call::<()>(Method::DELETE, &path, None::<&()>).await {
-            tracing::warn!(sandbox = %self.name, "deleting it failed: {e}");
+        match call::<()>(Method::DELETE, &path, None::<&()>).await {
+            Err(ApiError(StatusCode::NOT_FOUND, _)) => Ok(()),
+            other => other,
         }
     }
 
+    /// Moves its end to `secs` from now (at most [`MAX_TIMEOUT_SECS`]).
     fn expire_in(&self, secs: u64) {
         let secs = secs.min(MAX_TIMEOUT_SECS);
         let end = Timestamp::now() + Duration::from_secs(secs);
         self.end.send_replace(end);
+    }
+
+    fn expired(&self) -> bool {
+        *self.end.borrow() <= Timestamp::now()
     }
 }
 
@@ -89,7 +95,9 @@ struct NewSandbox {
     auto_pause: Option<bool>,
     auto_pause_memory: Option<bool>,
     auto_resume: Option<Value>,
-    secure: Option<bool>,
+    /// Taken and not needed: every envd call takes its token, asked or not.
+    #[serde(rename = "secure")]
+    _secure: Option<bool>,
     #[serde(rename = "allow_internet_access")]
     allow_internet_access: Option<bool>,
     network: Option<Value>,
@@ -152,6 +160,16 @@ struct Timeout {
     timeout: u64,
 }
 
+/// A time to live within E2B's bounds.
+fn check_timeout(secs: u64) -> Result<u64, ApiError> {
+    if secs > MAX_TIMEOUT_SECS {
+        return Err(ApiError::bad(format!(
+            "timeout is at most {MAX_TIMEOUT_SECS} seconds (24 hours)"
+        )));
+    }
+    Ok(secs)
+}
+
 /// The query of `GET /v2/sandboxes`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -171,6 +189,16 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Result<Response, ApiError> {
     let new: NewSandbox = parse(&body)?;
     check(&new)?;
+    // Made to the end even when the client goes away meanwhile: a VM made
+    // and not tracked would have no timeout and no owner.
+    let made = tokio::spawn(make(server, new)).await;
+    let sandbox =
+        made.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, axum::Json(created(&sandbox))).into_response())
+}
+
+/// Creates the capsem sandbox of `new`, tracked and timed.
+async fn make(server: Arc<Server>, new: NewSandbox) -> Result<Arc<Sandbox>, ApiError> {
     let id = new_id();
     let request = CreateRequest {
         name: Some(format!("e2b-{id}")),
@@ -192,10 +220,17 @@ async fn create(State(server): State<Arc<Server>>, body: Bytes) -> Result<Respon
         id: id.clone(),
     });
     sandbox.expire_in(new.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS));
-    server.lock().insert(id.clone(), sandbox.clone());
+    if !server.track(sandbox.clone()) {
+        // The server is stopping: nobody would own it.
+        sandbox.kill().await?;
+        return Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capsem e2b is stopping".into(),
+        ));
+    }
     tokio::spawn(expire(server, id, ends));
     tracing::info!(sandbox = %sandbox.name, "created for an E2B client");
-    Ok((StatusCode::CREATED, axum::Json(created(&sandbox))).into_response())
+    Ok(sandbox)
 }
 
 fn created(sandbox: &Sandbox) -> Created {
@@ -243,7 +278,6 @@ fn check(new: &NewSandbox) -> Result<(), ApiError> {
             "capsem's E2B API does not honour {what}; leave it unset"
         )));
     }
-    let _ = new.secure; // Every envd call takes its token, asked or not.
     internet(new.allow_internet_access)?;
     let too_long = |s: &String| s.len() > MAX_METADATA_BYTES;
     if new.metadata.len() > MAX_METADATA
@@ -253,11 +287,7 @@ fn check(new: &NewSandbox) -> Result<(), ApiError> {
             "metadata takes at most {MAX_METADATA} entries of at most {MAX_METADATA_BYTES} bytes each"
         )));
     }
-    if new.timeout.is_some_and(|t| t > MAX_TIMEOUT_SECS) {
-        return Err(ApiError::bad(format!(
-            "timeout is at most {MAX_TIMEOUT_SECS} seconds (24 hours)"
-        )));
-    }
+    new.timeout.map(check_timeout).transpose()?;
     Ok(())
 }
 
@@ -272,7 +302,8 @@ fn internet(asked: Option<bool>) -> Result<(), ApiError> {
             "capsem cannot cut one sandbox off the network: every sandbox's network is the host's policy (`capsem settings get network.default_action`); leave allow_internet_access unset",
         )),
         Some(true) => {
-            let settings = load_settings().map_err(|e| ApiError::bad(e.to_string()))?;
+            let settings = load_settings()
+                .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             let entry = settings.entry("network.default_action");
             if settings.text("network.default_action") == "allow" {
                 return Ok(());
@@ -300,23 +331,27 @@ fn new_id() -> String {
 
 /// Kills the sandbox `id` when its end comes (moved by `set_timeout`).
 async fn expire(server: Arc<Server>, id: String, mut ends: watch::Receiver<Timestamp>) {
-    loop {
+    let sandbox = loop {
         let end = *ends.borrow_and_update();
         let left = end.duration_since(Timestamp::now());
         let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
         tokio::select! {
             () = tokio::time::sleep(left) => {
-                if *ends.borrow() <= Timestamp::now() {
-                    break;
+                // Taken out under the lock only if still due: a timeout
+                // set meanwhile wins.
+                let mut sandboxes = server.lock();
+                if sandboxes.get(&id).is_some_and(|s| s.expired()) {
+                    break sandboxes.remove(&id);
                 }
             }
             changed = ends.changed() => if changed.is_err() { return },
         }
-    }
-    let gone = server.lock().remove(&id);
-    if let Some(sandbox) = gone {
+    };
+    if let Some(sandbox) = sandbox {
         tracing::info!(sandbox = %sandbox.name, "its E2B timeout passed: killing it");
-        sandbox.kill().await;
+        if let Err(ApiError(_, e)) = sandbox.kill().await {
+            tracing::warn!(sandbox = %sandbox.name, "deleting it failed: {e}");
+        }
     }
 }
 
@@ -325,31 +360,31 @@ async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<Vec<Listed>>, ApiError> {
     let states = states().await?;
-    let wanted = query
-        .metadata
-        .as_deref()
-        .map(wanted_metadata)
-        .unwrap_or_default();
-    let sandboxes: Vec<Arc<Sandbox>> = server.lock().values().cloned().collect();
-    let mut listed: Vec<Listed> = sandboxes
+    let wanted = match query.metadata.as_deref() {
+        Some(filter) => wanted_metadata(filter)?,
+        None => Vec::new(),
+    };
+    let mut sandboxes: Vec<Arc<Sandbox>> = server.lock().values().cloned().collect();
+    sandboxes.sort_by_key(|s| s.started);
+    let listed = sandboxes
         .iter()
         .filter(|s| wanted.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
-        .filter_map(|s| listed(s, states.get(&s.name).copied()?, false))
+        .filter_map(|s| Some(listed(s, *states.get(&s.name)?, false)))
         .filter(|l| {
             query
                 .state
                 .as_deref()
                 .is_none_or(|st| st.split(',').any(|st| st == l.state))
         })
+        .take(query.limit.unwrap_or(usize::MAX))
         .collect();
-    listed.sort_by(|a, b| a.started_at.cmp(&b.started_at));
-    listed.truncate(query.limit.unwrap_or(usize::MAX));
     Ok(axum::Json(listed))
 }
 
 /// `key=value&...` of the `metadata` query.
-fn wanted_metadata(query: &str) -> Vec<(String, String)> {
-    serde_urlencoded::from_str(query).unwrap_or_default()
+fn wanted_metadata(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad(format!("a bad metadata filter {query:?}: {e}")))
 }
 
 /// Each capsem sandbox's state, by name.
@@ -358,8 +393,8 @@ async fn states() -> Result<HashMap<String, VmState>, ApiError> {
     Ok(all.into_iter().map(|s| (s.name, s.state)).collect())
 }
 
-fn listed(sandbox: &Sandbox, state: VmState, with_token: bool) -> Option<Listed> {
-    Some(Listed {
+fn listed(sandbox: &Sandbox, state: VmState, with_token: bool) -> Listed {
+    Listed {
         template_id: TEMPLATE,
         alias: TEMPLATE,
         sandbox_id: sandbox.id.clone(),
@@ -376,7 +411,7 @@ fn listed(sandbox: &Sandbox, state: VmState, with_token: bool) -> Option<Listed>
         },
         envd_version: ENVD_VERSION,
         envd_access_token: with_token.then(|| sandbox.token.clone()),
-    })
+    }
 }
 
 fn unknown(id: &str) -> ApiError {
@@ -401,9 +436,7 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<axum::Json<Listed>, ApiError> {
     let (sandbox, state) = find(&server, &id).await?;
-    listed(&sandbox, state, true)
-        .map(axum::Json)
-        .ok_or_else(|| unknown(&id))
+    Ok(axum::Json(listed(&sandbox, state, true)))
 }
 
 async fn kill(
@@ -411,7 +444,17 @@ async fn kill(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let sandbox = server.lock().remove(&id).ok_or_else(|| unknown(&id))?;
-    sandbox.kill().await;
+    // Done to the end even when the client goes away; a sandbox that
+    // could not be deleted is tracked again, its timeout still on.
+    let killed = tokio::spawn(async move {
+        let killed = sandbox.kill().await;
+        if killed.is_err() {
+            server.track(sandbox);
+        }
+        killed
+    })
+    .await;
+    killed.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -421,6 +464,7 @@ async fn set_timeout(
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     let Timeout { timeout } = parse(&body)?;
+    let timeout = check_timeout(timeout)?;
     let sandbox = server.sandbox(&id).ok_or_else(|| unknown(&id))?;
     sandbox.expire_in(timeout);
     Ok(StatusCode::NO_CONTENT)
@@ -473,6 +517,7 @@ async fn connect(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Timeout { timeout } = parse(&body)?;
+    let timeout = check_timeout(timeout)?;
     let (sandbox, state) = find(&server, &id).await?;
     if matches!(state, VmState::Stopped | VmState::Suspended) {
         let _: SandboxInfo =

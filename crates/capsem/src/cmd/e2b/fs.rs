@@ -10,16 +10,16 @@ use connectrpc::{
     ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
 };
 
-use super::process::sandbox;
 use super::proto::filesystem::*;
-use crate::cmd::guest::{self, Stat};
+use super::sandbox_of;
+use crate::cmd::guest::{self, MUST_EXIST, Stat};
 
 /// A filesystem command's time limit.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The most of a listing read.
 const MAX_LISTING: usize = 16 << 20;
 /// The most of a command's stderr kept for its error.
-const MAX_STDERR: usize = 4096;
+pub const MAX_STDERR: usize = 4096;
 /// Where a relative path starts: root's home, as envd's is the user's.
 pub const HOME: &str = "/root";
 
@@ -36,6 +36,7 @@ pub enum Refusal {
     Exists(String),
     Invalid(String),
     TooLarge(String),
+    TimedOut(String),
     Failed(String),
     Unavailable(String),
 }
@@ -47,8 +48,24 @@ impl From<Refusal> for ConnectError {
             Refusal::Exists(m) => ConnectError::already_exists(m),
             Refusal::Invalid(m) => ConnectError::invalid_argument(m),
             Refusal::TooLarge(m) => ConnectError::resource_exhausted(m),
+            Refusal::TimedOut(m) => ConnectError::deadline_exceeded(m),
             Refusal::Failed(m) => ConnectError::internal(m),
             Refusal::Unavailable(m) => ConnectError::unavailable(m),
+        }
+    }
+}
+
+impl Refusal {
+    /// What it says.
+    pub fn message(self) -> String {
+        match self {
+            Refusal::NotFound(m)
+            | Refusal::Exists(m)
+            | Refusal::Invalid(m)
+            | Refusal::TooLarge(m)
+            | Refusal::TimedOut(m)
+            | Refusal::Failed(m)
+            | Refusal::Unavailable(m) => m,
         }
     }
 }
@@ -69,6 +86,9 @@ pub fn refusal(end: ServerMsg, stderr: &[u8]) -> Refusal {
             ..
         } => Refusal::Invalid(said),
         ServerMsg::Error { message } => Refusal::Unavailable(message),
+        ServerMsg::TimedOut => {
+            Refusal::TimedOut("the command ran past its time limit in the sandbox".into())
+        }
         _ if said.is_empty() => Refusal::Failed("the command failed in the sandbox".into()),
         _ => Refusal::Failed(said),
     }
@@ -86,25 +106,20 @@ pub fn resolve(path: &str) -> Result<String, Refusal> {
     Ok(path)
 }
 
-/// Runs `script` with `args` as `$1...` in the sandbox `name`; its stdout.
-async fn sh(name: &str, script: &str, args: &[&str]) -> Result<Vec<u8>, Refusal> {
+/// Runs `script` with `args` as `$1...` in the sandbox `name`.
+async fn sh(name: &str, script: &str, args: &[&str]) -> Result<(), Refusal> {
     let mut argv: Vec<String> = ["sh", "-c", script, "sh"].map(String::from).to_vec();
     argv.extend(args.iter().map(|a| (*a).to_owned()));
-    run(name, Command::Argv(argv), MAX_STDERR).await
+    run(name, Command::Argv(argv), 0).await.map(drop)
 }
 
-async fn run(name: &str, command: Command, cap: usize) -> Result<Vec<u8>, Refusal> {
-    let (end, out, err) = guest::run(name, command, b"", TIMEOUT, cap.max(MAX_STDERR))
+/// Runs `command`; its stdout, at most `cap` bytes of it.
+async fn run(name: &str, command: Command, cap: usize) -> Result<guest::Captured, Refusal> {
+    let (end, out, err) = guest::run(name, command, b"", TIMEOUT, (cap, MAX_STDERR))
         .await
         .map_err(Refusal::Unavailable)?;
     match end {
-        ServerMsg::Exited { code: Some(0), .. } if out.total > cap as u64 => {
-            Err(Refusal::TooLarge(format!(
-                "the listing is over {} MiB; list less deep",
-                cap >> 20
-            )))
-        }
-        ServerMsg::Exited { code: Some(0), .. } => Ok(out.data),
+        ServerMsg::Exited { code: Some(0), .. } => Ok(out),
         end => Err(refusal(end, &err.data)),
     }
 }
@@ -113,7 +128,16 @@ async fn run(name: &str, command: Command, cap: usize) -> Result<Vec<u8>, Refusa
 async fn list(name: &str, path: &str, depth: u32) -> Result<Vec<EntryInfo>, Refusal> {
     let min = u32::from(depth > 0);
     let listing = run(name, guest::listing(path, min, depth), MAX_LISTING).await?;
-    Ok(guest::entries(&listing).into_iter().map(entry).collect())
+    if listing.total > MAX_LISTING as u64 {
+        return Err(Refusal::TooLarge(format!(
+            "{path} lists more than {} MiB of entries; list it less deep",
+            MAX_LISTING >> 20
+        )));
+    }
+    Ok(guest::entries(&listing.data)
+        .into_iter()
+        .map(entry)
+        .collect())
 }
 
 async fn stat(name: &str, path: &str) -> Result<EntryInfo, Refusal> {
@@ -124,6 +148,21 @@ async fn stat(name: &str, path: &str) -> Result<EntryInfo, Refusal> {
         .ok_or_else(|| Refusal::NotFound(format!("{path}: no such file or directory")))
 }
 
+/// Seconds since the epoch as a protobuf `Timestamp`; none for a time it
+/// cannot hold (the guest sets its files' times).
+fn timestamp(seconds: f64) -> Option<buffa_types::google::protobuf::Timestamp> {
+    // 0001-01-01 and 9999-12-31, the bounds of a protobuf Timestamp.
+    let whole = seconds.floor();
+    if !(-62_135_596_800.0..=253_402_300_799.0).contains(&whole) {
+        return None;
+    }
+    let nanos = ((seconds - whole) * 1e9) as i32;
+    buffa_types::google::protobuf::Timestamp::from_unix_checked(
+        whole as i64,
+        nanos.min(999_999_999),
+    )
+}
+
 fn entry(stat: Stat) -> EntryInfo {
     let kind = match stat.kind {
         'f' => FileType::FILE_TYPE_FILE,
@@ -131,17 +170,12 @@ fn entry(stat: Stat) -> EntryInfo {
         'l' => FileType::FILE_TYPE_SYMLINK,
         _ => FileType::FILE_TYPE_UNSPECIFIED,
     };
-    let nanos = (stat.modified.fract() * 1e9) as i32;
     EntryInfo {
         permissions: permissions(stat.kind, stat.mode),
         r#type: kind.into(),
         size: i64::try_from(stat.size).unwrap_or(i64::MAX),
         mode: stat.mode,
-        modified_time: buffa_types::google::protobuf::Timestamp::from_unix(
-            stat.modified as i64,
-            nanos,
-        )
-        .into(),
+        modified_time: timestamp(stat.modified).into(),
         symlink_target: (stat.kind == 'l').then_some(stat.target),
         name: stat.name,
         path: stat.path,
@@ -164,10 +198,6 @@ fn permissions(kind: char, mode: u32) -> String {
     std::iter::once(first).chain(bits).collect()
 }
 
-fn path_of(path: &str) -> Result<String, ConnectError> {
-    Ok(resolve(path)?)
-}
-
 /// The `filesystem.Filesystem` service.
 pub struct Files;
 
@@ -179,8 +209,8 @@ impl Filesystem for Files {
         ctx: RequestContext,
         request: ServiceRequest<'_, StatRequest>,
     ) -> ServiceResult<StatResponse> {
-        let path = path_of(request.path)?;
-        let entry = stat(&sandbox(&ctx)?.name, &path).await?;
+        let path = resolve(request.path)?;
+        let entry = stat(&sandbox_of(&ctx)?.name, &path).await?;
         Response::ok(StatResponse {
             entry: entry.into(),
             ..Default::default()
@@ -192,10 +222,10 @@ impl Filesystem for Files {
         ctx: RequestContext,
         request: ServiceRequest<'_, MakeDirRequest>,
     ) -> ServiceResult<MakeDirResponse> {
-        let path = path_of(request.path)?;
-        let name = sandbox(&ctx)?.name.clone();
-        let script =
-            "test -e \"$1\" && { echo \"$1: already exists\" >&2; exit 17; }; mkdir -p -- \"$1\"";
+        let path = resolve(request.path)?;
+        let name = sandbox_of(&ctx)?.name.clone();
+        let script = "test -e \"$1\" && { printf '%s: already exists\\n' \"$1\" >&2; exit 17; }; \
+                      mkdir -p -- \"$1\"";
         sh(&name, script, &[&path]).await?;
         Response::ok(MakeDirResponse {
             entry: stat(&name, &path).await?.into(),
@@ -208,11 +238,12 @@ impl Filesystem for Files {
         ctx: RequestContext,
         request: ServiceRequest<'_, MoveRequest>,
     ) -> ServiceResult<MoveResponse> {
-        let (from, to) = (path_of(request.source)?, path_of(request.destination)?);
-        let name = sandbox(&ctx)?.name.clone();
-        let script = "test -e \"$1\" || test -L \"$1\" || { echo \"$1: no such file or directory\" >&2; exit 2; }; \
-                      mkdir -p -- \"$(dirname -- \"$2\")\" && mv -f -T -- \"$1\" \"$2\"";
-        sh(&name, script, &[&from, &to]).await?;
+        let (from, to) = (resolve(request.source)?, resolve(request.destination)?);
+        let name = sandbox_of(&ctx)?.name.clone();
+        let script = format!(
+            "{MUST_EXIST}mkdir -p -- \"$(dirname -- \"$2\")\" && mv -f -T -- \"$1\" \"$2\""
+        );
+        sh(&name, &script, &[&from, &to]).await?;
         Response::ok(MoveResponse {
             entry: stat(&name, &to).await?.into(),
             ..Default::default()
@@ -224,9 +255,9 @@ impl Filesystem for Files {
         ctx: RequestContext,
         request: ServiceRequest<'_, ListDirRequest>,
     ) -> ServiceResult<ListDirResponse> {
-        let path = path_of(request.path)?;
+        let path = resolve(request.path)?;
         let depth = request.depth.max(1);
-        let entries = list(&sandbox(&ctx)?.name, &path, depth).await?;
+        let entries = list(&sandbox_of(&ctx)?.name, &path, depth).await?;
         Response::ok(ListDirResponse {
             entries,
             ..Default::default()
@@ -238,9 +269,9 @@ impl Filesystem for Files {
         ctx: RequestContext,
         request: ServiceRequest<'_, RemoveRequest>,
     ) -> ServiceResult<RemoveResponse> {
-        let path = path_of(request.path)?;
-        let script = "test -e \"$1\" || test -L \"$1\" || { echo \"$1: no such file or directory\" >&2; exit 2; }; rm -rf -- \"$1\"";
-        sh(&sandbox(&ctx)?.name, script, &[&path]).await?;
+        let path = resolve(request.path)?;
+        let script = format!("{MUST_EXIST}rm -rf -- \"$1\"");
+        sh(&sandbox_of(&ctx)?.name, &script, &[&path]).await?;
         Response::ok(RemoveResponse::default())
     }
 
@@ -290,6 +321,15 @@ mod tests {
         assert_eq!(permissions('d', 0o755), "drwxr-xr-x");
         assert_eq!(permissions('f', 0o640), "-rw-r-----");
         assert_eq!(permissions('l', 0o777), "lrwxrwxrwx");
+    }
+
+    #[test]
+    fn times_a_timestamp_cannot_hold_are_dropped() {
+        let before_1970 = timestamp(-0.5).unwrap();
+        assert_eq!((before_1970.seconds, before_1970.nanos), (-1, 500_000_000));
+        assert!(timestamp(1e300).is_none());
+        assert!(timestamp(-1e300).is_none());
+        assert_eq!(timestamp(1_700_000_000.25).unwrap().nanos, 250_000_000);
     }
 
     #[test]

@@ -18,7 +18,9 @@ mod process;
 mod proto;
 
 use std::collections::HashMap;
+use std::future::IntoFuture;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -44,17 +46,38 @@ use self::proto::process::ProcessExt;
 /// 0.5.7 has what is implemented here (stdin and its closing, the default
 /// user, octet-stream uploads) and not what is not (file metadata, 0.6.2).
 pub const ENVD_VERSION: &str = "0.5.7";
+/// How long clients get to finish once the server stops.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The E2B server's state.
 pub struct Server {
     port: u16,
     key: String,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    /// Set when it stops: no sandbox is tracked after.
+    closing: AtomicBool,
 }
 
 impl Server {
     fn sandbox(&self, id: &str) -> Option<Arc<Sandbox>> {
         self.lock().get(id).cloned()
+    }
+
+    /// Tracks `sandbox`; false once the server is stopping.
+    fn track(&self, sandbox: Arc<Sandbox>) -> bool {
+        let mut sandboxes = self.lock();
+        if self.closing.load(Ordering::SeqCst) {
+            return false;
+        }
+        sandboxes.insert(sandbox.id.clone(), sandbox);
+        true
+    }
+
+    /// Stops tracking: every sandbox, handed over to be deleted.
+    fn close(&self) -> Vec<Arc<Sandbox>> {
+        let mut sandboxes = self.lock();
+        self.closing.store(true, Ordering::SeqCst);
+        sandboxes.drain().map(|(_, s)| s).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Sandbox>>> {
@@ -95,20 +118,49 @@ pub async fn serve(port: Option<u16>) -> Result<i32, Failure> {
         port,
         key: key.clone(),
         sandboxes: Mutex::default(),
+        closing: AtomicBool::new(false),
     });
     eprintln!("capsem e2b: E2B's API on http://127.0.0.1:{port}; point E2B's SDKs at it with");
     eprintln!(
         "  export E2B_API_URL=http://127.0.0.1:{port} E2B_SANDBOX_URL=http://127.0.0.1:{port} E2B_API_KEY={key}"
     );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let app = router(server.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(interrupted())
-        .await;
-    let doomed: Vec<_> = server.lock().drain().map(|(_, s)| s).collect();
-    for sandbox in doomed {
-        sandbox.kill().await;
+    let mut serving = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .into_future(),
+    );
+    let failed = tokio::select! {
+        done = &mut serving => Some(done),
+        () = interrupted() => None,
+    };
+    // The sandboxes go first: deleting them ends the command streams that
+    // a graceful shutdown would otherwise wait for.
+    let doomed = server.close();
+    eprintln!(
+        "capsem e2b: stopping; deleting its {} sandboxes",
+        doomed.len()
+    );
+    for killed in futures::future::join_all(doomed.iter().map(|s| s.kill())).await {
+        if let Err(ApiError(_, e)) = killed {
+            eprintln!("capsem e2b: deleting a sandbox failed: {e}");
+        }
     }
-    served.map_err(|e| Failure::new(format!("serving E2B's API: {e}")))?;
+    let done = match failed {
+        Some(done) => done,
+        None => {
+            let _ = stop.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, serving).await {
+                Ok(done) => done,
+                Err(_) => return Ok(0),
+            }
+        }
+    };
+    done.map_err(Failure::new)?
+        .map_err(|e| Failure::new(format!("serving E2B's API: {e}")))?;
     Ok(0)
 }
 
@@ -161,12 +213,17 @@ fn router(server: Arc<Server>) -> Router {
 /// Refuses a request that does not name this server as its host (DNS
 /// rebinding: a web page of another name that resolves to 127.0.0.1).
 async fn host_gate(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
-    let local = loopback_host(server.port, host);
+    let host = request.headers().get(header::HOST).map(|h| h.to_str().ok());
+    let authority = request.uri().authority().map(|a| a.as_str());
+    // Either names the server; both, the same one.
+    let local = match (host, authority) {
+        (Some(host), Some(authority)) => {
+            host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+                && loopback_host(server.port, Some(authority))
+        }
+        (Some(host), None) => loopback_host(server.port, host),
+        (None, authority) => loopback_host(server.port, authority),
+    };
     if !local {
         let message = format!(
             "capsem e2b answers only requests to 127.0.0.1:{0} or localhost:{0}",
@@ -224,6 +281,18 @@ async fn envd_gate(
     }
     request.extensions_mut().insert(sandbox);
     next.run(request).await
+}
+
+/// The sandbox a request through [`envd_gate`] is for.
+pub fn sandbox_of(
+    ctx: &connectrpc::RequestContext,
+) -> Result<Arc<Sandbox>, connectrpc::ConnectError> {
+    ctx.extensions()
+        .get::<Arc<Sandbox>>()
+        .cloned()
+        .ok_or_else(|| {
+            connectrpc::ConnectError::unauthenticated("no sandbox named by E2b-Sandbox-Id")
+        })
 }
 
 /// A call to the service, the answer decoded.

@@ -15,20 +15,26 @@ use connectrpc::{
     ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
 };
 use futures::{SinkExt, Stream, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::control::Sandbox;
+use super::fs::resolve;
 use super::proto::process::__buffa::oneof::process_event::{Event, data_event::Output as Data};
 use super::proto::process::__buffa::oneof::process_input::Input as In;
 use super::proto::process::__buffa::oneof::process_selector::Selector;
 use super::proto::process::process_event::{DataEvent, EndEvent, KeepAlive, StartEvent};
 use super::proto::process::*;
+use super::sandbox_of;
 use crate::cmd::guest::{self, Output};
 
 /// Commands a sandbox runs at once through this server.
 const MAX_PROCESSES: usize = 256;
 /// Events waiting for a slow client before the command waits for it.
 const QUEUE: usize = 64;
+/// A follower that takes no event for this long is dropped.
+const STALLED: Duration = Duration::from_secs(30);
+/// Bytes of stdin a command's queue holds before `SendInput` waits.
+const MAX_STDIN_QUEUED: usize = 8 << 20;
 /// Keepalives go this often unless the client asks otherwise.
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(50);
 /// The first pid given out in each sandbox.
@@ -37,43 +43,68 @@ const FIRST_PID: u32 = 100;
 /// A sandbox's running commands.
 #[derive(Default)]
 pub struct Table {
-    inner: Mutex<(u32, HashMap<u32, Arc<Proc>>)>,
+    inner: Mutex<Procs>,
+}
+
+#[derive(Default)]
+struct Procs {
+    next_pid: u32,
+    running: HashMap<u32, Arc<Proc>>,
+    /// Slots taken by starts still opening their stream.
+    opening: usize,
 }
 
 impl Table {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, HashMap<u32, Arc<Proc>>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Procs> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A pid and a slot for a command about to start, or a refusal when
+    /// the sandbox runs [`MAX_PROCESSES`] already.
+    fn reserve(&self) -> Option<(u32, Slot<'_>)> {
+        let mut procs = self.lock();
+        if procs.running.len() + procs.opening >= MAX_PROCESSES {
+            return None;
+        }
+        let pid = procs.next_pid.max(FIRST_PID);
+        procs.next_pid = pid + 1;
+        procs.opening += 1;
+        Some((pid, Slot(self)))
+    }
+
     fn find(&self, selector: Option<&ProcessSelector>) -> Result<Arc<Proc>, ConnectError> {
-        let table = self.lock();
-        let found = match selector.and_then(|s| s.selector.as_ref()) {
-            Some(Selector::Pid(pid)) => table.1.get(pid).cloned(),
-            Some(Selector::Tag(tag)) => table
-                .1
-                .values()
-                .find(|p| p.info.tag.as_deref() == Some(tag))
-                .cloned(),
+        let procs = self.lock();
+        let (found, what) = match selector.and_then(|s| s.selector.as_ref()) {
+            Some(Selector::Pid(pid)) => (procs.running.get(pid).cloned(), format!("pid {pid}")),
+            Some(Selector::Tag(tag)) => (
+                procs
+                    .running
+                    .values()
+                    .find(|p| p.info.tag.as_deref() == Some(tag))
+                    .cloned(),
+                format!("tag {tag:?}"),
+            ),
             None => {
                 return Err(ConnectError::invalid_argument(
                     "give a process by pid or tag",
                 ));
             }
         };
-        found.ok_or_else(|| {
-            let what = match selector.and_then(|s| s.selector.as_ref()) {
-                Some(Selector::Pid(pid)) => format!("pid {pid}"),
-                Some(Selector::Tag(tag)) => format!("tag {tag:?}"),
-                None => String::new(),
-            };
-            ConnectError::not_found(format!("process with {what} not found"))
-        })
+        found.ok_or_else(|| ConnectError::not_found(format!("process with {what} not found")))
     }
 }
 
-/// What goes to a command.
-enum Input {
-    Data(Vec<u8>),
+/// A reserved place in a [`Table`], given back when dropped.
+struct Slot<'a>(&'a Table);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.lock().opening -= 1;
+    }
+}
+
+/// What goes to a command besides its stdin.
+enum Control {
     Eof,
     Signal(u8),
     Resize(TtySize),
@@ -82,52 +113,88 @@ enum Input {
 /// A started command.
 struct Proc {
     info: ProcessInfo,
-    input: mpsc::Sender<Input>,
-    /// The streams of the clients following it.
-    watchers: Mutex<Vec<mpsc::Sender<ProcessEvent>>>,
+    /// Its stdin, each piece holding its share of [`MAX_STDIN_QUEUED`].
+    stdin: mpsc::Sender<(Vec<u8>, OwnedSemaphorePermit)>,
+    /// Bytes of stdin that may wait.
+    stdin_room: Arc<Semaphore>,
+    /// Signals, stdin's end and resizes: they pass stdin still waiting.
+    control: mpsc::Sender<Control>,
+    followers: Mutex<Followers>,
+}
+
+/// The streams following a command, and its end once it came (a client
+/// that connects as it ends still gets it).
+#[derive(Default)]
+struct Followers {
+    streams: Vec<mpsc::Sender<ProcessEvent>>,
+    end: Option<ProcessEvent>,
 }
 
 impl Proc {
-    async fn send(&self, input: Input) -> Result<(), ConnectError> {
-        self.input
-            .send(input)
+    fn ended(&self) -> ConnectError {
+        ConnectError::not_found(format!("process {} has ended", self.info.pid))
+    }
+
+    async fn control(&self, control: Control) -> Result<(), ConnectError> {
+        self.control.send(control).await.map_err(|_| self.ended())
+    }
+
+    async fn input(&self, data: Vec<u8>) -> Result<(), ConnectError> {
+        let bytes = u32::try_from(data.len())
+            .ok()
+            .filter(|&n| n as usize <= MAX_STDIN_QUEUED)
+            .ok_or_else(|| {
+                ConnectError::resource_exhausted(format!(
+                    "send stdin in pieces of at most {} MiB",
+                    MAX_STDIN_QUEUED >> 20
+                ))
+            })?;
+        let permit = self
+            .stdin_room
+            .clone()
+            .acquire_many_owned(bytes)
             .await
-            .map_err(|_| ConnectError::not_found(format!("process {} has ended", self.info.pid)))
+            .map_err(|_| self.ended())?;
+        self.stdin
+            .send((data, permit))
+            .await
+            .map_err(|_| self.ended())
     }
 
     fn follow(&self) -> mpsc::Receiver<ProcessEvent> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        self.watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
+        let mut followers = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        match &followers.end {
+            // The channel has room: this cannot fail.
+            Some(end) => drop(tx.try_send(end.clone())),
+            None => followers.streams.push(tx),
+        }
         rx
     }
 
-    /// Hands `event` to every follower, waiting for slow ones; one that
-    /// went away is dropped.
-    async fn publish(&self, event: ProcessEvent) {
-        let watchers =
-            std::mem::take(&mut *self.watchers.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut kept = Vec::with_capacity(watchers.len());
-        for watcher in watchers {
-            if watcher.send(event.clone()).await.is_ok() {
-                kept.push(watcher);
+    /// Hands `event` to every follower; one that went away, or that took
+    /// nothing for [`STALLED`], is dropped (it would hold up the others).
+    async fn publish(&self, event: ProcessEvent, last: bool) {
+        let streams = {
+            let mut followers = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+            if last {
+                followers.end = Some(event.clone());
+            }
+            std::mem::take(&mut followers.streams)
+        };
+        let mut kept = Vec::with_capacity(streams.len());
+        for stream in streams {
+            if stream.send_timeout(event.clone(), STALLED).await.is_ok() {
+                kept.push(stream);
             }
         }
-        let mut now = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        // Followers that came while this one was handed out stay too.
-        kept.append(&mut now);
-        *now = kept;
+        if !last {
+            let mut followers = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+            // Followers that came while these were served stay too.
+            kept.append(&mut followers.streams);
+            followers.streams = kept;
+        }
     }
-}
-
-/// The sandbox a gated request is for.
-pub fn sandbox(ctx: &RequestContext) -> Result<Arc<Sandbox>, ConnectError> {
-    ctx.extensions()
-        .get::<Arc<Sandbox>>()
-        .cloned()
-        .ok_or_else(|| ConnectError::unauthenticated("no sandbox named by E2b-Sandbox-Id"))
 }
 
 /// Refuses a user other than root: the guest runs everything as root,
@@ -167,7 +234,8 @@ fn command_of(config: &ProcessConfig) -> Result<Command, ConnectError> {
     let mut argv = Vec::new();
     if let Some(cwd) = config.cwd.as_deref().filter(|c| !c.is_empty()) {
         let script = "cd -- \"$1\" || exit 1; shift; exec \"$@\"";
-        argv.extend(["sh", "-c", script, "sh", cwd].map(String::from));
+        argv.extend(["sh", "-c", script, "sh"].map(String::from));
+        argv.push(resolve(cwd)?);
     }
     argv.push(config.cmd.clone());
     argv.extend(config.args.iter().cloned());
@@ -230,19 +298,13 @@ async fn spawn(
         tty,
         timeout_ms: None,
     };
-    let pid = {
-        let mut table = sandbox.processes.lock();
-        if table.1.len() >= MAX_PROCESSES {
-            return Err(ConnectError::resource_exhausted(format!(
-                "sandbox {} runs {MAX_PROCESSES} commands already",
-                sandbox.id
-            )));
-        }
-        let pid = table.0.max(FIRST_PID);
-        table.0 = pid + 1;
-        pid
-    };
-    let (mut sink, mut source) = guest::open(&sandbox.name, &start)
+    let (pid, slot) = sandbox.processes.reserve().ok_or_else(|| {
+        ConnectError::resource_exhausted(format!(
+            "sandbox {} runs {MAX_PROCESSES} commands already",
+            sandbox.id
+        ))
+    })?;
+    let (mut sink, source) = guest::open(&sandbox.name, &start)
         .await
         .map_err(ConnectError::unavailable)?;
     if !request.stdin.unwrap_or(true) {
@@ -250,7 +312,8 @@ async fn spawn(
             .await
             .map_err(|e| ConnectError::unavailable(e.to_string()))?;
     }
-    let (input, mut inputs) = mpsc::channel::<Input>(QUEUE);
+    let (stdin, stdins) = mpsc::channel(QUEUE);
+    let (control, controls) = mpsc::channel(QUEUE);
     let proc = Arc::new(Proc {
         info: ProcessInfo {
             config: config.into(),
@@ -258,53 +321,71 @@ async fn spawn(
             tag: request.tag.clone(),
             ..Default::default()
         },
-        input,
-        watchers: Mutex::default(),
+        stdin,
+        stdin_room: Arc::new(Semaphore::new(MAX_STDIN_QUEUED)),
+        control,
+        followers: Mutex::default(),
     });
     let first = proc.follow();
-    sandbox.processes.lock().1.insert(pid, proc.clone());
-    tokio::spawn(async move {
-        while let Some(input) = inputs.recv().await {
-            let msg = match input {
-                Input::Data(data) => {
+    sandbox.processes.lock().running.insert(pid, proc.clone());
+    drop(slot);
+    tokio::spawn(write(sink, stdins, controls));
+    tokio::spawn(read(source, sandbox, proc, tty.is_some()));
+    Ok((pid, first))
+}
+
+/// Sends a command's input: controls first, then stdin a piece at a time,
+/// so that a kill is not queued behind stdin the command does not read.
+async fn write(
+    mut sink: guest::Sink,
+    mut stdins: mpsc::Receiver<(Vec<u8>, OwnedSemaphorePermit)>,
+    mut controls: mpsc::Receiver<Control>,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            control = controls.recv() => match control {
+                Some(Control::Eof) => ClientMsg::StdinEof,
+                Some(Control::Signal(signal)) => ClientMsg::Signal { signal },
+                Some(Control::Resize(size)) => ClientMsg::Resize { rows: size.rows, cols: size.cols },
+                None => return,
+            },
+            data = stdins.recv() => match data {
+                Some((data, _permit)) => {
                     if guest::feed(&mut sink, &data).await.is_err() {
-                        break;
+                        return;
                     }
                     continue;
                 }
-                Input::Eof => ClientMsg::StdinEof,
-                Input::Signal(signal) => ClientMsg::Signal { signal },
-                Input::Resize(size) => ClientMsg::Resize {
-                    rows: size.rows,
-                    cols: size.cols,
-                },
-            };
-            if sink.send(guest::control(msg)).await.is_err() {
-                break;
-            }
-        }
-    });
-    let pty = tty.is_some();
-    tokio::spawn(async move {
-        let end = loop {
-            let data = match guest::next(&mut source).await {
-                Ok(Some(Output::Stdout(data))) if pty => Data::Pty(data.to_vec()),
-                Ok(Some(Output::Stdout(data))) => Data::Stdout(data.to_vec()),
-                Ok(Some(Output::Stderr(data))) => Data::Stderr(data.to_vec()),
-                Ok(Some(Output::End(end))) => break Some(end),
-                Ok(None) => break None,
-                Err(message) => break Some(ServerMsg::Error { message }),
-            };
-            let data = DataEvent {
-                output: Some(data),
-                ..Default::default()
-            };
-            proc.publish(event(data)).await;
+                None => return,
+            },
         };
-        sandbox.processes.lock().1.remove(&pid);
-        proc.publish(event(end_of(end))).await;
-    });
-    Ok((pid, first))
+        if sink.send(guest::control(msg)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Turns a command's output into events for its followers; at its end,
+/// takes it out of the table.
+async fn read(mut source: guest::Source, sandbox: Arc<Sandbox>, proc: Arc<Proc>, pty: bool) {
+    let end = loop {
+        let data = match guest::next(&mut source).await {
+            Ok(Some(Output::Stdout(data))) if pty => Data::Pty(data.to_vec()),
+            Ok(Some(Output::Stdout(data))) => Data::Stdout(data.to_vec()),
+            Ok(Some(Output::Stderr(data))) => Data::Stderr(data.to_vec()),
+            Ok(Some(Output::End(end))) => break Some(end),
+            Ok(None) => break None,
+            Err(message) => break Some(ServerMsg::Error { message }),
+        };
+        let data = DataEvent {
+            output: Some(data),
+            ..Default::default()
+        };
+        proc.publish(event(data), false).await;
+    };
+    sandbox.processes.lock().running.remove(&proc.info.pid);
+    proc.publish(event(end_of(end)), true).await;
 }
 
 fn size_of(size: &pty::Size) -> TtySize {
@@ -356,11 +437,11 @@ impl Process for Processes {
         ctx: RequestContext,
         _request: ServiceRequest<'_, ListRequest>,
     ) -> ServiceResult<ListResponse> {
-        let sandbox = sandbox(&ctx)?;
+        let sandbox = sandbox_of(&ctx)?;
         let mut processes: Vec<ProcessInfo> = sandbox
             .processes
             .lock()
-            .1
+            .running
             .values()
             .map(|p| p.info.clone())
             .collect();
@@ -377,7 +458,9 @@ impl Process for Processes {
         request: ServiceRequest<'_, ConnectRequest>,
     ) -> ServiceResult<ServiceStream<ConnectResponse>> {
         let request = request.to_owned_message();
-        let proc = sandbox(&ctx)?.processes.find(request.process.as_option())?;
+        let proc = sandbox_of(&ctx)?
+            .processes
+            .find(request.process.as_option())?;
         let stream = events(proc.info.pid, proc.follow(), keepalive_of(&ctx)).map(|event| {
             Ok(ConnectResponse {
                 event: event.into(),
@@ -393,7 +476,7 @@ impl Process for Processes {
         request: ServiceRequest<'_, StartRequest>,
     ) -> ServiceResult<ServiceStream<StartResponse>> {
         check_user(&ctx)?;
-        let (pid, rx) = spawn(sandbox(&ctx)?, request.to_owned_message()).await?;
+        let (pid, rx) = spawn(sandbox_of(&ctx)?, request.to_owned_message()).await?;
         let stream = events(pid, rx, keepalive_of(&ctx)).map(|event| {
             Ok(StartResponse {
                 event: event.into(),
@@ -409,9 +492,11 @@ impl Process for Processes {
         request: ServiceRequest<'_, UpdateRequest>,
     ) -> ServiceResult<UpdateResponse> {
         let request = request.to_owned_message();
-        let proc = sandbox(&ctx)?.processes.find(request.process.as_option())?;
+        let proc = sandbox_of(&ctx)?
+            .processes
+            .find(request.process.as_option())?;
         if let Some(size) = request.pty.as_option().and_then(|p| p.size.as_option()) {
-            proc.send(Input::Resize(size_of(size))).await?;
+            proc.control(Control::Resize(size_of(size))).await?;
         }
         Response::ok(UpdateResponse::default())
     }
@@ -432,12 +517,14 @@ impl Process for Processes {
         request: ServiceRequest<'_, SendInputRequest>,
     ) -> ServiceResult<SendInputResponse> {
         let request = request.to_owned_message();
-        let proc = sandbox(&ctx)?.processes.find(request.process.as_option())?;
+        let proc = sandbox_of(&ctx)?
+            .processes
+            .find(request.process.as_option())?;
         let data = match request.input.as_option().and_then(|i| i.input.as_ref()) {
             Some(In::Stdin(data) | In::Pty(data)) => data.clone(),
             None => Vec::new(),
         };
-        proc.send(Input::Data(data)).await?;
+        proc.input(data).await?;
         Response::ok(SendInputResponse::default())
     }
 
@@ -447,13 +534,15 @@ impl Process for Processes {
         request: ServiceRequest<'_, SendSignalRequest>,
     ) -> ServiceResult<SendSignalResponse> {
         let request = request.to_owned_message();
-        let proc = sandbox(&ctx)?.processes.find(request.process.as_option())?;
+        let proc = sandbox_of(&ctx)?
+            .processes
+            .find(request.process.as_option())?;
         let signal = match request.signal.as_known() {
             Some(Signal::SIGNAL_SIGKILL) => 9,
             Some(Signal::SIGNAL_SIGTERM) => 15,
             _ => return Err(ConnectError::invalid_argument("give SIGTERM or SIGKILL")),
         };
-        proc.send(Input::Signal(signal)).await?;
+        proc.control(Control::Signal(signal)).await?;
         Response::ok(SendSignalResponse::default())
     }
 
@@ -463,8 +552,10 @@ impl Process for Processes {
         request: ServiceRequest<'_, CloseStdinRequest>,
     ) -> ServiceResult<CloseStdinResponse> {
         let request = request.to_owned_message();
-        let proc = sandbox(&ctx)?.processes.find(request.process.as_option())?;
-        proc.send(Input::Eof).await?;
+        let proc = sandbox_of(&ctx)?
+            .processes
+            .find(request.process.as_option())?;
+        proc.control(Control::Eof).await?;
         Response::ok(CloseStdinResponse::default())
     }
 }

@@ -294,8 +294,14 @@ impl Capsem {
         let timeout = Duration::from_secs(args.timeout_secs.unwrap_or(EXEC_TIMEOUT_SECS));
         let stdin = args.stdin.unwrap_or_default();
         let command = Command::Shell(args.command);
-        let (end, out, err) =
-            guest::run(&args.name, command, stdin.as_bytes(), timeout, MAX_OUTPUT).await?;
+        let (end, out, err) = guest::run(
+            &args.name,
+            command,
+            stdin.as_bytes(),
+            timeout,
+            (MAX_OUTPUT, MAX_OUTPUT),
+        )
+        .await?;
         let (exit_code, signal, timed_out) = match end {
             ServerMsg::Exited { code, signal } => (code, signal, false),
             ServerMsg::TimedOut => (None, None, true),
@@ -374,7 +380,7 @@ impl Capsem {
             guest::listing(path, 1, 1),
             b"",
             timeout,
-            MAX_LISTING,
+            (MAX_LISTING, MAX_OUTPUT),
         )
         .await?;
         match end {
