@@ -71,6 +71,24 @@ impl Sandbox {
     fn expired(&self) -> bool {
         *self.end.borrow() <= Timestamp::now()
     }
+
+    /// A sandbox with no VM behind it, for the gates' tests.
+    #[cfg(test)]
+    pub fn unbacked(id: &str, token: &str) -> Arc<Sandbox> {
+        let (end, _) = watch::channel(Timestamp::now());
+        Arc::new(Sandbox {
+            id: id.into(),
+            name: format!("e2b-{id}"),
+            token: token.into(),
+            metadata: BTreeMap::new(),
+            started: Timestamp::now(),
+            end,
+            cpus: 1,
+            memory_mib: 512,
+            disk_gib: 1,
+            processes: Table::default(),
+        })
+    }
 }
 
 pub fn routes() -> Router<Arc<Server>> {

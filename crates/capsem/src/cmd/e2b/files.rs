@@ -354,3 +354,29 @@ async fn health(Extension(sandbox): Extension<Arc<Sandbox>>) -> Result<StatusCod
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parts_headers_are_cut_past_their_bound_and_its_data_is_not() {
+        let bound = HeadBound::default();
+        let chunk = || Ok(Bytes::from(vec![b'x'; 16 * 1024]));
+        bound.reading.store(true, Ordering::Relaxed);
+        for _ in 0..4 {
+            assert!(bound.count(chunk()).is_ok());
+        }
+        assert!(
+            bound
+                .count(chunk())
+                .unwrap_err()
+                .to_string()
+                .contains("64 KiB")
+        );
+        bound.reading.store(false, Ordering::Relaxed);
+        for _ in 0..100 {
+            assert!(bound.count(chunk()).is_ok());
+        }
+    }
+}

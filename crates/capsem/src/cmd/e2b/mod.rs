@@ -317,3 +317,107 @@ async fn call<T: serde::de::DeserializeOwned>(
 fn route(name: &str, rest: &str) -> String {
     format!("/v1/sandboxes/{}{rest}", encode(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    const TOKEN: &str = "t0ken";
+
+    fn app() -> Router {
+        let server = Arc::new(Server {
+            port: 3999,
+            key: "the-key".into(),
+            sandboxes: Mutex::default(),
+            closing: AtomicBool::new(false),
+        });
+        server.track(Sandbox::unbacked("sbx1", TOKEN));
+        router(server)
+    }
+
+    async fn send(uri: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+        let mut request = Request::builder().method("POST").uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let response = app().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    const HOST: (&str, &str) = ("host", "127.0.0.1:3999");
+    const ENVD: &str = "/process.Process/List";
+
+    #[tokio::test]
+    async fn only_this_servers_name_is_answered() {
+        for host in ["evil.example:3999", "127.0.0.1:80", "localhost"] {
+            let (status, _) = send("/sandboxes", &[("host", host), ("x-api-key", "the-key")]).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        }
+        // An absolute URI naming another server than its Host.
+        let (status, _) = send("http://evil.example:3999/sandboxes", &[HOST]).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _) = send("/sandboxes/x/timeout", &[("host", "LOCALHOST:3999")]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn the_control_plane_takes_the_key_and_nothing_else() {
+        for key in [None, Some(""), Some("the-kez"), Some("the-key-and-more")] {
+            let mut headers = vec![HOST];
+            headers.extend(key.map(|k| ("x-api-key", k)));
+            let (status, body) = send("/sandboxes/sbx1/timeout", &headers).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{key:?}");
+            assert!(body.contains("X-API-KEY"), "{body}");
+        }
+        // An envd token is no API key.
+        let (status, _) = send(
+            "/sandboxes/sbx1/timeout",
+            &[HOST, ("x-access-token", TOKEN)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let (status, body) = send("/sandboxes/sbx1/fork", &[HOST, ("x-api-key", "the-key")]).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(
+            body.contains("does not serve POST /sandboxes/sbx1/fork"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn envd_takes_the_sandboxs_own_token() {
+        let (status, body) = send(
+            ENVD,
+            &[HOST, ("e2b-sandbox-id", "nope"), ("x-access-token", TOKEN)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert!(body.contains("was not found"), "{body}");
+        for token in [None, Some(""), Some("t0kem"), Some("the-key")] {
+            let mut headers = vec![HOST, ("e2b-sandbox-id", "sbx1")];
+            headers.extend(token.map(|t| ("x-access-token", t)));
+            let (status, _) = send(ENVD, &headers).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{token:?}");
+        }
+        let (status, body) = send(
+            ENVD,
+            &[HOST, ("e2b-sandbox-id", "sbx1"), ("x-access-token", TOKEN)],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body, "{}",
+            "no processes: proto3 JSON leaves the empty list out"
+        );
+    }
+}
