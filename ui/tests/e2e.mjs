@@ -4,12 +4,14 @@
 //   CAPSEM_UI_LOGIN_URL='http://127.0.0.1:PORT/login?code=...' \
 //   CAPSEM_UI_LOCKED_KEY=vm.memory_mib \
 //   CAPSEM_UI_XSS_SESSION=1917c73d \
+//   CAPSEM_UI_TTY_SESSION=2a4b1c9e \
 //   CAPSEM_UI_SCREENSHOTS=/tmp/shots node tests/e2e.mjs
 //
 // CAPSEM_UI_LOCKED_KEY is a setting the service's corporate file locks;
 // CAPSEM_UI_XSS_SESSION the id (or a prefix) of a session whose command
-// holds `<img src=x onerror=alert(1)>`. The run sets vm.cpus to 1 in the
-// user's settings.
+// holds `<img src=x onerror=alert(1)>`; CAPSEM_UI_TTY_SESSION one that
+// ran on a terminal and printed `hello-42-replay`. The run sets vm.cpus to
+// 1 in the user's settings.
 //
 // Exits 1 with what was expected and what the page showed at the first
 // step that fails. Leaves no sandbox behind when it passes.
@@ -31,6 +33,8 @@ const XSS_TEXT = '<img src=x onerror=alert(1)>';
 const LOGIN_URL = required('CAPSEM_UI_LOGIN_URL', 'the signed-in URL that `capsem ui` prints');
 const LOCKED_KEY = required('CAPSEM_UI_LOCKED_KEY', 'a setting the corporate file locks');
 const XSS_SESSION = required('CAPSEM_UI_XSS_SESSION', `the id of a session whose command holds ${XSS_TEXT}`);
+const REPLAY_TEXT = 'hello-42-replay';
+const TTY_SESSION = required('CAPSEM_UI_TTY_SESSION', `the id of a terminal session that printed ${REPLAY_TEXT}`);
 const SHOTS = process.env.CAPSEM_UI_SCREENSHOTS;
 const ORIGIN = new URL(LOGIN_URL).origin;
 const NAME = 'ui-e2e';
@@ -201,6 +205,43 @@ try {
   if (images) throw new StepFailed('no <img src="x"> in the document', `${images} of them`);
   if (problems.length) throw new StepFailed('no dialog, CSP violation or uncaught error', problems.join('\n'));
   log(`its command shows as text: ${JSON.stringify(command)}; no img element, no dialog`);
+  log(`opening the page of terminal session ${TTY_SESSION}`);
+  await page.getByRole('searchbox', { name: 'Filter sessions by id or command' }).fill(TTY_SESSION);
+  const ttyRow = page
+    .getByRole('table', { name: 'Recent sessions' })
+    .getByRole('row')
+    .filter({ has: page.getByRole('rowheader', { name: new RegExp(`^${escapeRegExp(TTY_SESSION)}`) }) });
+  await until(`a row for session ${TTY_SESSION}`, 30, async () => (await ttyRow.count()) === 1);
+  await ttyRow.getByRole('link').first().click();
+  const phaseRows = page.getByRole('table', { name: 'Phases' }).getByRole('row');
+  await until('the session page with its phases', 30, async () =>
+    (await page.getByRole('heading', { name: /^Session / }).isVisible()) && (await phaseRows.count()) > 2,
+  );
+  const commands = (await page.getByRole('table', { name: 'Commands' }).innerText()).replace(/\s+/g, ' ');
+  if (!commands.includes('started') || !commands.includes('exited')) {
+    throw new StepFailed("the Commands table to show the command's start and end", commands);
+  }
+  log(`${await phaseRows.count() - 1} phases; commands: ${JSON.stringify(commands.slice(0, 160))}`);
+  const replayed = async () => (await page.locator('.player .xterm-rows').innerText()).includes(REPLAY_TEXT);
+  const replayText = async () => `replay: ${JSON.stringify(await page.locator('.player .xterm-rows').innerText().catch(() => ''))}`;
+  await until('the transcript to load', 30, () => page.getByRole('button', { name: 'Show all' }).isEnabled());
+  await page.getByLabel('Speed').selectOption('16');
+  await page.getByRole('button', { name: 'Play' }).click();
+  await until(`the replay at 16× to show ${REPLAY_TEXT}`, 60, replayed, replayText);
+  await page.getByRole('button', { name: 'Restart' }).click();
+  if (await replayed()) throw new StepFailed('Restart to clear the terminal', await replayText());
+  await page.getByRole('button', { name: 'Show all' }).click();
+  await until(`Show all to show ${REPLAY_TEXT} at once`, 10, replayed, replayText);
+  log('the transcript replays: played at 16×, restarted, shown all at once');
+  await page.getByRole('heading', { name: /^Session / }).scrollIntoViewIfNeeded();
+  await screenshot('session.png');
+
+  log(`the page of session ${XSS_SESSION} shows its command as text`);
+  await page.evaluate((id) => (location.hash = `#/session/${id}`), XSS_SESSION);
+  await until(`the command ${XSS_TEXT} on its page`, 30, () => page.getByText(XSS_TEXT).first().isVisible());
+  if (await page.locator('img[src="x"]').count()) throw new StepFailed('no <img src="x"> on the session page', await shown());
+  await page.getByRole('link', { name: 'Sandboxes', exact: true }).click();
+  await until('the Sandboxes view again', 30, () => page.getByRole('searchbox', { name: 'Filter sessions by id or command' }).isVisible());
   await page.getByRole('searchbox', { name: 'Filter sessions by id or command' }).fill('');
 
   if (await row().count()) {

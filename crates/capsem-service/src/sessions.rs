@@ -1,17 +1,23 @@
 //! `GET /v1/sessions`: the newest sessions (one-shot runs and sandboxes'
 //! boots), as `capsem sessions --json` lists them, with their network
-//! totals.
+//! totals; `GET /v1/sessions/{id}`: one, with its commands' starts and
+//! ends; `GET /v1/sessions/{id}/transcript`: its terminal transcript.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use capsem_core::session::Store;
-use capsem_core::session::events::{self, EVENTS_FILE, NetSummary};
-use capsem_core::session::store::SessionRow;
+use capsem_core::session::events::{self, EVENTS_FILE, ExecRow, NetSummary};
+use capsem_core::session::store::{SessionRow, StoreError};
+use capsem_core::session::transcript::TRANSCRIPT_FILE;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
 
 use crate::service::ApiError;
 
@@ -39,6 +45,8 @@ struct ListQuery {
 pub fn routes<S: Clone + Send + Sync + 'static>(home: &Path) -> Router<S> {
     Router::new()
         .route("/v1/sessions", get(list))
+        .route("/v1/sessions/{id}", get(show))
+        .route("/v1/sessions/{id}/transcript", get(transcript))
         .with_state(Arc::new(home.to_owned()))
 }
 
@@ -64,4 +72,126 @@ fn listed(home: &Path, limit: usize) -> Result<Vec<Listed>, ApiError> {
             session,
         })
         .collect())
+}
+
+/// A session in full, as its page shows it.
+#[derive(Debug, Serialize)]
+pub struct Detail {
+    /// Its record, phases included (docs/json.md, "session").
+    pub session: SessionRow,
+    /// What it did on the network.
+    pub network: NetSummary,
+    /// Its commands' starts, signals and ends, oldest first: the first
+    /// [`events::EXEC_LOG_PAGE`].
+    pub execs: Vec<ExecMark>,
+    /// Whether more were recorded than `execs` holds.
+    pub execs_cut: bool,
+    /// The size of its terminal transcript, when it has one.
+    pub transcript_bytes: Option<u64>,
+}
+
+/// A command's start, signal or end (`exec_events` without stdio).
+#[derive(Debug, Serialize)]
+pub struct ExecMark {
+    /// Since the session started, ms.
+    pub at_ms: f64,
+    /// The command's number within the session.
+    pub exec: i64,
+    /// `started`, `signal`, `exited` or `timed_out`.
+    pub kind: String,
+    /// The exit code or signal.
+    pub value: Option<i64>,
+    /// The command line of `started`.
+    pub command: Option<String>,
+}
+
+impl From<ExecRow> for ExecMark {
+    fn from(row: ExecRow) -> Self {
+        ExecMark {
+            at_ms: row.at_us as f64 / 1000.0,
+            exec: row.exec_id,
+            kind: row.kind,
+            value: row.value,
+            command: row.detail,
+        }
+    }
+}
+
+/// The directory of the session `given` names (its id or a prefix).
+fn session_dir(home: &Path, given: &str) -> Result<(Store, String), ApiError> {
+    let store = Store::open(home).map_err(ApiError::internal)?;
+    match store.resolve(given) {
+        Ok(id) => Ok((store, id)),
+        Err(e @ (StoreError::NotFound(_) | StoreError::Ambiguous { .. })) => {
+            Err(ApiError(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+async fn show(
+    State(home): State<Arc<PathBuf>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<axum::Json<Detail>, ApiError> {
+    tokio::task::spawn_blocking(move || detail(&home, &id))
+        .await
+        .map_err(ApiError::internal)?
+        .map(axum::Json)
+}
+
+fn detail(home: &Path, given: &str) -> Result<Detail, ApiError> {
+    let (store, id) = session_dir(home, given)?;
+    let session = store
+        .get(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("session {id} vanished")))?;
+    let dir = store.dir_of(&id);
+    let db = dir.join(EVENTS_FILE);
+    let rows = events::exec_log(&db, 0).map_err(ApiError::internal)?;
+    let execs_cut = rows.len() as i64 >= events::EXEC_LOG_PAGE;
+    Ok(Detail {
+        network: events::network_summary(&db).unwrap_or_default(),
+        execs: rows.into_iter().map(ExecMark::from).collect(),
+        execs_cut,
+        transcript_bytes: std::fs::metadata(dir.join(TRANSCRIPT_FILE))
+            .ok()
+            .map(|m| m.len()),
+        session,
+    })
+}
+
+/// The transcript's bytes (docs/transcript.md), streamed from its file.
+async fn transcript(
+    State(home): State<Arc<PathBuf>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let (dir, id) = tokio::task::spawn_blocking(move || {
+        session_dir(&home, &id).map(|(store, id)| (store.dir_of(&id), id))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    let file = tokio::fs::File::open(dir.join(TRANSCRIPT_FILE))
+        .await
+        .map_err(|_| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("session {id} has no terminal transcript"),
+            )
+        })?;
+    let chunks = futures::stream::unfold(file, |mut file| async move {
+        let mut chunk = vec![0; 64 * 1024];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(chunk)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(chunks),
+    )
+        .into_response())
 }

@@ -199,6 +199,38 @@ export interface Session {
 
 export const listSessions = (limit: number) => json<Session[]>(`/v1/sessions?limit=${limit}`);
 
+/** A command's start, signal or end in a session. */
+export interface ExecMark {
+  at_ms: number;
+  exec: number;
+  kind: 'started' | 'signal' | 'exited' | 'timed_out';
+  value: number | null;
+  command: string | null;
+}
+
+/** `GET /v1/sessions/{id}`. */
+export interface SessionDetail {
+  session: Session & {
+    accel: string | null;
+    capsem_version: string;
+    /** ms since capsem started, by `NAME_ms`. */
+    phases: Record<string, number> | null;
+    transcript_cut_bytes: number;
+  };
+  network: NetworkTotals;
+  execs: ExecMark[];
+  execs_cut: boolean;
+  transcript_bytes: number | null;
+}
+
+const sessionPath = (id: string) => `/v1/sessions/${encodeURIComponent(id)}`;
+
+export const getSession = (id: string) => json<SessionDetail>(sessionPath(id));
+
+export async function getTranscript(id: string): Promise<ArrayBuffer> {
+  return (await request(`${sessionPath(id)}/transcript`)).arrayBuffer();
+}
+
 /** docs/json.md, "dns"; `at_ms` is since the boot's session started. */
 export interface DnsRecord {
   at_ms: number;

@@ -3,6 +3,7 @@
 export type Route =
   | { view: 'sandboxes' }
   | { view: 'sandbox'; name: string }
+  | { view: 'session'; id: string }
   | { view: 'terminal'; name: string | null }
   | { view: 'network'; name: string | null }
   | { view: 'settings' };
@@ -10,6 +11,7 @@ export type Route =
 export const href = {
   sandboxes: '#/',
   sandbox: (name: string) => `#/sandbox/${encodeURIComponent(name)}`,
+  session: (id: string) => `#/session/${encodeURIComponent(id)}`,
   terminal: (name?: string) => (name ? `#/terminal/${encodeURIComponent(name)}` : '#/terminal'),
   network: (name?: string) => (name ? `#/network/${encodeURIComponent(name)}` : '#/network'),
   settings: '#/settings',
@@ -28,6 +30,7 @@ export function parseRoute(hash: string): Route {
   const [view, part, ...rest] = hash.replace(/^#\/?/, '').split('/');
   const name = part && rest.length === 0 ? decode(part) : null;
   if (view === 'sandbox' && name) return { view: 'sandbox', name };
+  if (view === 'session' && name) return { view: 'session', id: name };
   if (view === 'terminal' && (name || !part)) return { view: 'terminal', name };
   if (view === 'network' && (name || !part)) return { view: 'network', name };
   if (view === 'settings' && !part) return { view: 'settings' };

@@ -164,6 +164,7 @@ fn the_app_runs_sandboxes_terminals_network_and_settings_in_chromium() {
     std::fs::write(home.join("no-corp.toml"), "[vm]\nmemory_mib = 1024\n").unwrap();
     assert_code(&service.run(&["run", "--", "echo", MARKUP]), 0);
     let xss_session = service.capsem.last_session_id();
+    let tty_session = terminal_session(&service);
     let (_, login) = open(&service, free_port());
     let project = ui_project();
     let screenshots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/ui-screenshots");
@@ -174,6 +175,7 @@ fn the_app_runs_sandboxes_terminals_network_and_settings_in_chromium() {
         .env("CAPSEM_UI_SCREENSHOTS", &screenshots)
         .env("CAPSEM_UI_LOCKED_KEY", "vm.memory_mib")
         .env("CAPSEM_UI_XSS_SESSION", &xss_session)
+        .env("CAPSEM_UI_TTY_SESSION", &tty_session)
         .output()
         .unwrap();
     let read = |path: &str| std::fs::read_to_string(home.join(path)).unwrap_or_default();
@@ -214,6 +216,25 @@ fn the_app_runs_sandboxes_terminals_network_and_settings_in_chromium() {
     );
     assert_eq!(status, 403, "{answer}");
     assert!(!read("user.toml").contains("memory_mib"));
+}
+
+/// A one-shot run on a terminal that printed `hello-42-replay`: a session
+/// with a transcript; its id.
+fn terminal_session(service: &Service) -> String {
+    use expectrl::Expect;
+    let cmd = service.capsem.cmd(&[
+        "run",
+        "-t",
+        "--",
+        "sh",
+        "-c",
+        "echo hello-$((6 * 7))-replay",
+    ]);
+    let mut run = expectrl::Session::spawn(cmd).expect("a terminal");
+    run.set_expect_timeout(Some(std::time::Duration::from_secs(120)));
+    run.expect("hello-42-replay").unwrap();
+    run.expect(expectrl::Eof).unwrap();
+    service.capsem.last_session_id()
 }
 
 /// A WebSocket to the UI's API, signed in with the token.
