@@ -27,6 +27,7 @@ mod e2b;
 mod network;
 mod sandboxes;
 mod terminal;
+mod ui;
 mod workspace;
 
 #[derive(Debug, Args)]
@@ -53,6 +54,9 @@ pub struct BenchArgs {
     /// the report's `e2b` key alone).
     #[arg(long, conflicts_with_all = ["network_only", "sandboxes_only", "workspace_only", "start_only"])]
     e2b_only: bool,
+    /// Only the web UI in Chromium (written to the report's `ui` key alone).
+    #[arg(long, conflicts_with_all = ["e2b_only", "network_only", "sandboxes_only", "workspace_only", "start_only"])]
+    ui_only: bool,
     /// Only the start of `capsem true`: the floor, cold boots, starts from
     /// the boot template, and idle memory (no AI CLIs, network, sandboxes,
     /// workspaces or terminal).
@@ -94,6 +98,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if args.workspace_only {
         let report = json!({ "workspace": workspace::measure(&capsem, &scratch, args.runs)? });
         print_workspace(&report["workspace"]);
+        return write_report(&report, &args.out, &scratch);
+    }
+    if args.ui_only {
+        let report = json!({ "ui": ui::measure(&capsem, &home, args.runs)? });
+        print_ui(&report["ui"]);
         return write_report(&report, &args.out, &scratch);
     }
     if args.e2b_only {
@@ -163,9 +172,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
     eprintln!("xtask: the E2B-compatible API");
     report["e2b"] = e2b::measure(&capsem, &home, args.runs.min(3))?;
+    eprintln!("xtask: the web UI");
+    report["ui"] = ui::measure(&capsem, &home, args.runs.min(3))?;
     print_summary(&report);
     print_e2b(&report["e2b"]);
+    print_ui(&report["ui"]);
     write_report(&report, &args.out, &scratch)
+}
+
+fn print_ui(u: &Value) {
+    line("UI Sandboxes view, 1,000 sessions", &u["sandboxes_view_ms"]);
+    line("UI Network view, 10,000 records", &u["network_view_ms"]);
+    line("UI terminal keystroke", &u["browser_keystroke_ms"]);
+    line("capsem shell keystroke", &u["cli_shell_keystroke_ms"]);
+    eprintln!(
+        "  browser / CLI keystroke: {}",
+        u["browser_to_cli_keystroke"]
+    );
 }
 
 fn print_e2b(e: &Value) {
