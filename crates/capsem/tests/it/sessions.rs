@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Capsem, alive, assert_code, stdout, wait_until};
+use crate::support::{Capsem, alive, assert_code, stderr, stdout, wait_until};
 
 /// `capsem sessions --json`, parsed: newest first.
 fn sessions(capsem: &Capsem) -> Vec<Value> {
@@ -95,12 +95,20 @@ fn concurrent_runs_are_all_recorded() {
             capsem
                 .cmd(&["-q", &format!("exit {i}")])
                 .stdin(Stdio::null())
+                .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    for child in children {
-        child.wait_with_output().unwrap();
+    // Each ran to its own exit, or says why not.
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(i as i32),
+            "run {i}: {}",
+            stderr(&out)
+        );
     }
     let mut codes: Vec<i64> = sessions(&capsem)
         .iter()
