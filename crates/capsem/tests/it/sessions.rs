@@ -100,22 +100,20 @@ fn concurrent_runs_are_all_recorded() {
                 .unwrap()
         })
         .collect();
-    // Each ran to its own exit, or says why not.
+    // Each ran to its own exit, or says why not; what they said shows
+    // why one is missing from the index, if one is.
+    let mut said = String::new();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(i as i32),
-            "run {i}: {}",
-            stderr(&out)
-        );
+        said.push_str(&format!("run {i}: {}\n", stderr(&out)));
+        assert_eq!(out.status.code(), Some(i as i32), "{said}");
     }
     let mut codes: Vec<i64> = sessions(&capsem)
         .iter()
         .map(|r| r["exit_code"].as_i64().unwrap())
         .collect();
     codes.sort();
-    assert_eq!(codes, [0, 1, 2]);
+    assert_eq!(codes, [0, 1, 2], "{said}");
     assert_code(&capsem.run(&["sessions", "inspect"]), 0);
 }
 
