@@ -195,3 +195,44 @@ async fn transcript(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capsem_core::session::store::NewSession;
+    use tower::ServiceExt;
+
+    async fn get(home: &Path, uri: &str) -> StatusCode {
+        let request = axum::http::Request::get(uri).body(Body::empty()).unwrap();
+        let app: Router = routes(home);
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn only_a_recorded_session_is_read_and_paths_never_reach_the_disk() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        store
+            .insert(&NewSession {
+                id: "ab12cd34".into(),
+                started_at_ms: 1,
+                command: "true".into(),
+                cpus: 1,
+                memory_mib: 512,
+                assets: Default::default(),
+            })
+            .unwrap();
+        // A transcript planted beside the store, reachable only by a path.
+        std::fs::write(home.path().join(TRANSCRIPT_FILE), b"secret").unwrap();
+        assert_eq!(get(home.path(), "/v1/sessions/ab12").await, StatusCode::OK);
+        for hostile in ["..", "..%2F..", "%2E%2E", "ab12cd34%2F..%2F..", "nope"] {
+            for tail in ["", "/transcript"] {
+                let uri = format!("/v1/sessions/{hostile}{tail}");
+                assert_eq!(get(home.path(), &uri).await, StatusCode::NOT_FOUND, "{uri}");
+            }
+        }
+        // A session that ran without a terminal has no transcript.
+        let uri = "/v1/sessions/ab12cd34/transcript";
+        assert_eq!(get(home.path(), uri).await, StatusCode::NOT_FOUND);
+    }
+}

@@ -167,7 +167,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     report["workspace"] = workspace::measure(&capsem, &scratch, args.runs.min(3))?;
     eprintln!("xtask: terminal latency and throughput");
     report["terminal"] = json!({
-        "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home)?,
+        "keystroke_round_trip_ms": terminal::keystroke_latency(&capsem, &home, &["-q"])?,
         "output": terminal::throughput(&capsem, &home)?,
     });
     eprintln!("xtask: the E2B-compatible API");

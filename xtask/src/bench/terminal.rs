@@ -17,10 +17,11 @@ const KEYSTROKES: usize = 40;
 /// Bytes of output for the throughput runs.
 const OUTPUT_BYTES: u64 = 32 * 1024 * 1024;
 
-/// Median round trip of a key typed at a guest shell prompt: host terminal
-/// to guest line discipline (which echoes it) and back.
-pub fn keystroke_latency(capsem: &Path, home: &Path) -> Result<Value> {
-    let mut shell = Session::spawn(capsem_cmd(capsem, home, &["-q"]))
+/// Median round trip of a key typed at the prompt of the shell `capsem
+/// ARGS` opens: host terminal to guest line discipline (which echoes it)
+/// and back.
+pub fn keystroke_latency(capsem: &Path, home: &Path, args: &[&str]) -> Result<Value> {
+    let mut shell = Session::spawn(capsem_cmd(capsem, home, args))
         .context("starting a capsem shell on a terminal")?;
     shell.set_expect_timeout(Some(Duration::from_secs(120)));
     shell.expect("# ")?;

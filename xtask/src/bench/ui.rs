@@ -5,15 +5,14 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use capsem_core::session::store::{Ending, NewSession, Status, Store};
-use expectrl::{Expect, Session};
 use serde_json::{Value, json};
 
 use super::sandboxes::ok;
-use super::{capsem_cmd, median_of as median, ratio, stats};
+use super::terminal;
+use super::{median_of as median, ratio, stats};
 use crate::ui;
 
 /// Sessions in the store while the Sandboxes view is timed.
@@ -21,8 +20,6 @@ const SESSIONS: usize = 1000;
 /// Records of the sandbox whose Network view is timed.
 const NET_ROWS: usize = 10_000;
 const NAME: &str = "bench-ui";
-/// Keystrokes timed in `capsem shell`.
-const KEYSTROKES: usize = 30;
 
 pub fn measure(capsem: &Path, home: &Path, runs: usize) -> Result<Value> {
     let project = ui::build()?;
@@ -61,7 +58,10 @@ pub fn measure(capsem: &Path, home: &Path, runs: usize) -> Result<Value> {
             );
         }
         let browser: Value = serde_json::from_slice(&out.stdout).context("its figures")?;
-        Ok((browser, shell_keystrokes(capsem, home)?))
+        Ok((
+            browser,
+            terminal::keystroke_latency(capsem, home, &["shell", NAME])?,
+        ))
     })();
     ok(capsem, home, &["rm", "-f", NAME])?;
     let (browser, cli) = measured?;
@@ -117,22 +117,4 @@ fn seed_sessions(home: &Path) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// A key typed in `capsem shell NAME` on a terminal to its echo.
-fn shell_keystrokes(capsem: &Path, home: &Path) -> Result<Value> {
-    let mut shell = Session::spawn(capsem_cmd(capsem, home, &["shell", NAME]))
-        .context("starting capsem shell on a terminal")?;
-    shell.set_expect_timeout(Some(Duration::from_secs(120)));
-    shell.expect("# ")?;
-    let mut samples = Vec::with_capacity(KEYSTROKES);
-    for _ in 0..KEYSTROKES {
-        let sent = Instant::now();
-        shell.send("x")?;
-        shell.expect("x")?;
-        samples.push(sent.elapsed().as_secs_f64() * 1e3);
-    }
-    shell.send("\x15exit\r")?;
-    let _ = shell.get_process().wait();
-    Ok(stats(samples))
 }
